@@ -1,0 +1,54 @@
+# The commands a newcomer needs: `make run` starts the router, `make test` runs the tests.
+# Each creates its own virtualenv (.venv) on first use; nothing but Python 3.11+ is required.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint format demo bench soak check-config clean
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime tests/requirements.txt
+	$(BIN)/python -m pip install --quiet -r tests/requirements.txt
+	touch $@
+
+## run: start the router (gunicorn + gevent) on $$PORT (default 8082) with configs/*.json
+run: $(VENV)/.runtime
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+## demo: the router with a FAKE vendor standing in for OpenAI and Gemini (no keys, offline)
+demo: $(VENV)/.runtime
+	$(BIN)/python -m tests.demo
+
+## test: every test, unit and integration (real gunicorn, fake vendor, nginx and redis if installed)
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+## lint: ruff lint and format check
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## check-config: validate configs/*.json without starting the server
+check-config: $(VENV)/.runtime
+	$(BIN)/python -m app check-config
+
+## bench: the benchmark (router vs. the fake vendor called directly); not part of `make test`
+bench: $(VENV)/.dev
+	$(BIN)/python -m tests.bench
+
+## soak: the benchmark's 10-minute memory soak
+soak: $(VENV)/.dev
+	$(BIN)/python -m tests.bench --soak 600
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,44 @@
+"""POST /v1/chat/completions[?vendor=X]: a whole JSON answer, or an SSE stream."""
+
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, current_app, request
+
+from app.chat import ChatCall, StreamAnswer, WholeAnswer
+from app.disconnect import ClientWatch
+from app.errors import ClientDisconnected
+from app.http import read_json_body
+
+bp = Blueprint("chat", __name__)
+
+# nginx buffers proxied answers unless told not to; SSE must flow event by event.
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    call = ChatCall(body=read_json_body(), vendor=request.args.get("vendor") or None)
+    watch = ClientWatch(request.environ.get("gunicorn.socket"))
+    try:
+        answer = current_app.extensions["router"].chat.answer(call, watch)
+    except ClientDisconnected:
+        # Nobody is left to read this; 499 is nginx's "client closed request", for the logs.
+        return Response(status=499)
+    if isinstance(answer, WholeAnswer):
+        return Response(answer.body, 200, answer.trace.headers(), mimetype="application/json")
+    response = Response(
+        _relay(answer),
+        200,
+        {**answer.trace.headers(), **_STREAM_HEADERS},
+        content_type="text/event-stream; charset=utf-8",
+    )
+    # The generator's finally does not run if the server never starts iterating: close here too.
+    response.call_on_close(answer.close)
+    return response
+
+
+def _relay(answer: StreamAnswer) -> Iterator[bytes]:
+    try:
+        yield from answer
+    finally:
+        answer.close()

@@ -1,0 +1,390 @@
+"""The chat service: validate -> select -> forward (failing over) -> normalize.
+
+Returns a whole answer, or a stream that is already committed: a stream's first event has arrived
+before anything is returned, so a vendor that refuses, errs or stalls before its first event is
+replaced by another combination without the client noticing. After that first event the stream
+belongs to the client; a vendor failure then ends it with an error event.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import orjson
+import requests
+
+from app.catalog import Combination
+from app.disconnect import ClientWatch
+from app.errors import ClientDisconnected, RouterError, UpstreamError, UpstreamTimeout, VendorError
+from app.metrics import RouterMetrics
+from app.normalize import StreamNormalizer, normalize_completion, vendor_error
+from app.relay import Pump, StreamFailure, StreamRelay
+from app.schemas import validate_chat_request
+from app.selector import Selector
+from app.upstream import Upstream
+
+__all__ = ["ChatCall", "ChatService", "StreamAnswer", "Trace", "WholeAnswer"]
+
+log = logging.getLogger(__name__)
+
+# Vendor statuses worth another combination: overload, rate limits and the vendor's own faults.
+# 400/401/403/404/422 are the request's or the configuration's problem and are answered at once.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+# A client that names no model gets the router's choice, reported under this name.
+DEFAULT_MODEL_NAME = "any-model"
+# How much of a vendor's error body is read: error bodies are small; a huge one is not an error.
+MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One client request: its parsed JSON body and the ``?vendor=`` filter."""
+
+    body: dict[str, Any]
+    vendor: str | None = None
+
+    @property
+    def requested_model(self) -> str:
+        model = self.body.get("model")
+        return model if isinstance(model, str) and model else DEFAULT_MODEL_NAME
+
+    @property
+    def stream(self) -> bool:
+        return self.body.get("stream") is True
+
+
+@dataclass
+class Attempt:
+    combination: Combination
+    outcome: str  # ok, vendor_error, timeout, network, bad_answer
+    status: int | None
+    seconds: float
+
+
+@dataclass
+class Trace:
+    """What happened while answering: the attempts, and the router's time outside vendor calls."""
+
+    started: float = field(default_factory=time.perf_counter)
+    attempts: list[Attempt] = field(default_factory=list)
+    vendor_seconds: float = 0.0
+
+    @property
+    def combination(self) -> Combination | None:
+        return self.attempts[-1].combination if self.attempts else None
+
+    def headers(self) -> dict[str, str]:
+        """Response headers naming the combination that answered and the number of attempts."""
+        combination = self.combination
+        if combination is None:
+            return {}
+        return {
+            "X-Vendor-Source": combination.vendor.name,
+            "X-Model-Source": combination.model.id,
+            "X-Router-Attempts": str(len(self.attempts)),
+        }
+
+    def overhead(self) -> float:
+        return max(time.perf_counter() - self.started - self.vendor_seconds, 0.0)
+
+
+@dataclass
+class WholeAnswer:
+    body: bytes
+    trace: Trace
+
+
+class StreamAnswer:
+    """A committed stream: iterate for the client's bytes; ``close`` is safe to call more than once."""
+
+    def __init__(
+        self,
+        first: bytes,
+        pump: Pump,
+        trace: Trace,
+        watch: ClientWatch,
+        on_close: Callable[[StreamAnswer], None],
+    ) -> None:
+        self.first = first
+        self.pump = pump
+        self.trace = trace
+        self._watch = watch
+        self._on_close = on_close
+        self._closed = False
+        self.started = time.perf_counter()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.first
+        self._watch.arm(self.pump.notify_client_gone)
+        yield from self.pump
+
+    @property
+    def outcome(self) -> str:
+        if self.pump.client_gone:
+            return "client_gone"
+        if self.pump.failure is not None:
+            return "vendor_failed"
+        return "completed"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._watch.disarm()
+        self.pump.close()
+        self._on_close(self)
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, error: RouterError, outcome: str, status: int | None, retryable: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.outcome = outcome
+        self.status = status
+        self.retryable = retryable
+
+
+class ChatService:
+    """Answers chat requests through the selector's combinations."""
+
+    def __init__(
+        self,
+        selector: Selector,
+        upstream: Upstream,
+        metrics: RouterMetrics,
+        max_attempts: int,
+        keepalive_seconds: float,
+    ) -> None:
+        self._selector = selector
+        self._upstream = upstream
+        self._metrics = metrics
+        self._max_attempts = max_attempts
+        self._keepalive = keepalive_seconds
+
+    def answer(self, call: ChatCall, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
+        """Validate and answer ``call``; raises RouterError (with trace headers) when it cannot."""
+        validate_chat_request(call.body)
+        candidates = self._selector.candidates(call.vendor, call.body.get("model"))
+        trace = Trace()
+        watch.arm(_raise_in(gevent.getcurrent(), watch))
+        try:
+            attempt = self._attempt_stream if call.stream else self._attempt_whole
+            answer = self._with_failover(call, candidates, trace, attempt, watch)
+            self._metrics.overhead.observe(trace.overhead())
+            return answer
+        except ClientDisconnected:
+            self._metrics.client_disconnects.labels("waiting").inc()
+            raise
+        finally:
+            watch.disarm()
+            self._metrics.attempts.observe(len(trace.attempts))
+
+    def _with_failover(
+        self,
+        call: ChatCall,
+        candidates: tuple[Combination, ...],
+        trace: Trace,
+        attempt: Callable[[ChatCall, Combination, Trace, ClientWatch], WholeAnswer | StreamAnswer],
+        watch: ClientWatch,
+    ) -> WholeAnswer | StreamAnswer:
+        tried: set[str] = set()
+        failure: _AttemptFailed | None = None
+        for number in range(1, self._max_attempts + 1):
+            combination = self._selector.choose(candidates, tried)
+            if combination is None:
+                break
+            tried.add(combination.key)
+            self._metrics.selected(combination)
+            self._metrics.cooling.set(self._selector.cooling_count())
+            started = time.perf_counter()
+            try:
+                answer = attempt(call, combination, trace, watch)
+            except _AttemptFailed as failed:
+                seconds = time.perf_counter() - started
+                trace.attempts.append(Attempt(combination, failed.outcome, failed.status, seconds))
+                self._metrics.attempted(combination, failed.outcome, failed.status, None)
+                self._log_attempt(
+                    number, combination, len(candidates), failed.outcome, failed.status, seconds, failed.error.message
+                )
+                failure = failed
+                if not failed.retryable:
+                    break
+                self._metrics.failed_over(combination)
+                continue
+            seconds = time.perf_counter() - started
+            trace.attempts.append(Attempt(combination, "ok", 200, seconds))
+            self._metrics.attempted(combination, "ok", 200, seconds)
+            self._log_attempt(number, combination, len(candidates), "ok", 200, seconds)
+            return answer
+        assert failure is not None  # candidates is never empty, so at least one attempt was made
+        failure.error.headers.update(trace.headers())
+        raise failure.error
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    def _attempt_whole(self, call: ChatCall, combination: Combination, trace: Trace, watch: ClientWatch) -> WholeAnswer:
+        response = self._send(call, combination, trace, stream=False)
+        content = self._wait(trace, lambda: self._upstream.read_all(combination, response))
+        if not 200 <= response.status_code < 300:
+            raise self._vendor_failure(combination, response, content)
+        try:
+            answer = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            error = UpstreamError(_say(combination, "answered with something that is not a JSON object"))
+            raise _AttemptFailed(error, "bad_answer", response.status_code, True)
+        self._metrics.counted_tokens(combination, answer.get("usage"))
+        return WholeAnswer(orjson.dumps(normalize_completion(answer, call.requested_model)), trace)
+
+    def _attempt_stream(
+        self, call: ChatCall, combination: Combination, trace: Trace, watch: ClientWatch
+    ) -> StreamAnswer:
+        response = self._send(call, combination, trace, stream=True)
+        try:
+            if not 200 <= response.status_code < 300:
+                content = self._wait(trace, lambda: _read_bounded(response))
+                raise self._vendor_failure(combination, response, content)
+            relay = StreamRelay(self._upstream, combination, response, StreamNormalizer(call.requested_model))
+            waited = time.perf_counter()
+            try:
+                first = relay.read()
+            except StreamFailure as failure:
+                error = failure.error
+                if isinstance(error, VendorError):
+                    retryable = error.status in RETRYABLE_STATUSES
+                    raise _AttemptFailed(error, "vendor_error", error.status, retryable) from None
+                raise _AttemptFailed(error, _network_outcome(error), None, True) from None
+            finally:
+                trace.vendor_seconds += time.perf_counter() - waited
+            if first is None:
+                error = UpstreamError(_say(combination, "ended the stream without an event"))
+                raise _AttemptFailed(error, "bad_answer", None, True)
+        except BaseException:
+            response.close()
+            raise
+        pump = Pump(relay, self._keepalive)
+        self._metrics.streams_in_flight.inc()
+        return StreamAnswer(first, pump, trace, watch, self._stream_closed)
+
+    def _stream_closed(self, answer: StreamAnswer) -> None:
+        self._metrics.streams_in_flight.dec()
+        combination = answer.trace.combination
+        seconds = time.perf_counter() - answer.started
+        if combination is not None:
+            self._metrics.stream_ended(combination, answer.outcome, seconds)
+        if answer.pump.client_gone:
+            self._metrics.client_disconnects.labels("streaming").inc()
+            log.info("client went away mid-stream after %.1f s; vendor connection closed", seconds)
+        elif answer.pump.failure is not None:
+            log.warning("stream ended with an error event after %.1f s: %s", seconds, answer.pump.failure.error.message)
+
+    def _send(self, call: ChatCall, combination: Combination, trace: Trace, *, stream: bool) -> requests.Response:
+        # The client's own JSON, with only the model replaced: every other field reaches the vendor.
+        body = orjson.dumps({**call.body, "model": combination.model.id})
+        return self._wait(trace, lambda: self._upstream.post(combination, body, stream=stream))
+
+    def _wait(self, trace: Trace, action: Callable[[], Any]) -> Any:
+        """Run a vendor call, timing it as vendor time and turning network failures into retryable ones."""
+        started = time.perf_counter()
+        try:
+            return action()
+        except UpstreamError as error:
+            raise _AttemptFailed(error, _network_outcome(error), None, True) from None
+        finally:
+            trace.vendor_seconds += time.perf_counter() - started
+
+    def _vendor_failure(self, combination: Combination, response: requests.Response, content: bytes) -> _AttemptFailed:
+        status = response.status_code
+        try:
+            document = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            document = None
+        headers: dict[str, str] = {}
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        if retry_after is not None:
+            headers["Retry-After"] = str(int(retry_after + 0.999))
+        error = VendorError(status, vendor_error(status, document, content[:1000].decode("utf-8", "replace")), headers)
+        if status in RETRYABLE_STATUSES:
+            self._selector.cool_down(combination, retry_after)
+            return _AttemptFailed(error, "vendor_error", status, True)
+        if status in (401, 403):
+            # The key is refused: every combination using it is skipped for a while.
+            self._selector.cool_down_credential(combination.credential)
+        return _AttemptFailed(error, "vendor_error", status, False)
+
+    def _log_attempt(
+        self,
+        number: int,
+        combination: Combination,
+        candidates: int,
+        outcome: str,
+        status: int | None,
+        seconds: float,
+        detail: str = "",
+    ) -> None:
+        # The seed's wording, so existing log searches keep working, then the attempt's outcome.
+        log.log(
+            logging.INFO if outcome == "ok" else logging.WARNING,
+            "Even distribution selected combination - Vendor: %s, Model: %s, Credential: %s "
+            "(from %d total combinations); attempt %d/%d %s%s in %.1f ms%s",
+            combination.vendor.name,
+            combination.model.id,
+            combination.credential.label,
+            candidates,
+            number,
+            self._max_attempts,
+            outcome,
+            f" HTTP {status}" if status else "",
+            seconds * 1000,
+            f": {detail}" if detail else "",
+        )
+
+
+def _raise_in(target: Any, watch: ClientWatch) -> Callable[[], None]:
+    """An ``on_gone`` that raises ClientDisconnected in ``target``, unless the watch was disarmed first."""
+    hub = gevent.get_hub()
+
+    def deliver() -> None:
+        if watch.on_gone is on_gone and not target.dead:
+            target.throw(ClientDisconnected())
+
+    def on_gone() -> None:
+        hub.loop.run_callback(deliver)
+
+    return on_gone
+
+
+def _network_outcome(error: RouterError) -> str:
+    return "timeout" if isinstance(error, UpstreamTimeout) else "network"
+
+
+def _read_bounded(response: requests.Response) -> bytes:
+    try:
+        return response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
+    except Exception:
+        return b""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number of seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return max(seconds, 0.0) if seconds == seconds and seconds != float("inf") else None
+
+
+def _say(combination: Combination, problem: str) -> str:
+    return f"Vendor {combination.vendor.name} (model {combination.model.id}) {problem}."

@@ -1,0 +1,145 @@
+"""The HTTP edge shared by every route: request ids, the access log line, and JSON errors.
+
+Every error leaves as OpenAI-shaped JSON: the router's own (RouterError), Flask's and Werkzeug's
+(404, 405, 413, ... which are HTML by default) and any unexpected exception (500, logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import orjson
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from app.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RouterError,
+    UnsupportedMediaType,
+    error_body,
+)
+from app.logs import request_id_var
+
+__all__ = ["error_response", "install_http_edge", "read_json_body"]
+
+access_log = logging.getLogger("router.access")
+log = logging.getLogger(__name__)
+
+# A client's (or nginx's) X-Request-ID is kept only if it is short and plain: it goes into logs
+# and headers, so nothing that could forge a log line or a header is accepted.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
+_CHAT_MIMETYPES = frozenset({"application/json"})
+
+
+def install_http_edge(app: Flask) -> None:
+    """Register the request-id hooks, the access log and the JSON error handlers on ``app``."""
+    app.before_request(_begin)
+    app.after_request(_end)
+    app.register_error_handler(RouterError, error_response)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def error_response(error: RouterError) -> Response:
+    """The JSON answer for a RouterError: its status, its body, its headers."""
+    response = Response(orjson.dumps(error.body()), error.status, mimetype="application/json")
+    response.headers.update(error.headers)
+    return response
+
+
+def read_json_body() -> dict:
+    """The request body as a JSON object; raises a RouterError (400, 413, 415) otherwise."""
+    if request.mimetype not in _CHAT_MIMETYPES:
+        got = request.mimetype or "none"
+        raise UnsupportedMediaType(f"Content-Type must be application/json; got {got}.")
+    raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past MAX_CONTENT_LENGTH
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, not {_json_kind(body)}.")
+    return body
+
+
+def _begin() -> None:
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.request_id = request_id
+    g.started = time.perf_counter()
+    request_id_var.set(request_id)
+
+
+def _end(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "-")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    started = g.get("started", time.perf_counter())
+    ttfb = time.perf_counter() - started
+    method, path, status = request.method, request.path, response.status_code
+    request_id = g.get("request_id", "-")
+
+    def log_line() -> None:
+        headers = response.headers
+        extra = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "vendor": headers.get("X-Vendor-Source"),
+            "model": headers.get("X-Model-Source"),
+            "attempts": int(headers.get("X-Router-Attempts", 0)),
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            "ttfb_ms": round(ttfb * 1000, 1),
+        }
+        token = request_id_var.set(request_id)
+        try:
+            access_log.info(" ".join(f"{key}=%s" for key in extra), *extra.values(), extra=extra)
+        finally:
+            request_id_var.reset(token)
+
+    # For streams this runs when the last byte is sent, so the duration is the whole stream's.
+    response.call_on_close(log_line)
+    return response
+
+
+def _http_exception(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    if code == 404:
+        error: RouterError = NotFound(f"Unknown URL: {request.method} {request.path}")
+    elif code == 405:
+        allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None
+        error = MethodNotAllowed(
+            f"Method {request.method} is not allowed for {request.path}",
+            headers={"Allow": ", ".join(allowed)} if allowed else None,
+        )
+    elif code == 413:
+        error = PayloadTooLarge("The request body is too large.")
+    elif code == 415:
+        error = UnsupportedMediaType("Unsupported Content-Type.")
+    elif code < 500:
+        error = InvalidRequest(exc.description or exc.name)
+        error.status = code
+    else:
+        error = RouterError(exc.description or exc.name)
+        error.status = code
+    return error_response(error)
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unexpected error while handling %s %s", request.method, request.path)
+    return Response(
+        orjson.dumps(error_body("The router failed to handle the request.", "server_error", None, "internal_error")),
+        500,
+        mimetype="application/json",
+    )
+
+
+def _json_kind(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")

@@ -1,0 +1,134 @@
+"""Prometheus metrics: the exporter's HTTP metrics plus the router's own, all in one place.
+
+Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker imports prometheus_client
+(gunicorn.conf.py sees to it), every worker writes its samples to files there, and ``/metrics``
+sums them, so the numbers are the whole server's whatever worker answers the scrape. Labels are
+only ever configured names (vendor, model, credential label) and fixed sets of words (outcome,
+status class, phase): nothing a client sends can create a new time series.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+
+from app.catalog import Combination
+
+__all__ = ["RouterMetrics", "init_metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_STREAM_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class RouterMetrics:
+    """The router's own metrics; each method records one thing that happened."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.upstream_requests = Counter(
+            "router_upstream_requests",
+            "Calls to vendors, by outcome (ok, vendor_error, timeout, network, bad_answer) and status class.",
+            ["vendor", "model", "outcome", "status_class"],
+            registry=registry,
+        )
+        self.upstream_ttfb = Histogram(
+            "router_upstream_ttfb_seconds",
+            "Time from sending a request to a vendor to its answer's headers (whole answers) or first event (streams).",
+            ["vendor", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stream_duration = Histogram(
+            "router_stream_duration_seconds",
+            "Whole duration of relayed streams, by how they ended.",
+            ["vendor", "model", "outcome"],
+            buckets=_STREAM_BUCKETS,
+            registry=registry,
+        )
+        self.streams_in_flight = Gauge(
+            "router_streams_in_flight",
+            "Streams being relayed now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.selections = Counter(
+            "router_selections",
+            "Combinations chosen by the selector (one per attempt).",
+            ["vendor", "model", "credential"],
+            registry=registry,
+        )
+        self.failovers = Counter(
+            "router_failovers",
+            "Attempts that failed and were followed by another attempt, by the failed combination.",
+            ["vendor", "model"],
+            registry=registry,
+        )
+        self.attempts = Histogram(
+            "router_attempts_per_request",
+            "Attempts made for one chat request.",
+            buckets=(1, 2, 3, 4, 5, 8),
+            registry=registry,
+        )
+        self.cooling = Gauge(
+            "router_cooling_combinations",
+            "Combinations the selector skips now after a failure (the highest count among live workers).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.client_disconnects = Counter(
+            "router_client_disconnects",
+            "Clients that went away before their answer was complete, by phase (waiting, streaming).",
+            ["phase"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "router_tokens",
+            "Tokens reported by vendors in usage, by kind (prompt, completion).",
+            ["vendor", "model", "kind"],
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "router_overhead_seconds",
+            "Time a chat request spent in the router itself, not waiting for a vendor (to the first byte for streams).",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=registry,
+        )
+
+    def selected(self, combination: Combination) -> None:
+        self.selections.labels(combination.vendor.name, combination.model.id, combination.credential.label).inc()
+
+    def attempted(self, combination: Combination, outcome: str, status: int | None, ttfb: float | None) -> None:
+        status_class = f"{status // 100}xx" if status else "none"
+        self.upstream_requests.labels(combination.vendor.name, combination.model.id, outcome, status_class).inc()
+        if ttfb is not None:
+            self.upstream_ttfb.labels(combination.vendor.name, combination.model.id).observe(ttfb)
+
+    def failed_over(self, combination: Combination) -> None:
+        self.failovers.labels(combination.vendor.name, combination.model.id).inc()
+
+    def counted_tokens(self, combination: Combination, usage: object) -> None:
+        if not isinstance(usage, dict):
+            return
+        for kind in ("prompt", "completion"):
+            value = usage.get(f"{kind}_tokens")
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                self.tokens.labels(combination.vendor.name, combination.model.id, kind).inc(value)
+
+    def stream_ended(self, combination: Combination, outcome: str, seconds: float) -> None:
+        self.stream_duration.labels(combination.vendor.name, combination.model.id, outcome).observe(seconds)
+
+
+def init_metrics(app: Flask) -> RouterMetrics:
+    """Serve /metrics on ``app`` and return the router's metrics to record into."""
+    # A registry per app, not the global one: tests build many apps in one process. Under
+    # gunicorn the exporter ignores it and reads every worker's files instead.
+    registry = CollectorRegistry(auto_describe=True)
+    PrometheusMetrics(
+        app,
+        registry=registry,
+        group_by="url_rule",  # the route, never the raw path: /v1/anything must not be a label
+        defaults_prefix="flask",
+        buckets=_LATENCY_BUCKETS,
+    )
+    return RouterMetrics(registry)

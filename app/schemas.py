@@ -1,0 +1,207 @@
+"""Validation of the chat request with marshmallow: the fields the router relies on, nothing more.
+
+Only the structure is checked (messages, tools, tool_choice, stream, stream_options); every other
+field is the vendor's to judge and passes untouched, because the router forwards the client's
+original JSON, not what marshmallow loaded. Bounds on counts and sizes keep one request from
+pinning a worker's CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from app.errors import InvalidRequest
+
+__all__ = ["MAX_CONTENT_PARTS", "MAX_MESSAGES", "MAX_TOOLS", "validate_chat_request"]
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_MESSAGES = 4096
+MAX_CONTENT_PARTS = 1024
+MAX_TOOLS = 512
+MAX_NAME_LENGTH = 256
+# \Z, not $: "$" would accept a name ending in a newline (STACK.md rule 16).
+TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}\Z"
+
+
+class StrictBoolean(fields.Field):
+    """true or false, not "true", 1 or "yes" (marshmallow's Boolean coerces those)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false.")
+        return value
+
+
+class JSONObject(fields.Field):
+    """Any JSON object, kept as is."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
+        if not isinstance(value, dict):
+            raise ValidationError("Must be an object.")
+        return value
+
+
+class Content(fields.Field):
+    """A message's content: a string, a list of typed parts, or null (checked per role)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValidationError("Must be a string, a list of content parts, or null.")
+        if len(value) > MAX_CONTENT_PARTS:
+            raise ValidationError(f"At most {MAX_CONTENT_PARTS} content parts are allowed.")
+        # A plain loop, not a nested schema: parts can number in the thousands.
+        for index, part in enumerate(value):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise ValidationError({index: ['Must be an object with a string "type".']})
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise ValidationError({index: {"text": ["Must be a string."]}})
+        return value
+
+
+class ToolChoice(fields.Field):
+    """ "none", "auto", "required", or {"type": "function", "function": {"name": ...}}."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            if value not in ("none", "auto", "required"):
+                raise ValidationError('Must be "none", "auto", "required" or a function choice object.')
+            return value
+        if not isinstance(value, dict):
+            raise ValidationError('Must be "none", "auto", "required" or a function choice object.')
+        return _FUNCTION_CHOICE.load(value)
+
+
+class _Strict(Schema):
+    class Meta:
+        # The loaded result is thrown away (the original JSON is forwarded), so unknown fields
+        # need no copying; they are neither rejected nor kept.
+        unknown = EXCLUDE
+
+
+_TOOL_NAME_ERROR = "Must be 1-64 letters, digits, underscores or dashes (^[a-zA-Z0-9_-]{{1,64}}$)."
+
+
+class FunctionName(_Strict):
+    name = fields.String(required=True, validate=validate.Regexp(TOOL_NAME, error=_TOOL_NAME_ERROR))
+
+
+class FunctionChoice(_Strict):
+    type = fields.String(required=True, validate=validate.Equal("function"))
+    function = fields.Nested(FunctionName, required=True)
+
+
+_FUNCTION_CHOICE = FunctionChoice()
+
+
+class FunctionDefinition(FunctionName):
+    description = fields.String(allow_none=True)
+    parameters = JSONObject(allow_none=True)
+    strict = StrictBoolean(allow_none=True)
+
+    @validates_schema
+    def _parameters_describe_an_object(self, data: dict, **kwargs: Any) -> None:
+        kind = (data.get("parameters") or {}).get("type", "object")
+        if kind != "object":
+            raise ValidationError('Must be a JSON Schema with "type": "object".', "parameters")
+
+
+class Tool(_Strict):
+    type = fields.String(required=True, validate=validate.Equal("function"))
+    function = fields.Nested(FunctionDefinition, required=True)
+
+
+class ToolCallFunction(_Strict):
+    name = fields.String(required=True)
+    arguments = fields.String(required=True)
+
+
+class ToolCall(_Strict):
+    id = fields.String(required=True)
+    type = fields.String(required=True)
+    function = fields.Nested(ToolCallFunction)
+
+
+class Message(_Strict):
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    content = Content(allow_none=True)
+    name = fields.String(allow_none=True, validate=validate.Length(max=MAX_NAME_LENGTH))
+    tool_calls = fields.List(fields.Nested(ToolCall), allow_none=True, validate=validate.Length(max=MAX_TOOLS))
+    tool_call_id = fields.String(allow_none=True)
+
+    @validates_schema
+    def _content_fits_role(self, data: dict, **kwargs: Any) -> None:
+        role = data.get("role")
+        if data.get("content") is None:
+            # An assistant turn that only calls tools (or refused) has no content: that is the
+            # standard tool-calling history and must pass.
+            if role != "assistant":
+                raise ValidationError(f"Required for {role} messages.", "content")
+            if not (data.get("tool_calls") or data.get("function_call") or data.get("refusal")):
+                raise ValidationError("Required unless the assistant message has tool_calls.", "content")
+        if role == "tool" and not data.get("tool_call_id"):
+            raise ValidationError("Required for tool messages.", "tool_call_id")
+        if data.get("tool_calls") and role != "assistant":
+            raise ValidationError("Only assistant messages may carry tool_calls.", "tool_calls")
+
+
+class ChatRequest(_Strict):
+    model = fields.String(allow_none=True, validate=validate.Length(max=MAX_NAME_LENGTH))
+    messages = fields.List(
+        fields.Nested(Message),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_MESSAGES, error="Must hold between {min} and {max} messages."),
+    )
+    tools = fields.List(fields.Nested(Tool), allow_none=True, validate=validate.Length(max=MAX_TOOLS))
+    tool_choice = ToolChoice(allow_none=True)
+    stream = StrictBoolean(allow_none=True)
+    stream_options = JSONObject(allow_none=True)
+
+    @validates_schema
+    def _tool_choice_names_a_tool(self, data: dict, **kwargs: Any) -> None:
+        choice = data.get("tool_choice")
+        tools = data.get("tools") or []
+        if choice in (None, "none"):
+            return
+        if not tools:
+            raise ValidationError("Only allowed when tools are given.", "tool_choice")
+        if isinstance(choice, dict):
+            name = choice["function"]["name"]
+            if name not in {tool["function"]["name"] for tool in tools}:
+                raise ValidationError({"function": {"name": [f"No tool named {name!r} in tools."]}}, "tool_choice")
+
+
+_CHAT_REQUEST = ChatRequest()
+
+
+def validate_chat_request(body: Any) -> None:
+    """Raise InvalidRequest, with ``param`` naming the first bad field, unless ``body`` is valid."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        _CHAT_REQUEST.load(body)
+    except ValidationError as exc:
+        param, message = _first_error(exc.messages)
+        raise InvalidRequest(f"Invalid value for {param}: {message}" if param else message, param=param) from None
+
+
+def _first_error(messages: Any, path: str = "") -> tuple[str | None, str]:
+    """The path (``tools[0].function.name``) and text of the first error marshmallow reported."""
+    if isinstance(messages, dict):
+        key, inner = next(iter(messages.items()))
+        if key == "_schema":
+            step = path
+        elif isinstance(key, int):
+            step = f"{path}[{key}]"
+        else:
+            step = f"{path}.{key}" if path else str(key)
+        return _first_error(inner, step)
+    if isinstance(messages, list) and messages:
+        first = messages[0]
+        if isinstance(first, (dict, list)):
+            return _first_error(first, path)
+        return path or None, str(first)
+    return path or None, str(messages)

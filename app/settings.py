@@ -1,0 +1,164 @@
+"""The router's settings: one frozen object built from the environment.
+
+Every variable the router reads is read here, documented here, and nowhere else. Config files
+(models, credentials, vendors) are paths here; their contents belong to ``catalog``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the router cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the router was told to do; see the README's Configuration table."""
+
+    # Where the catalog comes from. Relative paths are resolved against the working directory,
+    # which is the project root under `make run`, Docker and the tests.
+    models_file: str = "configs/models.json"
+    credentials_file: str = "configs/credentials.json"
+    vendors_file: str = "configs/vendors.json"
+
+    log_level: str = "info"
+    # "text" reads well in a terminal; "json" is one object per line for log shippers.
+    log_format: str = "text"
+
+    # Seconds to open a TCP (+TLS) connection to a vendor: short, because a vendor that cannot
+    # even accept a connection should be failed over quickly.
+    upstream_connect_timeout: float = 5.0
+    # Seconds of vendor silence allowed before the first byte and between bytes of a stream.
+    # Long, because a large model may think for minutes before its first token.
+    upstream_read_timeout: float = 300.0
+    # Distinct combinations tried for one request before giving up.
+    max_attempts: int = 3
+    # How long a combination that just failed is skipped by the selector.
+    cooldown_seconds: float = 30.0
+    # A vendor's Retry-After longer than cooldown_seconds wins, but never beyond this.
+    max_cooldown_seconds: float = 300.0
+    # An SSE comment is sent when a committed stream has been silent this long; it keeps
+    # proxies from cutting the stream and reveals clients that went away.
+    stream_keepalive_seconds: float = 15.0
+
+    max_body_bytes: int = 10 * 1024 * 1024
+
+    # Client authentication: empty means the router is open (a warning is logged at start).
+    api_keys: tuple[str, ...] = ()
+    # Require a client key for /metrics too (off: Prometheus scrapers usually carry no key).
+    metrics_require_key: bool = False
+
+    # flask-limiter rate limit string, e.g. "60/minute;1000/hour"; empty means no limit.
+    rate_limit: str = ""
+    rate_limit_storage: str = "memory://"
+    # Number of proxies in front of the router whose X-Forwarded-For may be trusted (nginx: 1).
+    trusted_proxies: int = 0
+
+    # Origins allowed to call the API from a browser; empty means no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
+
+    # Greenlets a worker may run at once (gunicorn's worker_connections); sizes the vendor
+    # connection pool so no connection is thrown away under load.
+    worker_connections: int = 1000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables, falling back to the defaults above."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        return cls(
+            models_file=reader.text("MODELS_FILE", cls.models_file),
+            credentials_file=reader.text("CREDENTIALS_FILE", cls.credentials_file),
+            vendors_file=reader.text("VENDORS_FILE", cls.vendors_file),
+            log_level=reader.choice("LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")),
+            log_format=reader.choice("LOG_FORMAT", cls.log_format, ("text", "json")),
+            upstream_connect_timeout=reader.number("UPSTREAM_CONNECT_TIMEOUT", cls.upstream_connect_timeout),
+            upstream_read_timeout=reader.number("UPSTREAM_READ_TIMEOUT", cls.upstream_read_timeout),
+            max_attempts=reader.integer("MAX_ATTEMPTS", cls.max_attempts, minimum=1),
+            cooldown_seconds=reader.number("COOLDOWN_SECONDS", cls.cooldown_seconds, minimum=0),
+            max_cooldown_seconds=reader.number("MAX_COOLDOWN_SECONDS", cls.max_cooldown_seconds, minimum=0),
+            stream_keepalive_seconds=reader.number("STREAM_KEEPALIVE_SECONDS", cls.stream_keepalive_seconds),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
+            api_keys=_read_api_keys(reader),
+            metrics_require_key=reader.boolean("METRICS_REQUIRE_KEY", cls.metrics_require_key),
+            rate_limit=reader.text("RATE_LIMIT", cls.rate_limit),
+            rate_limit_storage=reader.text("RATE_LIMIT_STORAGE", cls.rate_limit_storage),
+            trusted_proxies=reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
+            cors_origins=reader.items("CORS_ORIGINS"),
+            worker_connections=reader.integer("WORKER_CONNECTIONS", cls.worker_connections, minimum=1),
+        )
+
+
+def _read_api_keys(reader: _Reader) -> tuple[str, ...]:
+    """Client keys from ROUTER_API_KEYS and/or the file named by ROUTER_API_KEYS_FILE."""
+    keys = list(reader.items("ROUTER_API_KEYS"))
+    path = reader.text("ROUTER_API_KEYS_FILE", "")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            raise SettingsError(f"ROUTER_API_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
+        # One key per line; blank lines and lines starting with '#' are ignored.
+        keys.extend(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    return tuple(dict.fromkeys(keys))
+
+
+class _Reader:
+    """Reads typed values from an environment, naming the variable in every error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        value = self._env.get(name, "").strip()
+        return value or default
+
+    def items(self, name: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self._env.get(name, "").split(",") if part.strip())
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in allowed:
+            raise SettingsError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float = 0.001) -> float:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number of seconds; got {raw!r}") from None
+        if not value >= minimum or value == float("inf"):
+            raise SettingsError(f"{name} must be a finite number >= {minimum}; got {raw!r}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number; got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}; got {raw!r}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.text(name, "").lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name} must be true or false; got {raw!r}")

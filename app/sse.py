@@ -1,0 +1,89 @@
+"""Server-sent events framing: cutting a vendor's byte stream into events, and writing events.
+
+Why not ``requests.iter_lines``: it invents a blank line when CR and LF arrive in different reads
+(which in SSE ends an event early), and over a close-delimited body it waits for a full chunk
+before yielding anything (STACK.md rules 10 and 11). The splitter here works on whatever bytes a
+read returned: line endings CRLF, LF or CR may be split anywhere, and since CR and LF never occur
+inside a multi-byte UTF-8 character or a JSON string, splitting on them never cuts either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DONE", "KEEPALIVE", "Event", "EventSplitter", "FramingError", "data_event"]
+
+DONE = b"[DONE]"
+KEEPALIVE = b": keep-alive\n\n"
+# An event larger than this without a blank line is a broken stream, not a big answer.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class FramingError(ValueError):
+    """The vendor's bytes are not an event stream."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One dispatched SSE event: its data (None if it had no data line) and its other field lines."""
+
+    data: bytes | None
+    fields: tuple[bytes, ...] = ()
+
+
+def data_event(data: bytes, fields: tuple[bytes, ...] = ()) -> bytes:
+    """The bytes of one event: any other fields first, then one data line, then a blank line."""
+    if fields:
+        return b"\n".join(fields) + b"\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"
+
+
+class EventSplitter:
+    """Feeds on raw reads; returns every event completed by each read, in order."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        # A read ended in CR: if the next starts with LF, that LF belongs to the same line end.
+        self._skip_lf = False
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._skip_lf and data.startswith(b"\n"):
+            data = data[1:]
+        self._skip_lf = data.endswith(b"\r")
+        buffer = self._pending + data if self._pending else data
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n\n" not in buffer:
+            if len(buffer) > MAX_EVENT_BYTES:
+                raise FramingError(f"no event boundary in {len(buffer)} bytes")
+            self._pending = buffer
+            return []
+        *blocks, self._pending = buffer.split(b"\n\n")
+        return [event for event in map(_parse, blocks) if event is not None]
+
+    @property
+    def has_partial_event(self) -> bool:
+        """Whether bytes of an unfinished event are waiting (at EOF: the stream was cut)."""
+        return bool(self._pending.strip(b"\n"))
+
+
+def _parse(block: bytes) -> Event | None:
+    block = block.lstrip(b"\n")
+    if not block:
+        return None
+    # The common case, one "data: {...}" line, without the general loop below.
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return Event(block[6:])
+    data: list[bytes] = []
+    fields: list[bytes] = []
+    for line in block.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue  # comments (vendor keep-alives) are not relayed; the router sends its own
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            data.append(value[1:] if value.startswith(b" ") else value)
+        else:
+            fields.append(line)
+    if not data:
+        return None  # per the SSE spec an event without data is not dispatched
+    return Event(b"\n".join(data), tuple(fields))
