@@ -1,0 +1,83 @@
+"""Shared fixtures: config files written to a temporary directory, and apps built from them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import create_app
+from app.settings import Settings
+
+# Keys used by tests: long enough to be registered as secrets, unique enough to grep logs for.
+OPENAI_KEY = "sk-test-openai-0123456789abcdef"
+GEMINI_KEY = "AIzaTestGemini0123456789abcdefghijk"
+
+DEFAULT_MODELS = [
+    {"vendor": "openai", "model": "gpt-4o"},
+    {"vendor": "gemini", "model": "gemini-2.0-flash"},
+]
+DEFAULT_CREDENTIALS = [
+    {"platform": "openai", "type": "api-key", "value": OPENAI_KEY},
+    {"platform": "gemini", "type": "api-key", "value": GEMINI_KEY},
+]
+# Unit tests mock these hosts with `responses`; nothing ever resolves them.
+UNIT_BASE_URLS = {"openai": "http://openai.test/v1", "gemini": "http://gemini.test/v1beta/openai"}
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Settings]:
+    """Write models/credentials/vendors files and return Settings pointing at them.
+
+    Pass ``credentials=None`` to leave the credentials file out, as on a fresh checkout.
+    """
+
+    def write(
+        models: Any = DEFAULT_MODELS,
+        credentials: Any = DEFAULT_CREDENTIALS,
+        vendors: Any = None,
+        **overrides: Any,
+    ) -> Settings:
+        paths = {}
+        for name, content in (("models", models), ("credentials", credentials), ("vendors", vendors)):
+            path = tmp_path / f"{name}.json"
+            if content is not None:
+                path.write_text(content if isinstance(content, str) else json.dumps(content))
+            paths[name] = str(path)
+        if vendors is None:
+            vendors_content = [{"name": name, "base_url": url} for name, url in UNIT_BASE_URLS.items()]
+            Path(paths["vendors"]).write_text(json.dumps(vendors_content))
+        return Settings(
+            models_file=paths["models"],
+            credentials_file=paths["credentials"],
+            vendors_file=paths["vendors"],
+            **overrides,
+        )
+
+    return write
+
+
+@pytest.fixture
+def make_app(write_config: Callable[..., Settings]) -> Callable[..., Any]:
+    """Build an app from config written by ``write_config`` (same keyword arguments)."""
+
+    def make(**kwargs: Any):
+        app = create_app(write_config(**kwargs))
+        app.testing = True
+        return app
+
+    return make
+
+
+@pytest.fixture
+def client(make_app: Callable[..., Any]):
+    """A test client of an app with one OpenAI and one Gemini credential and model."""
+    return make_app().test_client()
+
+
+def chat_body(**fields: Any) -> dict[str, Any]:
+    """A minimal valid chat request, with ``fields`` added or replaced."""
+    return {"model": "any-model", "messages": [{"role": "user", "content": "Hello"}], **fields}

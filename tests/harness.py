@@ -1,0 +1,195 @@
+"""Real processes for integration tests, the demo and the benchmark: the fake vendor and the router.
+
+The router runs exactly as in production, ``gunicorn -c gunicorn.conf.py wsgi:app`` with gevent
+workers, on a free loopback port, configured only through environment variables and files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+# Keys the integration routers use; tests grep logs and bodies for them.
+OPENAI_KEY = "sk-itest-openai-0123456789abcdef"
+GEMINI_KEY = "AIzaItestGemini0123456789abcdefghijk"
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the kernel's choice)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Any, timeout: float, interval: float = 0.05, message: str = "condition") -> Any:
+    """Poll ``condition()`` until it returns something truthy; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{message} not met within {timeout} s")
+        time.sleep(interval)
+
+
+class FakeVendor:
+    """The fake vendor (tests/fake_vendor.py) in a subprocess, with its control API as methods."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.fake_vendor", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stdout.readline()
+        if not line.startswith("FAKE_VENDOR_LISTENING"):
+            self.process.kill()
+            raise RuntimeError(f"fake vendor did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._session = requests.Session()
+
+    def url(self, vendor: str) -> str:
+        """The base URL under which the fake plays ``vendor``."""
+        return f"{self.base}/{vendor}"
+
+    def behave(self, vendor: str, **behaviour: Any) -> None:
+        """Make every later request to ``vendor`` behave so (see fake_vendor's docstring)."""
+        self._session.put(f"{self.base}/_control/vendors/{vendor}", json=behaviour).raise_for_status()
+
+    def reset(self) -> None:
+        self._session.post(f"{self.base}/_control/reset").raise_for_status()
+
+    def requests(self, vendor: str | None = None) -> list[dict[str, Any]]:
+        """Chat requests the fake received, oldest first."""
+        params = {"vendor": vendor} if vendor else {}
+        return self._session.get(f"{self.base}/_control/requests", params=params).json()
+
+    def streams(self, vendor: str | None = None) -> list[dict[str, Any]]:
+        params = {"vendor": vendor} if vendor else {}
+        return self._session.get(f"{self.base}/_control/streams", params=params).json()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def router_config(
+    directory: Path,
+    fake: FakeVendor | None,
+    models: Any = None,
+    credentials: Any = None,
+    vendors: Any = None,
+) -> dict[str, str]:
+    """Write config files into ``directory``; return the environment that points the router at them.
+
+    By default: one OpenAI and one Gemini key and model, both vendors played by ``fake``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    models = (
+        models
+        if models is not None
+        else [
+            {"vendor": "openai", "model": "gpt-4o"},
+            {"vendor": "gemini", "model": "gemini-2.0-flash"},
+        ]
+    )
+    credentials = (
+        credentials
+        if credentials is not None
+        else [
+            {"platform": "openai", "type": "api-key", "value": OPENAI_KEY},
+            {"platform": "gemini", "type": "api-key", "value": GEMINI_KEY},
+        ]
+    )
+    env = {
+        "MODELS_FILE": str(directory / "models.json"),
+        "CREDENTIALS_FILE": str(directory / "credentials.json"),
+        "VENDORS_FILE": str(directory / "vendors.json"),
+    }
+    (directory / "models.json").write_text(json.dumps(models))
+    if credentials != "absent":
+        (directory / "credentials.json").write_text(json.dumps(credentials))
+    if vendors is not None:
+        (directory / "vendors.json").write_text(json.dumps(vendors))
+    if fake is not None:
+        env["OPENAI_BASE_URL"] = fake.url("openai")
+        env["GEMINI_BASE_URL"] = fake.url("gemini") + "/v1beta/openai"
+    return env
+
+
+class Router:
+    """``gunicorn -c gunicorn.conf.py wsgi:app`` in a subprocess on a free port, its log in a file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, workers: int = 1) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "ROUTER_", "RATE_"))},
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers),
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self._log = open(log_path, "ab")  # noqa: SIM115 -- open for the process's whole life
+        self.process = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(self._healthy, timeout=20, message=f"router on port {self.port} healthy")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"router did not start; log:\n{self.logs()[-4000:]}") from None
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM, then SIGKILL if gunicorn has not exited within ``timeout``; returns its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"router exited with {self.process.returncode}; log:\n{self.logs()[-4000:]}")
+        try:
+            return requests.get(self.url("/health"), timeout=1).status_code == 200
+        except requests.RequestException:
+            return False

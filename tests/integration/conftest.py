@@ -1,0 +1,62 @@
+"""Fixtures that start real processes: the fake vendor and the router under gunicorn + gevent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.harness import FakeVendor, Router, router_config
+
+
+@pytest.fixture(scope="session")
+def fake_vendor() -> Iterator[FakeVendor]:
+    fake = FakeVendor()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake(fake_vendor: FakeVendor) -> FakeVendor:
+    """The shared fake vendor, with no behaviours and no records left from earlier tests."""
+    fake_vendor.reset()
+    return fake_vendor
+
+
+@pytest.fixture(scope="session")
+def router(fake_vendor: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+    """One router for tests that need no special settings: two workers, as on a 2-CPU host."""
+    directory = tmp_path_factory.mktemp("router")
+    server = Router(router_config(directory, fake_vendor), directory / "router.log", workers=2)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_router(fake: FakeVendor, tmp_path: Path) -> Iterator[Callable[..., Router]]:
+    """Start a router with its own config and settings: ``start_router(models=..., ENV=value)``."""
+    started: list[Router] = []
+
+    def start(models: Any = None, credentials: Any = None, vendors: Any = None, workers: int = 1, **env: str) -> Router:
+        directory = tmp_path / f"router{len(started)}"
+        config = router_config(directory, fake, models=models, credentials=credentials, vendors=vendors)
+        server = Router({**config, **env}, directory / "router.log", workers=workers)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def sdk(server: Router, **options: Any) -> openai.OpenAI:
+    """The official OpenAI SDK pointed at ``server``; no retries, so every failure is visible."""
+    return openai.OpenAI(base_url=server.url("/v1"), api_key="unused-client-key", max_retries=0, **options)
+
+
+@pytest.fixture
+def client(router: Router, fake: FakeVendor) -> openai.OpenAI:
+    return sdk(router)
