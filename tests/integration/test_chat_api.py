@@ -273,7 +273,7 @@ def test_close_delimited_stream_is_still_incremental(client, fake):
     fake.behave("openai", chunks=6, interval=0.2, framing="close")
     started = time.monotonic()
     stream = client.chat.completions.create(model="m", messages=HELLO, stream=True, extra_query={"vendor": "openai"})
-    first = next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
+    next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
     first_at = time.monotonic() - started
     list(stream)
     assert first_at < 0.6 < time.monotonic() - started

@@ -1,0 +1,216 @@
+"""The HTTP surface through Flask's test client, with vendors mocked by `responses`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import responses
+
+from tests.conftest import GEMINI_KEY, OPENAI_KEY, chat_body
+
+OPENAI_URL = "http://openai.test/v1/chat/completions"
+GEMINI_URL = "http://gemini.test/v1beta/openai/chat/completions"
+
+
+def completion(content="Hi there", model="vendor-model"):
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+
+
+def assert_openai_error(response, status, param=None):
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["param"] == param
+    return error
+
+
+def test_health_is_plain_ok(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.data == b"OK"
+    assert response.mimetype == "text/plain"
+
+
+def test_models_lists_every_configured_model(client):
+    data = client.get("/v1/models").get_json()
+    assert data["object"] == "list"
+    assert [(m["id"], m["owned_by"], m["object"]) for m in data["data"]] == [
+        ("gpt-4o", "openai", "model"),
+        ("gemini-2.0-flash", "gemini", "model"),
+    ]
+    assert all(isinstance(m["created"], int) for m in data["data"])
+
+
+def test_models_vendor_filter_and_empty_list_not_null(client):
+    assert [m["id"] for m in client.get("/v1/models?vendor=gemini").get_json()["data"]] == ["gemini-2.0-flash"]
+    assert client.get("/v1/models?vendor=nobody").get_json() == {"object": "list", "data": []}
+
+
+def test_model_retrieval(client):
+    assert client.get("/v1/models/gpt-4o").get_json()["owned_by"] == "openai"
+    assert_openai_error(client.get("/v1/models/nope"), 404, param="model")
+
+
+@responses.activate
+def test_chat_forwards_with_vendor_key_and_answers_requested_model(client):
+    responses.post(OPENAI_URL, json=completion())
+    response = client.post("/v1/chat/completions?vendor=openai", json=chat_body(model="my-model", temperature=0.3))
+    assert response.status_code == 200
+    answer = response.get_json()
+    assert answer["model"] == "my-model"
+    assert answer["choices"][0]["message"]["content"] == "Hi there"
+    assert response.headers["X-Vendor-Source"] == "openai"
+    assert response.headers["X-Model-Source"] == "gpt-4o"
+    assert response.headers["X-Router-Attempts"] == "1"
+    sent = responses.calls[0].request
+    assert sent.headers["Authorization"] == f"Bearer {OPENAI_KEY}"
+    assert json.loads(sent.body) == chat_body(model="gpt-4o", temperature=0.3)
+
+
+@responses.activate
+def test_stream_through_the_service(client):
+    events = [
+        {"id": "g1", "created": 5, "model": "x", "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"id": "g2", "created": 6, "model": "x", "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {"id": "g3", "created": 7, "model": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    sse = "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events) + "data: [DONE]\r\n\r\n"
+    responses.post(GEMINI_URL, body=sse, content_type="text/event-stream")
+    response = client.post("/v1/chat/completions?vendor=gemini", json=chat_body(stream=True))
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    blocks = response.get_data(as_text=True).split("\n\n")
+    assert blocks[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(b.removeprefix("data: ")) for b in blocks[:-2]]
+    assert [c["id"] for c in chunks] == ["g1", "g1", "g1"]
+    assert [c["created"] for c in chunks] == [5, 5, 5]
+    assert {c["model"] for c in chunks} == {"any-model"}
+    assert responses.calls[0].request.headers["Authorization"] == f"Bearer {GEMINI_KEY}"
+
+
+@responses.activate
+def test_failover_to_another_combination_after_a_5xx(client):
+    responses.post(OPENAI_URL, status=503, json={"error": {"message": "overloaded"}})
+    responses.post(GEMINI_URL, json=completion())
+    for _ in range(3):
+        response = client.post("/v1/chat/completions", json=chat_body())
+        assert response.status_code == 200
+    # The failing combination cools down: after the first failover it is not tried again.
+    assert len([c for c in responses.calls if c.request.url == OPENAI_URL]) <= 1
+
+
+@responses.activate
+def test_rate_limit_from_every_vendor_stays_429_with_retry_after(client):
+    for url in (OPENAI_URL, GEMINI_URL):
+        responses.post(url, status=429, json={"error": {"message": "slow down"}}, headers={"Retry-After": "7"})
+    response = client.post("/v1/chat/completions", json=chat_body())
+    error = assert_openai_error(response, 429)
+    assert error["message"] == "slow down"
+    assert response.headers["Retry-After"] == "7"
+    assert response.headers["X-Router-Attempts"] == "2"
+
+
+@responses.activate
+def test_gemini_array_error_is_reshaped_and_not_retried(client):
+    responses.post(
+        GEMINI_URL,
+        status=400,
+        json=[{"error": {"code": 400, "message": 'Unknown name "x"', "status": "INVALID_ARGUMENT"}}],
+    )
+    response = client.post("/v1/chat/completions?vendor=gemini", json=chat_body())
+    error = assert_openai_error(response, 400)
+    assert error == {
+        "message": 'Unknown name "x"',
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "INVALID_ARGUMENT",
+    }
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_html_from_a_vendor_becomes_json(client):
+    responses.post(OPENAI_URL, status=502, body="<html>Bad Gateway</html>", content_type="text/html")
+    response = client.post("/v1/chat/completions?vendor=openai", json=chat_body())
+    assert_openai_error(response, 502)
+
+
+@responses.activate
+def test_unreachable_vendor_is_a_502_naming_vendor_and_model_not_key(client):
+    response = client.post("/v1/chat/completions?vendor=openai", json=chat_body())  # nothing mocked: refused
+    error = assert_openai_error(response, 502)
+    assert "openai" in error["message"] and "gpt-4o" in error["message"]
+    assert OPENAI_KEY not in response.get_data(as_text=True)
+    assert "openai.test" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "param"),
+    [
+        ({"data": "{not json", "content_type": "application/json"}, 400, None),
+        ({"data": "", "content_type": "application/json"}, 400, None),
+        ({"data": "[1, 2]", "content_type": "application/json"}, 400, None),
+        ({"data": '"text"', "content_type": "application/json"}, 400, None),
+        ({"data": "\xff\xfe", "content_type": "application/json"}, 400, None),
+        ({"data": "model=x", "content_type": "application/x-www-form-urlencoded"}, 415, None),
+        ({"data": "{}"}, 415, None),
+        ({"json": {"messages": []}}, 400, "messages"),
+        ({"json": chat_body(stream="yes")}, 400, "stream"),
+        (
+            {"json": chat_body(tools=[{"type": "function", "function": {"name": "no spaces"}}])},
+            400,
+            "tools[0].function.name",
+        ),
+        ({"json": chat_body(messages=[{"role": "robot", "content": "x"}])}, 400, "messages[0].role"),
+    ],
+)
+def test_bad_input_is_a_clear_json_error(client, kwargs, status, param):
+    assert_openai_error(client.post("/v1/chat/completions", **kwargs), status, param)
+
+
+def test_body_over_the_limit_is_413(make_app):
+    client = make_app(max_body_bytes=1000).test_client()
+    response = client.post("/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": "x" * 2000}]))
+    assert_openai_error(response, 413)
+
+
+def test_unknown_route_and_wrong_method_are_json(client):
+    assert_openai_error(client.get("/v2/nothing"), 404)
+    response = client.get("/v1/chat/completions")
+    assert_openai_error(response, 405)
+    assert "POST" in response.headers["Allow"]
+
+
+def test_configured_model_of_another_vendor_is_400(client):
+    assert_openai_error(client.post("/v1/chat/completions?vendor=gemini", json=chat_body(model="gpt-4o")), 400, "model")
+
+
+def test_no_credentials_is_503_naming_the_missing_file(make_app):
+    client = make_app(credentials=None).test_client()
+    error = assert_openai_error(client.post("/v1/chat/completions", json=chat_body()), 503)
+    assert "credentials" in error["message"]
+
+
+def test_request_id_from_the_client_is_kept_and_a_bad_one_replaced(client):
+    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    for bad in ("has spaces and <tags>", "x" * 200):
+        replaced = client.get("/health", headers={"X-Request-ID": bad}).headers["X-Request-ID"]
+        assert replaced != bad and len(replaced) == 32
+
+
+def test_metrics_is_prometheus_text(client):
+    client.get("/health")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    assert b"flask_http_request_total" in response.data
