@@ -279,6 +279,7 @@ class ChatService:
         seconds = time.perf_counter() - answer.started
         if combination is not None:
             self._metrics.stream_ended(combination, answer.outcome, seconds)
+            self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage)
         if answer.pump.client_gone:
             self._metrics.client_disconnects.labels("streaming").inc()
             log.info("client went away mid-stream after %.1f s; vendor connection closed", seconds)

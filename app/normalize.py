@@ -77,6 +77,8 @@ class StreamNormalizer:
         self._choices_with_tools: set[int] = set()
         # Whether any choice reported a finish_reason: a stream that ends before one was cut off.
         self.finish_seen = False
+        # The vendor's token counts, from the usage chunk sent when the client asked for one.
+        self.usage: dict[str, Any] | None = None
 
     def chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
         """Fix one chat.completion.chunk in place and return it."""
@@ -95,6 +97,9 @@ class StreamNormalizer:
             for position, choice in enumerate(choices):
                 if isinstance(choice, dict):
                     self._fix_choice(choice, position)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
         return chunk
 
     def _fix_choice(self, choice: dict[str, Any], position: int) -> None:

@@ -51,7 +51,7 @@ class StreamRelay:
         self._upstream = upstream
         self._combination = combination
         self._response = response
-        self._normalizer = normalizer
+        self.normalizer = normalizer
         self._splitter = EventSplitter()
         self._pending_failure: StreamFailure | None = None
         self.finished = False
@@ -107,12 +107,12 @@ class StreamRelay:
                 self._pending_failure = StreamFailure(self._vendor_error_event(chunk))
                 break
             self.events += 1
-            parts.append(data_event(orjson.dumps(self._normalizer.chunk(chunk)), event.fields))
+            parts.append(data_event(orjson.dumps(self.normalizer.chunk(chunk)), event.fields))
         return b"".join(parts)
 
     def _end_of_stream(self) -> bytes | None:
         self.finished = True
-        if self._splitter.has_partial_event or not self._normalizer.finish_seen:
+        if self._splitter.has_partial_event or not self.normalizer.finish_seen:
             raise StreamFailure(UpstreamError(self._say("ended the stream before the answer was complete")))
         # The answer is complete but the vendor omitted [DONE]: clients wait for it, so add it.
         return _DONE_EVENT
@@ -141,7 +141,7 @@ class Pump:
     """Runs a relay in a reader greenlet; iterating yields its bytes, keep-alives and a final error event."""
 
     def __init__(self, relay: StreamRelay, keepalive_seconds: float) -> None:
-        self._relay = relay
+        self.relay = relay
         self._keepalive = keepalive_seconds
         self._queue: gevent.queue.Queue = gevent.queue.Queue()
         self._reader: gevent.Greenlet | None = None
@@ -179,12 +179,12 @@ class Pump:
         """Stop the reader, then close the vendor connection (in that order: STACK.md rule 9)."""
         if self._reader is not None:
             self._reader.kill(block=True)
-        self._relay.close()
+        self.relay.close()
 
     def _read_all(self) -> None:
         put: Callable[[object], None] = self._queue.put
         try:
-            while (out := self._relay.read()) is not None:
+            while (out := self.relay.read()) is not None:
                 put(out)
         except StreamFailure as failure:
             put(failure)
