@@ -214,3 +214,45 @@ def test_metrics_is_prometheus_text(client):
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
     assert b"flask_http_request_total" in response.data
+
+
+def sse(*events: object) -> str:
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+CONTENT = {"id": "c", "created": 1, "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+FINISH = {"id": "c", "created": 1, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+
+@responses.activate
+def test_error_event_before_any_content_fails_over_invisibly(client):
+    overloaded = {"error": {"code": 503, "message": "The model is overloaded", "status": "UNAVAILABLE"}}
+    responses.post(GEMINI_URL, body=sse(overloaded), content_type="text/event-stream")
+    responses.post(OPENAI_URL, body=sse(CONTENT, FINISH), content_type="text/event-stream")
+    response = client.post("/v1/chat/completions?", json=chat_body(model="gemini-2.0-flash", stream=True))
+    assert response.status_code == 503  # only gemini offers that model: nowhere to fail over to
+    assert response.get_json()["error"]["message"] == "The model is overloaded"
+    response = client.post("/v1/chat/completions", json=chat_body(stream=True))
+    assert response.status_code == 200
+    assert response.headers["X-Vendor-Source"] == "openai"
+    assert '"content":"Hi"' in response.get_data(as_text=True)
+
+
+@responses.activate
+def test_error_event_after_content_is_relayed_as_one_openai_error_event(client):
+    failure = {
+        "error": {"message": "quota exceeded mid-answer", "type": "insufficient_quota", "code": "insufficient_quota"}
+    }
+    responses.post(OPENAI_URL, body=sse(CONTENT, failure, CONTENT), content_type="text/event-stream")
+    response = client.post("/v1/chat/completions?vendor=openai", json=chat_body(stream=True))
+    assert response.status_code == 200
+    blocks = [b for b in response.get_data(as_text=True).split("\n\n") if b]
+    assert len(blocks) == 2
+    assert json.loads(blocks[1].removeprefix("data: ")) == {
+        "error": {
+            "message": "quota exceeded mid-answer",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
