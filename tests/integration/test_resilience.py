@@ -251,6 +251,18 @@ def test_client_leaving_mid_stream_closes_the_vendor_connection_within_two_secon
     assert stream["events_sent"] < 10
 
 
+def test_client_leaving_before_the_first_event_closes_the_vendor_connection(start_router, fake):
+    fake.behave("openai", first_delay=20)
+    server = start_router(models=[{"vendor": "openai", "model": "gpt-4o"}])
+    sock = open_raw_stream(server, {"model": "m", "messages": HELLO, "stream": True})
+    wait_until(lambda: fake.streams("openai"), timeout=5)
+    sock.close()
+    closed_at = time.time()
+    [stream] = wait_until(lambda: [s for s in fake.streams("openai") if s["client_closed_at"]], timeout=5)
+    assert stream["client_closed_at"] - closed_at < 2.0
+    assert stream["events_sent"] == 0
+
+
 def test_client_leaving_a_long_whole_call_closes_the_vendor_connection(start_router, fake):
     fake.behave("openai", delay=20)
     server = start_router(models=[{"vendor": "openai", "model": "gpt-4o"}])
