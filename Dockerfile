@@ -2,7 +2,14 @@
 #   docker build -t generative-api-router .
 #   docker run -p 8082:8082 -e OPENAI_API_KEY=sk-... \
 #     -v "$PWD/configs:/app/configs:ro" generative-api-router
-FROM python:3.11-slim-bookworm
+# Keys never go into the image (.dockerignore drops configs/credentials.json): the mounted
+# credentials.json names them as ${OPENAI_API_KEY}-style references, filled from the environment.
+# docker-compose.yml runs it behind nginx. Checked by reading and by tests/integration/test_docker.py.
+
+# The Python minor version the tests run on. For reproducible builds pin a digest:
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> .
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,7 +24,8 @@ RUN groupadd --system router && useradd --system --gid router --home-dir /app --
 
 # Dependencies first, so code changes do not reinstall them. Versions are pinned in the file.
 COPY requirements.txt .
-RUN pip install --no-compile -r requirements.txt
+# Bytecode is compiled here, once: the non-root user could not write it at run time.
+RUN pip install -r requirements.txt
 
 COPY app ./app
 COPY configs ./configs

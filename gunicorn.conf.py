@@ -4,9 +4,14 @@ This file runs in the gunicorn master before any worker forks, so it imports not
 never the app, never requests (STACK.md rule 3). Start: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 """
 
+import json
+import logging
 import multiprocessing
 import os
 import tempfile
+import time
+
+from gunicorn.glogging import Logger
 
 
 def _int(name: str, default: int) -> int:
@@ -35,9 +40,11 @@ timeout = _int("GUNICORN_TIMEOUT", 30)
 # On SIGTERM, SIGHUP reloads and worker restarts, running streams get this long to finish before
 # the worker is killed (STACK.md rule 5): long enough for a typical completion.
 graceful_timeout = _int("GRACEFUL_TIMEOUT", 120)
-# Idle keep-alive connections are held this long; above nginx's upstream keepalive_timeout (60 s)
-# so nginx, not gunicorn, closes idle connections, and never one nginx is about to reuse.
-keepalive = _int("KEEPALIVE", 75)
+# Idle keep-alive connections are held this long. Short, because on SIGTERM or SIGHUP a worker
+# waits for its idle connections as for running requests: with a long keep-alive every deploy
+# would stall that long. nginx's upstream keepalive_timeout must be shorter (configs/nginx uses
+# 4 s), so nginx closes an idle connection before gunicorn does and never reuses a closing one.
+keepalive = _int("KEEPALIVE", 5)
 
 # Never preload with gevent: modules imported before the fork miss monkey-patching (rule 2).
 preload_app = False
@@ -51,6 +58,40 @@ accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").strip() or "info"
 proc_name = "generative-api-router"
+
+
+class _JSONLines(logging.Formatter):
+    """gunicorn's own lines (start, workers, timeouts) in the shape of the app's JSON lines."""
+
+    # A copy of the app's shape, not an import of it: importing app.logs would import the app
+    # package, and with it requests, into the master (rule 3).
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": "-",
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+class _JSONLogger(Logger):
+    """gunicorn's logger with its usual handlers (stderr, GUNICORN_ACCESS_LOG), writing JSON lines."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(_JSONLines())
+
+
+# LOG_FORMAT=json: every line the process writes is a JSON object, gunicorn's too, so a log
+# shipper never meets a line it cannot parse.
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    logger_class = _JSONLogger
 
 # Prometheus multiprocess mode: workers write samples to files in this directory and /metrics
 # adds them up. It must be in the environment before a worker imports prometheus_client, so it

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.catalog import Catalog, load_catalog
 from app.chat import ChatService
@@ -35,8 +36,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     Raises SettingsError or ConfigError (with a message naming the variable, file and entry)
     when the configuration cannot work.
     """
-    from app.blueprints import chat, health, models
+    from app.auth import install_client_auth
+    from app.blueprints import chat, health, models, openapi
+    from app.cors import install_cors
     from app.http import install_http_edge
+    from app.limits import install_rate_limits
     from app.logs import configure_logging
     from app.metrics import init_metrics
 
@@ -61,9 +65,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["router"] = Router(settings, catalog, selector, service)
 
     install_http_edge(app)
+    # Hook order is request order: preflights need no key, and only a proven key is counted.
+    install_cors(app, settings.cors_origins)
+    install_client_auth(app, settings)
+    install_rate_limits(app, settings, (chat.bp, models.bp))
+    if settings.trusted_proxies:
+        # The client address is the one the trusted proxies saw (X-Forwarded-For), not theirs.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(openapi.bp)
     return app
 
 

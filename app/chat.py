@@ -21,7 +21,7 @@ import requests
 
 from app.catalog import Combination
 from app.disconnect import ClientWatch
-from app.errors import ClientDisconnected, RouterError, UpstreamError, UpstreamTimeout, VendorError
+from app.errors import ClientDisconnected, InvalidRequest, RouterError, UpstreamError, UpstreamTimeout, VendorError
 from app.metrics import RouterMetrics
 from app.normalize import StreamNormalizer, normalize_completion, vendor_error
 from app.relay import Pump, StreamFailure, StreamRelay
@@ -288,7 +288,11 @@ class ChatService:
 
     def _send(self, call: ChatCall, combination: Combination, trace: Trace, *, stream: bool) -> requests.Response:
         # The client's own JSON, with only the model replaced: every other field reaches the vendor.
-        body = orjson.dumps({**call.body, "model": combination.model.id})
+        try:
+            body = orjson.dumps({**call.body, "model": combination.model.id})
+        except TypeError:
+            # orjson reads 1024 levels of nesting but writes only 254: the client's body is at fault.
+            raise InvalidRequest("The request body is nested too deeply (at most 254 levels).") from None
         return self._wait(trace, lambda: self._upstream.post(combination, body, stream=stream))
 
     def _wait(self, trace: Trace, action: Callable[[], Any]) -> Any:

@@ -59,6 +59,10 @@ def read_json_body() -> dict:
         got = request.mimetype or "none"
         raise UnsupportedMediaType(f"Content-Type must be application/json; got {got}.")
     raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past MAX_CONTENT_LENGTH
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # A chunked body (no Content-Length) is cut at the limit by werkzeug, not refused.
+        raise PayloadTooLarge("The request body is too large.")
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:

@@ -29,7 +29,7 @@ class _RequestContext(logging.Filter):
         record.request_id = request_id_var.get()
         message = record.getMessage()
         cleaned = redact(message)
-        if cleaned is not message and cleaned != message:
+        if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:
             # Tracebacks can quote a header or URL: format once, then redact the text.

@@ -9,7 +9,7 @@ status class, phase): nothing a client sends can create a new time series.
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 
@@ -20,6 +20,8 @@ __all__ = ["RouterMetrics", "init_metrics"]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _STREAM_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+# The only values the exporter's ``method`` label may take (RFC 9110's methods and PATCH).
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
 class RouterMetrics:
@@ -34,7 +36,7 @@ class RouterMetrics:
         )
         self.upstream_ttfb = Histogram(
             "router_upstream_ttfb_seconds",
-            "Time from sending a request to a vendor to its answer's headers (whole answers) or first event (streams).",
+            "Successful vendor calls: from sending the request to the whole answer, or to a stream's first event.",
             ["vendor", "model"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
@@ -88,6 +90,11 @@ class RouterMetrics:
             ["vendor", "model", "kind"],
             registry=registry,
         )
+        self.unknown_methods = Counter(
+            "router_http_unknown_method_requests",
+            "Requests with a method outside RFC 9110's and PATCH (answered 404/405, left out of flask_http_*).",
+            registry=registry,
+        )
         self.overhead = Histogram(
             "router_overhead_seconds",
             "Time a chat request spent in the router itself, not waiting for a vendor (to the first byte for streams).",
@@ -131,4 +138,16 @@ def init_metrics(app: Flask) -> RouterMetrics:
         defaults_prefix="flask",
         buckets=_LATENCY_BUCKETS,
     )
-    return RouterMetrics(registry)
+    metrics = RouterMetrics(registry)
+
+    @app.before_request
+    def leave_unknown_methods_out() -> None:
+        # The exporter labels its HTTP metrics with the raw method token, which the client picks
+        # (gunicorn passes any uppercase token): each new one would be a new series. Such requests
+        # still get their 404/405 (routing errors are raised after before_request hooks); they are
+        # counted without a label instead.
+        if request.method not in STANDARD_METHODS:
+            request.prom_do_not_track = True  # the exporter's own per-request opt-out
+            metrics.unknown_methods.inc()
+
+    return metrics

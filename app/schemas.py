@@ -14,12 +14,15 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from app.errors import InvalidRequest
 
-__all__ = ["MAX_CONTENT_PARTS", "MAX_MESSAGES", "MAX_TOOLS", "validate_chat_request"]
+__all__ = ["MAX_CONTENT_PARTS", "MAX_MESSAGES", "MAX_TOOLS", "MAX_TOOL_CALLS", "validate_chat_request"]
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_MESSAGES = 4096
 MAX_CONTENT_PARTS = 1024
 MAX_TOOLS = 512
+# Tool calls in the whole conversation. Each costs a nested schema load (~17 us), so without a
+# total 10 MB of them would hold a worker for seconds.
+MAX_TOOL_CALLS = 4096
 MAX_NAME_LENGTH = 256
 # \Z, not $: "$" would accept a name ending in a newline (STACK.md rule 16).
 TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}\Z"
@@ -181,11 +184,39 @@ def validate_chat_request(body: Any) -> None:
     """Raise InvalidRequest, with ``param`` naming the first bad field, unless ``body`` is valid."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    _check_counts(body)
     try:
         _CHAT_REQUEST.load(body)
     except ValidationError as exc:
         param, message = _first_error(exc.messages)
         raise InvalidRequest(f"Invalid value for {param}: {message}" if param else message, param=param) from None
+
+
+def _check_counts(body: dict) -> None:
+    """Refuse oversized lists before marshmallow loads them: it checks a list's length only after
+    loading every item, which for 10 MB of tiny messages is seconds of CPU."""
+    messages, tools = body.get("messages"), body.get("tools")
+    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+        text = f"Invalid value for messages: At most {MAX_MESSAGES} messages are allowed."
+        raise InvalidRequest(text, param="messages")
+    if isinstance(tools, list) and len(tools) > MAX_TOOLS:
+        raise InvalidRequest(f"Invalid value for tools: At most {MAX_TOOLS} tools are allowed.", param="tools")
+    if not isinstance(messages, list):
+        return
+    total = 0
+    for index, message in enumerate(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if not isinstance(calls, list):
+            continue
+        if len(calls) > MAX_TOOLS:
+            param = f"messages[{index}].tool_calls"
+            raise InvalidRequest(f"Invalid value for {param}: At most {MAX_TOOLS} tool calls are allowed.", param=param)
+        total += len(calls)
+    if total > MAX_TOOL_CALLS:
+        raise InvalidRequest(
+            f"Invalid value for messages: At most {MAX_TOOL_CALLS} tool calls are allowed in one request.",
+            param="messages",
+        )
 
 
 def _first_error(messages: Any, path: str = "") -> tuple[str | None, str]:

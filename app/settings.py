@@ -7,6 +7,7 @@ Every variable the router reads is read here, documented here, and nowhere else.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -56,6 +57,8 @@ class Settings:
 
     # flask-limiter rate limit string, e.g. "60/minute;1000/hour"; empty means no limit.
     rate_limit: str = ""
+    # memory:// counts in each worker process; redis://host:port/db is shared by every worker and
+    # instance pointed at it (app/limits.py: fails open, per worker, while Redis is down).
     rate_limit_storage: str = "memory://"
     # Number of proxies in front of the router whose X-Forwarded-For may be trusted (nginx: 1).
     trusted_proxies: int = 0
@@ -66,6 +69,11 @@ class Settings:
     # Greenlets a worker may run at once (gunicorn's worker_connections); sizes the vendor
     # connection pool so no connection is thrown away under load.
     worker_connections: int = 1000
+
+    def __post_init__(self) -> None:
+        # Asking for a closed /metrics on an open router would silently leave it open.
+        if self.metrics_require_key and not self.api_keys:
+            raise SettingsError("METRICS_REQUIRE_KEY needs client keys: set ROUTER_API_KEYS or ROUTER_API_KEYS_FILE")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,10 +95,10 @@ class Settings:
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
             api_keys=_read_api_keys(reader),
             metrics_require_key=reader.boolean("METRICS_REQUIRE_KEY", cls.metrics_require_key),
-            rate_limit=reader.text("RATE_LIMIT", cls.rate_limit),
+            rate_limit=_read_rate_limit(reader),
             rate_limit_storage=reader.text("RATE_LIMIT_STORAGE", cls.rate_limit_storage),
             trusted_proxies=reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
-            cors_origins=reader.items("CORS_ORIGINS"),
+            cors_origins=_read_origins(reader),
             worker_connections=reader.integer("WORKER_CONNECTIONS", cls.worker_connections, minimum=1),
         )
 
@@ -108,6 +116,34 @@ def _read_api_keys(reader: _Reader) -> tuple[str, ...]:
         # One key per line; blank lines and lines starting with '#' are ignored.
         keys.extend(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
     return tuple(dict.fromkeys(keys))
+
+
+def _read_rate_limit(reader: _Reader) -> str:
+    """RATE_LIMIT, checked now with the parser flask-limiter uses, so a typo stops start-up."""
+    from limits import parse_many
+
+    value = reader.text("RATE_LIMIT", "")
+    if not value:
+        return value
+    try:
+        items = parse_many(value)
+    except ValueError:
+        raise SettingsError(f"RATE_LIMIT must look like 60/minute or 10/second;1000/hour; got {value!r}") from None
+    if any(item.amount < 1 for item in items):
+        raise SettingsError(f"RATE_LIMIT amounts must be at least 1; got {value!r}")
+    return value
+
+
+def _read_origins(reader: _Reader) -> tuple[str, ...]:
+    """CORS_ORIGINS: ``*`` or full origins (scheme://host[:port]), which browsers send verbatim."""
+    origins = reader.items("CORS_ORIGINS")
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise SettingsError(f"CORS_ORIGINS entries must be * or like https://app.example.com; got {origin!r}")
+    return origins
+
+
+_ORIGIN = re.compile(r"https?://[^/\s]+\Z")
 
 
 class _Reader:

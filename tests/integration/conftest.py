@@ -54,7 +54,8 @@ def start_router(fake: FakeVendor, tmp_path: Path) -> Iterator[Callable[..., Rou
 
 def sdk(server: Router, **options: Any) -> openai.OpenAI:
     """The official OpenAI SDK pointed at ``server``; no retries, so every failure is visible."""
-    return openai.OpenAI(base_url=server.url("/v1"), api_key="unused-client-key", max_retries=0, **options)
+    options.setdefault("api_key", "unused-client-key")
+    return openai.OpenAI(base_url=server.url("/v1"), max_retries=0, **options)
 
 
 @pytest.fixture

@@ -318,7 +318,7 @@ def test_sighup_reloads_models_without_dropping_a_running_stream(start_router, f
     rest = b"\n".join(lines).decode()
     assert "part7" in rest and rest.rstrip().endswith("data: [DONE]")
     wait_until(
-        lambda: [m["id"] for m in requests.get(server.url("/v1/models"), timeout=2).json()["data"]] == ["gpt-4.1"],
+        lambda: [m["id"] for m in requests.get(server.url("/v1/models"), timeout=10).json()["data"]] == ["gpt-4.1"],
         timeout=10,
         message="new workers serving the new models.json",
     )

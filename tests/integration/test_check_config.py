@@ -1,0 +1,76 @@
+"""``python -m app check-config``: the combinations with masked keys, or start-up's own error and exit 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT, Router, router_config
+
+OPENAI_KEYS = ("sk-check-openai-first-0123456789AAAA", "sk-check-openai-second-0123456789BBBB")
+GEMINI_KEY = "AIzaCheckGemini0123456789abcdefghCCCC"
+MODELS = [{"vendor": "openai", "model": "gpt-4o"}, {"vendor": "gemini", "model": "gemini-2.0-flash"}]
+
+
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROUTER_", "RATE_", "PROMETHEUS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "app", "check-config"],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_good_config_prints_every_combination_with_its_key_masked(tmp_path):
+    credentials = [{"platform": "openai", "type": "api-key", "value": key} for key in OPENAI_KEYS]
+    credentials.append({"platform": "gemini", "type": "api-key", "value": "${CHECK_GEMINI_KEY}"})
+    env = router_config(tmp_path, None, models=MODELS, credentials=credentials)
+
+    result = check_config({**env, "CHECK_GEMINI_KEY": GEMINI_KEY})
+
+    assert result.returncode == 0, result.stderr
+    assert "3 combinations:" in result.stdout
+    combinations = [line.split() for line in result.stdout.splitlines() if " key ****" in line]
+    assert combinations == [
+        ["openai#1/gpt-4o", "key", "****AAAA"],
+        ["openai#2/gpt-4o", "key", "****BBBB"],
+        ["gemini#1/gemini-2.0-flash", "key", "****CCCC"],
+    ]
+    for key in (*OPENAI_KEYS, GEMINI_KEY):
+        assert key[:-4] not in result.stdout + result.stderr
+
+
+BAD_CONFIGS = {
+    "models file is not JSON": ({"models": "[{oops"}, {}),
+    "unknown vendor": ({"credentials": [{"platform": "nobody", "type": "api-key", "value": "x" * 20}]}, {}),
+    "unset ${VAR}": ({"credentials": [{"platform": "openai", "type": "api-key", "value": "${CHECK_UNSET}"}]}, {}),
+    "bad setting": ({}, {"MAX_ATTEMPTS": "none"}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_exits_1_with_the_message_start_up_gives(tmp_path, case):
+    files, extra_env = BAD_CONFIGS[case]
+    env = {**router_config(tmp_path / "config", None, models=MODELS, credentials=files.get("credentials")), **extra_env}
+    if "models" in files:
+        Path(env["MODELS_FILE"]).write_text(files["models"])
+
+    result = check_config(env)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("config error: ")
+    message = result.stderr.removeprefix("config error: ").strip()
+    assert message and "\n" not in message
+
+    # The real server refuses to start with the same words.
+    with pytest.raises(RuntimeError, match=r"did not start|exited"):
+        Router(env, tmp_path / "router.log")
+    assert message in (tmp_path / "router.log").read_text()

@@ -1,0 +1,142 @@
+"""GET /openapi.json is a valid OpenAPI 3 document, and the real router's answers match it.
+
+Validated with openapi-core (which checks the document itself with openapi-spec-validator) against
+the real gunicorn + fake vendor: paths, statuses, content types, headers and bodies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+from openapi_core import Config, OpenAPI
+from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
+from openapi_schema_validator import OAS30Validator
+
+HELLO = [{"role": "user", "content": "Hello"}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    },
+}
+
+
+def _decode_text(body: bytes, charset: str = "utf-8", **_parameters: str) -> str:
+    return body.decode(charset)
+
+
+@pytest.fixture
+def api(router) -> OpenAPI:
+    """The router's own /openapi.json, pointed at this router's address."""
+    document = requests.get(router.url("/openapi.json"), timeout=10).json()
+    document["servers"] = [{"url": router.base}]
+    # An SSE body is text; openapi-core reads media types it does not know as bytes.
+    config = Config(extra_media_type_deserializers={"text/event-stream": _decode_text})
+    return OpenAPI.from_dict(document, config=config)  # raises if the document is not valid OpenAPI
+
+
+@pytest.fixture
+def call(api: OpenAPI) -> Callable[..., requests.Response]:
+    """Send a request, then validate the request and the router's answer against the document."""
+
+    def send(method: str, url: str, *, validate_request: bool = True, **kwargs: Any) -> requests.Response:
+        prepared = requests.Request(method, url, **kwargs).prepare()
+        with requests.Session() as session:
+            response = session.send(prepared, timeout=30)
+        request = RequestsOpenAPIRequest(prepared)
+        if validate_request:
+            api.validate_request(request)
+        api.validate_response(request, RequestsOpenAPIResponse(response))
+        return response
+
+    return send
+
+
+def test_openapi_document_is_served_and_describes_every_route(router, api):
+    response = requests.get(router.url("/openapi.json"), timeout=10)
+    assert response.headers["Content-Type"] == "application/json"
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    described = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert described == {
+        ("GET", "/health"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/{model_id}"),
+        ("POST", "/v1/chat/completions"),
+    }
+
+
+def test_health_metrics_and_models_answers_match_the_document(router, fake, call):
+    assert call("GET", router.url("/health")).text == "OK"
+    assert call("GET", router.url("/metrics")).status_code == 200
+    assert call("GET", router.url("/openapi.json")).status_code == 200
+    assert len(call("GET", router.url("/v1/models")).json()["data"]) == 2
+    assert call("GET", router.url("/v1/models"), params={"vendor": "nobody"}).json()["data"] == []
+    assert call("GET", router.url("/v1/models/gpt-4o")).json()["owned_by"] == "openai"
+    assert call("GET", router.url("/v1/models/no-such-model")).status_code == 404
+
+
+def test_whole_chat_answers_match_the_document(router, fake, call):
+    url = router.url("/v1/chat/completions")
+    assert call("POST", url, json={"model": "any-model", "messages": HELLO}).status_code == 200
+    for vendor in ("openai", "gemini"):  # Gemini's quirks are normalized into the documented shape
+        answer = call(
+            "POST",
+            url,
+            params={"vendor": vendor},
+            json={"model": "any-model", "messages": HELLO, "tools": [WEATHER_TOOL]},
+        )
+        assert answer.json()["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status"),
+    [
+        ({"status": 429, "retry_after": 1}, 429),
+        ({"status": 500}, 500),
+        ({"status": 400, "error_format": "gemini"}, 400),
+    ],
+)
+def test_vendor_error_answers_match_the_document(router, fake, call, behaviour, status):
+    fake.behave("openai", **behaviour)
+    url = router.url("/v1/chat/completions")
+    response = call("POST", url, params={"vendor": "openai"}, json={"model": "any-model", "messages": HELLO})
+    assert response.status_code == status
+
+
+def test_router_error_answers_match_the_document(router, fake, call):
+    url = router.url("/v1/chat/completions")
+    # Requests the document itself calls invalid: only the answers are checked.
+    invalid = [
+        ({"json": {"model": "any-model", "messages": []}}, 400),
+        ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400),
+        ({"params": {"vendor": "nobody"}, "json": {"model": "any-model", "messages": HELLO}}, 404),
+        ({"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415),
+    ]
+    for kwargs, status in invalid:
+        assert call("POST", url, validate_request=False, **kwargs).status_code == status
+
+
+def test_stream_answer_matches_the_document(router, fake, api, call):
+    response = call(
+        "POST",
+        router.url("/v1/chat/completions"),
+        json={"model": "any-model", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}},
+    )
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    # Every event's JSON is a documented ChatCompletionChunk.
+    document = requests.get(router.url("/openapi.json"), timeout=10).json()
+    chunk_schema = {"$ref": "#/components/schemas/ChatCompletionChunk", "components": document["components"]}
+    validator = OAS30Validator(chunk_schema)
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    for event in events[:-1]:
+        validator.validate(json.loads(event))
+    assert json.loads(events[-2])["usage"]["total_tokens"] > 0
