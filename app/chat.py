@@ -101,7 +101,8 @@ class WholeAnswer:
 
 
 class StreamAnswer:
-    """A committed stream: iterate for the client's bytes; ``close`` is safe to call more than once."""
+    """A committed stream, usable as a WSGI body: iterate for the client's bytes; ``close`` is
+    safe to call more than once, and the server calls it however the stream ended (PEP 3333)."""
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class StreamAnswer:
         self._watch = watch
         self._on_close = on_close
         self._closed = False
+        self._also_close: list[Callable[[], None]] = []
         self.started = time.perf_counter()
 
     def __iter__(self) -> Iterator[bytes]:
@@ -132,6 +134,10 @@ class StreamAnswer:
             return "vendor_failed"
         return "completed"
 
+    def close_with(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (e.g. the HTTP response's own close hooks) when the stream closes."""
+        self._also_close.append(callback)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -139,6 +145,8 @@ class StreamAnswer:
         self._watch.disarm()
         self.pump.close()
         self._on_close(self)
+        for callback in self._also_close:
+            callback()
 
 
 class _AttemptFailed(Exception):
@@ -166,6 +174,7 @@ class ChatService:
         self._metrics = metrics
         self._max_attempts = max_attempts
         self._keepalive = keepalive_seconds
+        self._cooling_reported = -1
 
     def answer(self, call: ChatCall, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
         """Validate and answer ``call``; raises RouterError (with trace headers) when it cannot."""
@@ -201,7 +210,7 @@ class ChatService:
                 break
             tried.add(combination.key)
             self._metrics.selected(combination)
-            self._metrics.cooling.set(self._selector.cooling_count())
+            self._report_cooling()
             started = time.perf_counter()
             try:
                 answer = attempt(call, combination, trace, watch)
@@ -225,6 +234,12 @@ class ChatService:
         assert failure is not None  # candidates is never empty, so at least one attempt was made
         failure.error.headers.update(trace.headers())
         raise failure.error
+
+    def _report_cooling(self) -> None:
+        count = self._selector.cooling_count()
+        if count != self._cooling_reported:  # a gauge write per attempt is wasted when nothing changed
+            self._cooling_reported = count
+            self._metrics.cooling.set(count)
 
     # -- one attempt ---------------------------------------------------------------------------
 

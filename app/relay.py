@@ -28,6 +28,9 @@ __all__ = ["Pump", "StreamFailure", "StreamRelay"]
 log = logging.getLogger(__name__)
 
 _DONE_EVENT = data_event(DONE)
+# After [DONE], how long the vendor may take to end its body (normally it already has). Read to
+# its end, the connection goes back to the pool: the next stream skips a TCP and TLS handshake.
+DRAIN_SECONDS = 0.25
 
 
 class StreamFailure(Exception):
@@ -55,6 +58,7 @@ class StreamRelay:
         self._splitter = EventSplitter()
         self._pending_failure: StreamFailure | None = None
         self.finished = False
+        self._drain_after_done = False
         self.events = 0
 
     def read(self) -> bytes | None:
@@ -82,6 +86,9 @@ class StreamRelay:
                 out = b""
             if out:
                 return out
+        if self._drain_after_done:
+            self._drain_after_done = False
+            self._drain()
         return None
 
     def close(self) -> None:
@@ -94,6 +101,7 @@ class StreamRelay:
             if event.data == DONE:
                 parts.append(_DONE_EVENT)
                 self.finished = True
+                self._drain_after_done = True
                 break
             try:
                 chunk = orjson.loads(event.data)
@@ -109,6 +117,15 @@ class StreamRelay:
             self.events += 1
             parts.append(data_event(orjson.dumps(self.normalizer.chunk(chunk)), event.fields))
         return b"".join(parts)
+
+    def _drain(self) -> None:
+        """Read the vendor's end of body (within DRAIN_SECONDS) so urllib3 pools its connection."""
+        try:
+            with gevent.Timeout(DRAIN_SECONDS):
+                while self._upstream.read_some(self._combination, self._response):
+                    pass  # nothing after [DONE] is relayed
+        except (gevent.Timeout, UpstreamError):
+            pass  # the connection is closed instead of pooled: only a handshake is lost
 
     def _end_of_stream(self) -> bytes | None:
         self.finished = True

@@ -33,7 +33,8 @@ Routes
 ``GET /_control/requests[?vendor=X]``
     Recorded chat requests, oldest first (the last 20,000): ``{"vendor", "path", "method",
     "headers": {lower-cased name: value}, "body": parsed JSON or null, "raw": body text (only
-    when not valid JSON), "received_at": time.time(), "client_closed_at": time.time() when the
+    when not valid JSON), "received_at": time.time(), "connection": the number of the TCP
+    connection it came on (1, 2, ...), "client_closed_at": time.time() when the
     client went away while the fake was still delaying / streaming this answer, else null}``.
 ``GET /_control/streams[?vendor=X]``
     One record per streamed answer (the last 20,000): ``{"vendor", "path", "started_at",
@@ -287,10 +288,13 @@ class Request:
 class Connection:
     """One client socket: a read buffer, a write buffer, and waits that watch for a close."""
 
-    __slots__ = ("buf", "gone_at", "out", "sock")
+    __slots__ = ("buf", "gone_at", "number", "out", "sock")
+    _numbers = itertools.count(1)
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        # Which TCP connection a request came on: tests see whether the router reuses them.
+        self.number = next(Connection._numbers)
         self.buf = bytearray()
         # Output is gathered and sent at the next wait or at the end of the answer, so an
         # answer that is all due at once costs one send however many chunks it has.
@@ -715,6 +719,7 @@ class FakeVendor:
             "body": None,
             "received_at": time.time(),
             "client_closed_at": None,
+            "connection": conn.number,
         }
         self.requests.append(record)
         ka = req.keep_alive

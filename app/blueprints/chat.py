@@ -1,10 +1,8 @@
 """POST /v1/chat/completions[?vendor=X]: a whole JSON answer, or an SSE stream."""
 
-from collections.abc import Iterator
-
 from flask import Blueprint, Response, current_app, request
 
-from app.chat import ChatCall, StreamAnswer, WholeAnswer
+from app.chat import ChatCall, WholeAnswer
 from app.disconnect import ClientWatch
 from app.errors import ClientDisconnected
 from app.http import read_json_body
@@ -26,19 +24,15 @@ def chat_completions() -> Response:
         return Response(status=499)
     if isinstance(answer, WholeAnswer):
         return Response(answer.body, 200, answer.trace.headers(), mimetype="application/json")
+    # The answer itself is the WSGI body (direct_passthrough): no werkzeug wrapper generators per
+    # event. The server closes it however the stream ends, even if it never started iterating
+    # (STACK.md rule 7), and closing it runs the response's own close hooks (the access log).
     response = Response(
-        _relay(answer),
+        answer,
         200,
         {**answer.trace.headers(), **_STREAM_HEADERS},
         content_type="text/event-stream; charset=utf-8",
+        direct_passthrough=True,
     )
-    # The generator's finally does not run if the server never starts iterating: close here too.
-    response.call_on_close(answer.close)
+    answer.close_with(response.close)
     return response
-
-
-def _relay(answer: StreamAnswer) -> Iterator[bytes]:
-    try:
-        yield from answer
-    finally:
-        answer.close()

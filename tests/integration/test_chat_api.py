@@ -305,3 +305,19 @@ def test_without_credentials_file_router_starts_and_answers_503(start_router, fa
     assert "No credentials configured" in error["message"]
     assert error["code"] == "no_credentials"
     assert requests.get(server.url("/health"), timeout=5).text == "OK"
+
+
+def test_vendor_connections_are_reused_after_whole_answers_and_streams(start_router, fake):
+    """A stream read to its end, [DONE] included, leaves its connection to the next call:
+    against a real vendor that saves a TCP and TLS handshake per call."""
+    server = start_router(models=[{"vendor": "openai", "model": "gpt-4o"}])
+    client = sdk(server)
+    for _ in range(3):
+        client.chat.completions.create(model="m", messages=HELLO)
+        assert stream_text_of(client) == "Hello from openai! You said: Hello"
+    assert len({r["connection"] for r in fake.requests()}) == 1
+
+
+def stream_text_of(client) -> str:
+    chunks = client.chat.completions.create(model="m", messages=HELLO, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

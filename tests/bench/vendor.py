@@ -1,0 +1,365 @@
+"""A lean OpenAI-compatible vendor for the benchmark: one epoll loop, answers built from templates.
+
+Why not tests/fake_vendor.py: it spends about 50 µs of CPU per stream event (a greenlet, a timed
+recv and a JSON dump for each), so 1,000 streams of one event every 20 ms (50,000 events/s) need
+more than the whole 2-core machine before the router gets any; the direct path then stretches a
+440 ms stream to 1-2 s. This server sends an event with one ``send`` from a timer heap (a few
+µs) and answers a whole completion in tens of µs, so the router, not the vendor, is measured.
+
+It answers what the router and the benchmark send, shaped exactly like the fake vendor's OpenAI
+answers (same fields, same order), and nothing else:
+
+- ``POST /<vendor>/.../chat/completions``: a whole ``chat.completion`` (with usage) or, with
+  ``"stream": true``, SSE chunks: a role delta, one content delta per piece, a finish chunk, a usage
+  chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``; chunked encoding,
+  one event per chunk, the first with the headers and each next one ``interval`` seconds after
+  the previous was sent. ``x_fake`` may set ``content_chunks`` (list of str) and ``interval`` (s);
+  the content is otherwise ``Hello from <vendor>! You said: <last user text>`` in 5 pieces.
+- ``GET /health``: 200 ``OK``.
+
+HTTP/1.1 keep-alive and pipelining; Content-Length request bodies only. Start:
+``python -m tests.bench.vendor [--port 0]``; prints ``BENCH_VENDOR_LISTENING <port>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import itertools
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import orjson
+
+__all__ = ["main"]
+
+_IDS = itertools.count(1)
+_PREFIX = os.urandom(4).hex()
+_EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+_CLOSE_EVENTS = select.EPOLLHUP | select.EPOLLERR
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
+)
+MAX_REQUEST = 16 * 1024 * 1024
+
+
+def _id(prefix: str = "chatcmpl-") -> str:
+    return f"{prefix}{_PREFIX}{next(_IDS):08x}"
+
+
+def _response(status: str, ctype: bytes, body: bytes, keep_alive: bool) -> bytes:
+    connection = b"" if keep_alive else b"Connection: close\r\n"
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+        % (status.encode(), ctype, len(body), connection)
+        + body
+    )
+
+
+def _text(vendor: str, body: dict[str, Any]) -> str:
+    said = ""
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            said = content if isinstance(content, str) else ""
+            break
+    return f"Hello from {vendor}! You said: {said[:200]}"
+
+
+def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content") or "")) // 4 + 1 for m in body.get("messages") or [] if isinstance(m, dict))
+    completion = len(text) // 4 + 1
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def whole_answer(vendor: str, body: dict[str, Any]) -> bytes:
+    """A chat.completion like the fake vendor's OpenAI one."""
+    x_fake = body.get("x_fake") if isinstance(body.get("x_fake"), dict) else {}
+    pieces = x_fake.get("content_chunks")
+    text = "".join(pieces) if isinstance(pieces, list) else _text(vendor, body)
+    return orjson.dumps(
+        {
+            "id": _id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(body, text),
+        }
+    )
+
+
+def stream_frames(vendor: str, body: dict[str, Any]) -> list[bytes]:
+    """Every event of a streamed answer, each already framed as one HTTP chunk."""
+    x_fake = body.get("x_fake") if isinstance(body.get("x_fake"), dict) else {}
+    pieces = x_fake.get("content_chunks")
+    if not isinstance(pieces, list):
+        text = _text(vendor, body)
+        step = max(len(text) // 5, 1)
+        pieces = [text[i : i + step] for i in range(0, len(text), step)]
+    options = body.get("stream_options")
+    with_usage = isinstance(options, dict) and options.get("include_usage") is True
+    stream_id, created, model = _id(), int(time.time()), body.get("model")
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        c: dict[str, Any] = {
+            "id": stream_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if with_usage:
+            c["usage"] = None
+        return orjson.dumps(c)
+
+    payloads = [chunk({"role": "assistant", "content": ""})]
+    payloads += [chunk({"content": piece}) for piece in pieces]
+    payloads.append(chunk({}, "stop"))
+    if with_usage:
+        usage = {"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        payloads.append(orjson.dumps({**usage, "choices": [], "usage": _usage(body, "".join(pieces))}))
+    payloads.append(b"[DONE]")
+    frames = []
+    for payload in payloads:
+        event = b"data: " + payload + b"\n\n"
+        frames.append(b"%x\r\n%s\r\n" % (len(event), event))
+    return frames
+
+
+class Conn:
+    """One client connection: input buffer, output buffer, and the stream it is answering, if any."""
+
+    __slots__ = ("closed", "fd", "inbuf", "keep_alive", "out", "server", "sock", "stream", "writing")
+
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.inbuf = b""
+        self.out = b""
+        self.writing = False
+        self.stream: list[bytes] | None = None
+        self.keep_alive = True
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.out:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            data = data[sent:]
+            if not data:
+                return
+        self.out += data
+        if not self.writing:
+            self.writing = True
+            self.server.epoll.modify(self.fd, _EPOLLIN | _EPOLLOUT)
+
+    def flush(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        self.out = self.out[sent:]
+        if not self.out and self.writing:
+            self.writing = False
+            self.server.epoll.modify(self.fd, _EPOLLIN)
+            if not self.keep_alive and self.stream is None:
+                self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.stream = None
+        self.server.conns.pop(self.fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self.server.epoll.unregister(self.fd)
+        self.sock.close()
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.inbuf += data
+        if len(self.inbuf) > MAX_REQUEST:
+            self.close()
+            return
+        self.serve_buffered()
+
+    def serve_buffered(self) -> None:
+        """Answer every complete request in the buffer, in order; a stream holds the rest back."""
+        while self.stream is None and not self.closed and self.keep_alive:
+            end = self.inbuf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.inbuf[:end].decode("latin-1")
+            lines = head.split("\r\n")
+            length, close = 0, False
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "connection":
+                    close = value.strip().lower() == "close"
+            if len(self.inbuf) < end + 4 + length:
+                return
+            body = self.inbuf[end + 4 : end + 4 + length]
+            self.inbuf = self.inbuf[end + 4 + length :]
+            method, _, rest = lines[0].partition(" ")
+            path = rest.rsplit(" ", 1)[0].split("?", 1)[0]
+            self.keep_alive = not close and lines[0].endswith("HTTP/1.1")
+            self.answer(method, path, body)
+        if not self.keep_alive and not self.out and self.stream is None:
+            self.close()
+
+    def answer(self, method: str, path: str, raw: bytes) -> None:
+        ka = self.keep_alive
+        if method == "GET" and path == "/health":
+            self.write(_response("200 OK", b"text/plain", b"OK", ka))
+            return
+        if method != "POST" or not path.endswith("/chat/completions"):
+            self.write(_response("404 Not Found", b"application/json", b'{"error":{"message":"not found"}}', ka))
+            return
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            self.write(_response("400 Bad Request", b"application/json", b'{"error":{"message":"bad json"}}', ka))
+            return
+        vendor = path.strip("/").split("/", 1)[0]
+        if body.get("stream") is not True:
+            self.write(_response("200 OK", b"application/json", whole_answer(vendor, body), ka))
+            return
+        x_fake = body.get("x_fake") if isinstance(body.get("x_fake"), dict) else {}
+        interval = float(x_fake.get("interval") or 0.0)
+        frames = stream_frames(vendor, body)
+        frames.append(b"0\r\n\r\n")
+        self.stream = frames
+        self.write(SSE_HEAD + (b"" if ka else b"Connection: close\r\n") + b"\r\n" + frames[0])
+        self.server.schedule(self, 1, interval)
+
+
+class Server:
+    """The epoll loop: accepts, reads requests, and sends stream events when they are due."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        self.listener.listen(4096)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.epoll = select.epoll()
+        self.epoll.register(self.listener.fileno(), _EPOLLIN)
+        self.conns: dict[int, Conn] = {}
+        self._timers: list[tuple[float, int, Conn, int, float]] = []
+        self._seq = itertools.count()
+
+    def schedule(self, conn: Conn, index: int, interval: float) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + interval, next(self._seq), conn, index, interval))
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError:
+                return  # e.g. out of descriptors: the client will see a reset and report it
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Conn(self, sock)
+            self.conns[conn.fd] = conn
+            self.epoll.register(conn.fd, _EPOLLIN)
+
+    def _due(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _, _, conn, index, interval = heapq.heappop(timers)
+            frames = conn.stream
+            if frames is None or conn.closed:
+                continue
+            conn.write(frames[index])
+            if index + 1 < len(frames):
+                # Paced from the moment this event went out, like a vendor generating tokens.
+                heapq.heappush(timers, (now + interval, next(self._seq), conn, index + 1, interval))
+                continue
+            conn.stream = None
+            if conn.keep_alive:
+                conn.serve_buffered()
+            elif not conn.out:
+                conn.close()
+
+    def serve_forever(self) -> None:
+        listener = self.listener.fileno()
+        timers = self._timers
+        while True:
+            timeout = max(timers[0][0] - time.monotonic(), 0.0) if timers else -1
+            for fd, mask in self.epoll.poll(timeout):
+                if fd == listener:
+                    self._accept()
+                    continue
+                conn = self.conns.get(fd)
+                if conn is None:
+                    continue
+                if mask & _EPOLLOUT:
+                    conn.flush()
+                if mask & (_EPOLLIN | _CLOSE_EVENTS) and not conn.closed:
+                    conn.readable()
+            self._due()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until SIGTERM / SIGINT."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    server = Server(args.host, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGINT, lambda *_: os._exit(0))
+    sys.stdout.write(f"BENCH_VENDOR_LISTENING {server.port}\n")
+    sys.stdout.flush()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
