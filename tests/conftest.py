@@ -14,7 +14,7 @@ from app.settings import Settings
 
 # Keys used by tests: long enough to be registered as secrets, unique enough to grep logs for.
 OPENAI_KEY = "sk-test-openai-0123456789abcdef"
-GEMINI_KEY = "AIzaTestGemini0123456789abcdefghijk"
+GEMINI_KEY = "AIzaTestGemini0123456789abcd"
 
 DEFAULT_MODELS = [
     {"vendor": "openai", "model": "gpt-4o"},

@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 
 # Keys the integration routers use; tests grep logs and bodies for them.
 OPENAI_KEY = "sk-itest-openai-0123456789abcdef"
-GEMINI_KEY = "AIzaItestGemini0123456789abcdefghijk"
+GEMINI_KEY = "AIzaItestGemini0123456789abc"
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import pytest
 from tests.harness import ROOT, Router, router_config
 
 OPENAI_KEYS = ("sk-check-openai-first-0123456789AAAA", "sk-check-openai-second-0123456789BBBB")
-GEMINI_KEY = "AIzaCheckGemini0123456789abcdefghCCCC"
+GEMINI_KEY = "AIzaCheckGemini012345678CCCC"
 MODELS = [{"vendor": "openai", "model": "gpt-4o"}, {"vendor": "gemini", "model": "gemini-2.0-flash"}]
 
 
