@@ -8,30 +8,34 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import tempfile
 import time
 
 from gunicorn.glogging import Logger
 
 
-def _int(name: str, default: int) -> int:
+def _int(name: str, default: int, minimum: int = 0) -> int:
     value = os.environ.get(name, "").strip()
     try:
-        return int(value) if value else default
+        number = int(value) if value else default
     except ValueError:
         raise SystemExit(f"{name} must be a whole number; got {value!r}") from None
+    if number < minimum:
+        raise SystemExit(f"{name} must be at least {minimum}; got {value!r}")
+    return number
 
 
 # All interfaces, so nginx or a container runtime can reach it; PORT as in the contract.
-bind = f"0.0.0.0:{_int('PORT', 8082)}"
+bind = f"0.0.0.0:{_int('PORT', 8082, minimum=1)}"
 
 # gevent workers: each handles many requests at once as greenlets, which is what a router that
 # mostly waits on vendors needs. One worker per CPU by default; WEB_CONCURRENCY overrides.
 worker_class = "gevent"
-workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count())
+workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count(), minimum=1)
 # Requests (greenlets) one worker holds at once; open streams count. The app sizes its vendor
 # connection pool from the same variable, so no pooled connection is thrown away under load.
-worker_connections = _int("WORKER_CONNECTIONS", 1000)
+worker_connections = _int("WORKER_CONNECTIONS", 1000, minimum=1)
 
 # With gevent this is a watchdog for a worker whose event loop is blocked, not a request timeout:
 # long streams are unaffected as long as the loop runs (STACK.md rule 4). Request time limits are
@@ -93,11 +97,12 @@ class _JSONLogger(Logger):
 if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
     logger_class = _JSONLogger
 
+_OWN_METRICS_PREFIX = "router-metrics-"
 # Prometheus multiprocess mode: workers write samples to files in this directory and /metrics
 # adds them up. It must be in the environment before a worker imports prometheus_client, so it
 # is set here, in the master, before the fork; a private temporary directory unless given.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="router-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_OWN_METRICS_PREFIX)
 
 
 def on_starting(server):
@@ -107,6 +112,14 @@ def on_starting(server):
     for name in os.listdir(directory):
         if name.endswith(".db"):
             os.remove(os.path.join(directory, name))
+
+
+def on_exit(server):
+    """Remove the metrics directory this file created (never one the operator gave)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    parent, name = os.path.split(directory)
+    if name.startswith(_OWN_METRICS_PREFIX) and parent == tempfile.gettempdir():
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def child_exit(server, worker):

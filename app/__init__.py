@@ -24,9 +24,7 @@ log = logging.getLogger("router")
 class Router:
     """The services a request may reach, stored on the app as ``app.extensions["router"]``."""
 
-    settings: Settings
     catalog: Catalog
-    selector: Selector
     chat: ChatService
 
 
@@ -62,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pool_size=settings.worker_connections,
     )
     service = ChatService(selector, upstream, metrics, settings.max_attempts, settings.stream_keepalive_seconds)
-    app.extensions["router"] = Router(settings, catalog, selector, service)
+    app.extensions["router"] = Router(catalog, service)
 
     install_http_edge(app)
     # Hook order is request order: preflights need no key, and only a proven key is counted.

@@ -1,4 +1,4 @@
-"""Client keys: who may call the router, checked before anything else runs.
+"""Client keys: who may call the router, checked before any rate limit, validation or vendor call.
 
 With ``ROUTER_API_KEYS`` set, every ``/v1/*`` request (and ``/metrics`` when
 ``METRICS_REQUIRE_KEY``) must carry ``Authorization: Bearer <key>``, which is what the OpenAI SDKs

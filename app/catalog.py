@@ -81,11 +81,16 @@ class Combination:
     vendor: Vendor
     credential: Credential
     model: Model
+    # A stable name for logs, metrics and cooldown state, free of secrets; built once, since the
+    # selector reads it for every candidate of every attempt.
+    key: str = field(init=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        """A stable name for logs, metrics and cooldown state, free of secrets."""
-        return f"{self.credential.label}/{self.model.id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.credential.label}/{self.model.id}")
+
+    def describe(self, problem: str) -> str:
+        """An error message naming this vendor and model (never the key): "Vendor X (model Y) <problem>."."""
+        return f"Vendor {self.vendor.name} (model {self.model.id}) {problem}."
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,11 @@ class Catalog:
     models: tuple[Model, ...]
     credentials: tuple[Credential, ...]
     combinations: tuple[Combination, ...]
-    # Vendors that have models but no credential: only possible when the credentials file is
-    # absent, so a fresh checkout still starts (and answers 503 naming what is missing).
     # When the models file was last changed: the ``created`` of every model in /v1/models, the
     # same in every worker and stable until the configuration changes.
     models_created: int = 0
+    # Vendors that have models but no credential: only possible when the credentials file is
+    # absent, so a fresh checkout still starts (and answers 503 naming what is missing).
     vendors_without_credentials: tuple[str, ...] = ()
     credentials_file_missing: bool = False
     warnings: tuple[str, ...] = ()

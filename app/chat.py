@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 # A client that names no model gets the router's choice, reported under this name.
 DEFAULT_MODEL_NAME = "any-model"
-# How much of a vendor's error body is read: error bodies are small; a huge one is not an error.
-MAX_ERROR_BODY = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,24 +58,16 @@ class ChatCall:
 
 
 @dataclass
-class Attempt:
-    combination: Combination
-    outcome: str  # ok, vendor_error, timeout, network, bad_answer
-    status: int | None
-    seconds: float
-
-
-@dataclass
 class Trace:
-    """What happened while answering: the attempts, and the router's time outside vendor calls."""
+    """What happened while answering: the combinations tried, and the router's time outside vendor calls."""
 
     started: float = field(default_factory=time.perf_counter)
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[Combination] = field(default_factory=list)
     vendor_seconds: float = 0.0
 
     @property
     def combination(self) -> Combination | None:
-        return self.attempts[-1].combination if self.attempts else None
+        return self.attempts[-1] if self.attempts else None
 
     def headers(self) -> dict[str, str]:
         """Response headers naming the combination that answered and the number of attempts."""
@@ -128,11 +118,12 @@ class StreamAnswer:
 
     @property
     def outcome(self) -> str:
-        if self.pump.client_gone:
-            return "client_gone"
+        """completed, vendor_failed, or client_gone (the client left, or the stream was cut short)."""
         if self.pump.failure is not None:
             return "vendor_failed"
-        return "completed"
+        if self.pump.ended:
+            return "completed"
+        return "client_gone"
 
     def close_with(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (e.g. the HTTP response's own close hooks) when the stream closes."""
@@ -150,12 +141,22 @@ class StreamAnswer:
 
 
 class _AttemptFailed(Exception):
-    def __init__(self, error: RouterError, outcome: str, status: int | None, retryable: bool) -> None:
+    """One attempt failed; ``retryable`` failures cool the combination down and try another."""
+
+    def __init__(
+        self,
+        error: RouterError,
+        outcome: str,
+        status: int | None,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(error.message)
         self.error = error
         self.outcome = outcome
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class ChatService:
@@ -208,7 +209,10 @@ class ChatService:
             combination = self._selector.choose(candidates, tried)
             if combination is None:
                 break
+            if trace.combination is not None:
+                self._metrics.failed_over(trace.combination)  # the failed one is followed by this one
             tried.add(combination.key)
+            trace.attempts.append(combination)
             self._metrics.selected(combination)
             self._report_cooling()
             started = time.perf_counter()
@@ -216,24 +220,29 @@ class ChatService:
                 answer = attempt(call, combination, trace, watch)
             except _AttemptFailed as failed:
                 seconds = time.perf_counter() - started
-                trace.attempts.append(Attempt(combination, failed.outcome, failed.status, seconds))
                 self._metrics.attempted(combination, failed.outcome, failed.status, None)
                 self._log_attempt(
                     number, combination, len(candidates), failed.outcome, failed.status, seconds, failed.error.message
                 )
                 failure = failed
+                self._cool_down(combination, failed)
                 if not failed.retryable:
                     break
-                self._metrics.failed_over(combination)
                 continue
             seconds = time.perf_counter() - started
-            trace.attempts.append(Attempt(combination, "ok", 200, seconds))
             self._metrics.attempted(combination, "ok", 200, seconds)
             self._log_attempt(number, combination, len(candidates), "ok", 200, seconds)
             return answer
         assert failure is not None  # candidates is never empty, so at least one attempt was made
         failure.error.headers.update(trace.headers())
         raise failure.error
+
+    def _cool_down(self, combination: Combination, failed: _AttemptFailed) -> None:
+        """Have the selector skip what just failed: the combination, or every use of a refused key."""
+        if failed.retryable:  # network, timeout, bad answer, 408/429/5xx
+            self._selector.cool_down(combination, failed.retry_after)
+        elif failed.status in (401, 403):
+            self._selector.cool_down_credential(combination.credential)
 
     def _report_cooling(self) -> None:
         count = self._selector.cooling_count()
@@ -245,15 +254,16 @@ class ChatService:
 
     def _attempt_whole(self, call: ChatCall, combination: Combination, trace: Trace, watch: ClientWatch) -> WholeAnswer:
         response = self._send(call, combination, trace, stream=False)
-        content = self._wait(trace, lambda: self._upstream.read_all(combination, response))
         if not 200 <= response.status_code < 300:
-            raise self._vendor_failure(combination, response, content)
+            content = self._wait(trace, lambda: self._upstream.read_error(combination, response))
+            raise _vendor_failure(response, content)
+        content = self._wait(trace, lambda: self._upstream.read_all(combination, response))
         try:
             answer = orjson.loads(content)
         except orjson.JSONDecodeError:
             answer = None
         if not isinstance(answer, dict):
-            error = UpstreamError(_say(combination, "answered with something that is not a JSON object"))
+            error = UpstreamError(combination.describe("answered with something that is not a JSON object"))
             raise _AttemptFailed(error, "bad_answer", response.status_code, True)
         self._metrics.counted_tokens(combination, answer.get("usage"))
         return WholeAnswer(orjson.dumps(normalize_completion(answer, call.requested_model)), trace)
@@ -264,8 +274,8 @@ class ChatService:
         response = self._send(call, combination, trace, stream=True)
         try:
             if not 200 <= response.status_code < 300:
-                content = self._wait(trace, lambda: _read_bounded(response))
-                raise self._vendor_failure(combination, response, content)
+                content = self._wait(trace, lambda: self._upstream.read_error(combination, response))
+                raise _vendor_failure(response, content)
             relay = StreamRelay(self._upstream, combination, response, StreamNormalizer(call.requested_model))
             waited = time.perf_counter()
             try:
@@ -278,8 +288,8 @@ class ChatService:
                 raise _AttemptFailed(error, _network_outcome(error), None, True) from None
             finally:
                 trace.vendor_seconds += time.perf_counter() - waited
-            if first is None:
-                error = UpstreamError(_say(combination, "ended the stream without an event"))
+            if relay.events == 0:  # nothing but [DONE]: no answer at all
+                error = UpstreamError(combination.describe("ended the stream without an event"))
                 raise _AttemptFailed(error, "bad_answer", None, True)
         except BaseException:
             response.close()
@@ -295,7 +305,7 @@ class ChatService:
         if combination is not None:
             self._metrics.stream_ended(combination, answer.outcome, seconds)
             self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage)
-        if answer.pump.client_gone:
+        if answer.outcome == "client_gone":
             self._metrics.client_disconnects.labels("streaming").inc()
             log.info("client went away mid-stream after %.1f s; vendor connection closed", seconds)
         elif answer.pump.failure is not None:
@@ -319,25 +329,6 @@ class ChatService:
             raise _AttemptFailed(error, _network_outcome(error), None, True) from None
         finally:
             trace.vendor_seconds += time.perf_counter() - started
-
-    def _vendor_failure(self, combination: Combination, response: requests.Response, content: bytes) -> _AttemptFailed:
-        status = response.status_code
-        try:
-            document = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            document = None
-        headers: dict[str, str] = {}
-        retry_after = _retry_after(response.headers.get("Retry-After"))
-        if retry_after is not None:
-            headers["Retry-After"] = str(int(retry_after + 0.999))
-        error = VendorError(status, vendor_error(status, document, content[:1000].decode("utf-8", "replace")), headers)
-        if status in RETRYABLE_STATUSES:
-            self._selector.cool_down(combination, retry_after)
-            return _AttemptFailed(error, "vendor_error", status, True)
-        if status in (401, 403):
-            # The key is refused: every combination using it is skipped for a while.
-            self._selector.cool_down_credential(combination.credential)
-        return _AttemptFailed(error, "vendor_error", status, False)
 
     def _log_attempt(
         self,
@@ -385,11 +376,19 @@ def _network_outcome(error: RouterError) -> str:
     return "timeout" if isinstance(error, UpstreamTimeout) else "network"
 
 
-def _read_bounded(response: requests.Response) -> bytes:
+def _vendor_failure(response: requests.Response, content: bytes) -> _AttemptFailed:
+    """The failed attempt for a vendor's error status: OpenAI-shaped, retryable if the status is."""
+    status = response.status_code
     try:
-        return response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
-    except Exception:
-        return b""
+        document = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        document = None
+    headers: dict[str, str] = {}
+    retry_after = _retry_after(response.headers.get("Retry-After"))
+    if retry_after is not None:
+        headers["Retry-After"] = str(int(retry_after + 0.999))
+    error = VendorError(status, vendor_error(status, document, content[:1000].decode("utf-8", "replace")), headers)
+    return _AttemptFailed(error, "vendor_error", status, status in RETRYABLE_STATUSES, retry_after)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -404,7 +403,3 @@ def _retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
     return max(seconds, 0.0) if seconds == seconds and seconds != float("inf") else None
-
-
-def _say(combination: Combination, problem: str) -> str:
-    return f"Vendor {combination.vendor.name} (model {combination.model.id}) {problem}."

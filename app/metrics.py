@@ -36,7 +36,8 @@ class RouterMetrics:
         )
         self.upstream_ttfb = Histogram(
             "router_upstream_ttfb_seconds",
-            "Successful vendor calls: from sending the request to the whole answer, or to a stream's first event.",
+            "Successful vendor calls: from sending the request to the whole answer (read and checked), "
+            "or to a stream's first event.",
             ["vendor", "model"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,

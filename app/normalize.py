@@ -1,10 +1,11 @@
 """Making every vendor's answer a valid OpenAI answer, for whole answers and stream chunks.
 
 What is changed, and only this: ``model`` becomes the name the client asked for; ``id``,
-``object`` and ``created`` are always present (one id and created per stream); tool calls always
-have an id (one per call for a whole stream) and an index; ``finish_reason`` "stop" on a choice that
-called tools becomes "tool_calls" (Gemini); vendor error bodies become OpenAI error objects
-(Gemini sends a JSON array). Nothing is invented beyond that: no usage, no fingerprints.
+``object`` and ``created`` are always present (one id and created per stream); every tool call has
+an id and an index (in a stream on the call's first delta, one id per call, as OpenAI sends it);
+``finish_reason`` "stop" on a choice that called tools becomes "tool_calls" (Gemini); vendor error
+bodies become OpenAI error objects (Gemini sends a JSON array). Nothing is invented beyond that:
+no usage, no fingerprints.
 """
 
 from __future__ import annotations

@@ -130,21 +130,18 @@ class StreamRelay:
     def _end_of_stream(self) -> bytes | None:
         self.finished = True
         if self._splitter.has_partial_event or not self.normalizer.finish_seen:
-            raise StreamFailure(UpstreamError(self._say("ended the stream before the answer was complete")))
+            problem = "ended the stream before the answer was complete"
+            raise StreamFailure(UpstreamError(self._combination.describe(problem)))
         # The answer is complete but the vendor omitted [DONE]: clients wait for it, so add it.
         return _DONE_EVENT
 
     def _fail(self, problem: str) -> None:
-        self._pending_failure = StreamFailure(UpstreamError(self._say(problem)))
+        self._pending_failure = StreamFailure(UpstreamError(self._combination.describe(problem)))
 
     def _vendor_error_event(self, chunk: dict) -> VendorError:
-        error = vendor_error(502, chunk)
         code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
-        status = code if isinstance(code, int) and 400 <= code <= 599 else 502
-        return VendorError(status, error)
-
-    def _say(self, problem: str) -> str:
-        return f"Vendor {self._combination.vendor.name} (model {self._combination.model.id}) {problem}."
+        status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 502
+        return VendorError(status, vendor_error(status, chunk))
 
 
 class _Signal:
@@ -164,6 +161,7 @@ class Pump:
         self._reader: gevent.Greenlet | None = None
         self.client_gone = False
         self.failure: StreamFailure | None = None
+        self.ended = False  # the relay reached the stream's end and everything was handed on
 
     def __iter__(self) -> Iterator[bytes]:
         # The reader runs in the request's context, so its log lines carry the request id.
@@ -185,7 +183,8 @@ class Pump:
                 yield data_event(orjson.dumps(item.error.body()))
                 return
             else:
-                return  # END or CLIENT_GONE
+                self.ended = item is _Signal.END
+                return
 
     def notify_client_gone(self) -> None:
         """Called from the hub when the client's connection closed: stop at once."""

@@ -1,7 +1,9 @@
 """The router's settings: one frozen object built from the environment.
 
-Every variable the router reads is read here, documented here, and nowhere else. Config files
-(models, credentials, vendors) are paths here; their contents belong to ``catalog``.
+Every variable the app reads is read here and documented here, except those named by the config
+files themselves (``${NAME}`` values and ``<VENDOR>_BASE_URL``, read by ``catalog``) and the
+server's own (PORT, WEB_CONCURRENCY, ... read by gunicorn.conf.py, which must not import the app).
+Config files (models, credentials, vendors) are paths here; their contents belong to ``catalog``.
 """
 
 from __future__ import annotations

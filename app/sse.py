@@ -42,7 +42,9 @@ class EventSplitter:
     """Feeds on raw reads; returns every event completed by each read, in order."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        # Bytes of the event being received, already with LF line endings. A bytearray, so that an
+        # event arriving in many small reads costs time in proportion to its size, not its square.
+        self._pending = bytearray()
         # A read ended in CR: if the next starts with LF, that LF belongs to the same line end.
         self._skip_lf = False
 
@@ -50,16 +52,29 @@ class EventSplitter:
         if self._skip_lf and data.startswith(b"\n"):
             data = data[1:]
         self._skip_lf = data.endswith(b"\r")
-        buffer = self._pending + data if self._pending else data
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if b"\n\n" not in buffer:
-            if len(buffer) > MAX_EVENT_BYTES:
-                raise FramingError(f"no event boundary in {len(buffer)} bytes")
-            self._pending = buffer
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._pending:
+            # Look for a boundary only where one can be new: from the last byte already held.
+            start = len(self._pending) - 1
+            self._pending += data
+            if self._pending.find(b"\n\n", start) < 0:
+                self._check_size()
+                return []
+            buffer = bytes(self._pending)
+        elif b"\n\n" in data:
+            buffer = data  # the common case: a read of whole events
+        else:
+            self._pending += data
+            self._check_size()
             return []
-        *blocks, self._pending = buffer.split(b"\n\n")
+        *blocks, rest = buffer.split(b"\n\n")
+        self._pending = bytearray(rest)
         return [event for event in map(_parse, blocks) if event is not None]
+
+    def _check_size(self) -> None:
+        if len(self._pending) > MAX_EVENT_BYTES:
+            raise FramingError(f"no event boundary in {len(self._pending)} bytes")
 
     @property
     def has_partial_event(self) -> bool:

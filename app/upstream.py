@@ -24,6 +24,8 @@ __all__ = ["USER_AGENT", "Upstream"]
 USER_AGENT = "generative-api-router/1.0"
 # Bytes asked of the socket per stream read: one read returns whatever has arrived, up to this.
 READ_SIZE = 65536
+# How much of a vendor's error body is read: error bodies are small; a huge one is not an error.
+MAX_ERROR_BODY = 64 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ class Upstream:
         # The adapter keeps no cookies and never follows redirects.
         self._adapter = HTTPAdapter(pool_connections=max(len(vendors), 1), pool_maxsize=pool_size, max_retries=0)
         self._timeout = (connect_timeout, read_timeout)
-        self._read_timeout = read_timeout
         # Proxy variables (HTTPS_PROXY, NO_PROXY) are read once per vendor, not on every call.
         self._proxies = {name: get_environ_proxies(vendor.chat_url) for name, vendor in vendors.items()}
         self._headers: dict[tuple[str, bool], dict[str, str]] = {}
@@ -61,15 +62,15 @@ class Upstream:
         try:
             return self._adapter.send(request, stream=True, timeout=self._timeout, proxies=self._proxies[vendor.name])
         except requests.exceptions.ConnectTimeout:
-            raise UpstreamTimeout(_say(combination, f"could not be reached within {self._timeout[0]:g} s")) from None
+            raise UpstreamTimeout(combination.describe(f"could not be reached within {self._timeout[0]:g} s")) from None
         except requests.exceptions.ReadTimeout:
-            raise UpstreamTimeout(_say(combination, f"sent no answer within {self._read_timeout:g} s")) from None
+            raise UpstreamTimeout(combination.describe(f"sent no answer within {self._timeout[1]:g} s")) from None
         except requests.exceptions.SSLError:
-            raise UpstreamError(_say(combination, "failed the TLS handshake")) from None
+            raise UpstreamError(combination.describe("failed the TLS handshake")) from None
         except requests.exceptions.ConnectionError as exc:
-            raise UpstreamError(_say(combination, _connection_problem(exc))) from None
+            raise UpstreamError(combination.describe(_connection_problem(exc))) from None
         except requests.exceptions.RequestException as exc:
-            raise UpstreamError(_say(combination, f"could not be called ({type(exc).__name__})")) from None
+            raise UpstreamError(combination.describe(f"could not be called ({type(exc).__name__})")) from None
 
     def _headers_for(self, credential: Credential, stream: bool) -> dict[str, str]:
         """The router's own headers for one key (built once): never anything from the client."""
@@ -94,10 +95,19 @@ class Upstream:
             # end, urllib3 hands the connection back to the pool by itself.
             return response.raw.read(decode_content=True)
         except urllib3.exceptions.ReadTimeoutError:
-            problem = f"went silent for {self._read_timeout:g} s mid-answer"
-            raise UpstreamTimeout(_say(combination, problem)) from None
+            problem = f"went silent for {self._timeout[1]:g} s mid-answer"
+            raise UpstreamTimeout(combination.describe(problem)) from None
         except (urllib3.exceptions.HTTPError, OSError):
-            raise UpstreamError(_say(combination, "dropped the connection mid-answer")) from None
+            raise UpstreamError(combination.describe("dropped the connection mid-answer")) from None
+        finally:
+            response.close()
+
+    def read_error(self, combination: Combination, response: requests.Response) -> bytes:
+        """Up to MAX_ERROR_BODY bytes of an error answer's body (b"" if it breaks off); closes it."""
+        try:
+            return response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            return b""  # the status alone still says what went wrong
         finally:
             response.close()
 
@@ -106,15 +116,11 @@ class Upstream:
         try:
             return response.raw.read1(READ_SIZE, decode_content=True)
         except urllib3.exceptions.ReadTimeoutError:
-            raise UpstreamTimeout(_say(combination, f"went silent for {self._read_timeout:g} s mid-stream")) from None
+            raise UpstreamTimeout(combination.describe(f"went silent for {self._timeout[1]:g} s mid-stream")) from None
         except (urllib3.exceptions.HTTPError, OSError, ValueError):
             # ProtocolError (connection dropped, broken chunk framing), DecodeError, and
             # ValueError from reading a response that another greenlet just closed.
-            raise UpstreamError(_say(combination, "dropped the connection mid-stream")) from None
-
-
-def _say(combination: Combination, problem: str) -> str:
-    return f"Vendor {combination.vendor.name} (model {combination.model.id}) {problem}."
+            raise UpstreamError(combination.describe("dropped the connection mid-stream")) from None
 
 
 def _connection_problem(exc: requests.exceptions.ConnectionError) -> str:

@@ -8,6 +8,7 @@ import pytest
 import responses
 
 from tests.conftest import GEMINI_KEY, OPENAI_KEY, chat_body
+from tests.prometheus import parse
 
 OPENAI_URL = "http://openai.test/v1/chat/completions"
 GEMINI_URL = "http://gemini.test/v1beta/openai/chat/completions"
@@ -256,3 +257,42 @@ def test_error_event_after_content_is_relayed_as_one_openai_error_event(client):
             "code": "insufficient_quota",
         }
     }
+
+
+@responses.activate
+def test_error_event_code_sets_status_and_error_type(client):
+    exhausted = {"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}
+    responses.post(GEMINI_URL, body=sse(exhausted), content_type="text/event-stream")
+    response = client.post("/v1/chat/completions", json=chat_body(model="gemini-2.0-flash", stream=True))
+    assert response.status_code == 429
+    assert response.get_json()["error"] == {
+        "message": "Resource has been exhausted",
+        "type": "rate_limit_error",
+        "param": None,
+        "code": "RESOURCE_EXHAUSTED",
+    }
+
+
+@responses.activate
+def test_stream_of_nothing_but_done_is_not_an_answer_and_cools_its_combination(client):
+    responses.post(GEMINI_URL, body="data: [DONE]\n\n", content_type="text/event-stream")
+    responses.post(OPENAI_URL, body=sse(CONTENT, FINISH), content_type="text/event-stream")
+    response = client.post("/v1/chat/completions", json=chat_body(model="gemini-2.0-flash", stream=True))
+    assert response.status_code == 502
+    assert "ended the stream without an event" in response.get_json()["error"]["message"]
+    for _ in range(5):  # gemini cools down after the bad answer: the router's own choice avoids it
+        response = client.post("/v1/chat/completions", json=chat_body(stream=True))
+        assert response.status_code == 200
+        assert response.headers["X-Router-Attempts"] == "1"
+        assert response.headers["X-Vendor-Source"] == "openai"
+
+
+@responses.activate
+def test_failovers_count_only_failures_followed_by_another_attempt(client):
+    responses.post(GEMINI_URL, status=500, json={"error": {"message": "down"}})
+    responses.post(OPENAI_URL, status=500, json={"error": {"message": "down too"}})
+    response = client.post("/v1/chat/completions", json=chat_body())
+    assert response.status_code == 500
+    assert response.headers["X-Router-Attempts"] == "2"
+    metrics = parse(client.get("/metrics").get_data(as_text=True))
+    assert metrics.value("router_failovers_total") == 1  # the second failure had nothing after it

@@ -69,17 +69,23 @@ def test_one_failing_vendor_is_hidden_from_every_call(start_router, fake, failur
         assert len(fake.requests("openai")) > 20, "the failing vendor was really tried"
 
 
-def test_failing_combination_cools_down_and_is_skipped(start_router, fake):
-    fake.behave("openai", status=503)
-    server = start_router(COOLDOWN_SECONDS="60")
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_failing_combination_cools_down_and_is_skipped(start_router, fake, failure):
+    behaviour, env = FAILURES[failure]
+    env = {key: closed_port_url() if value == "refused" else value for key, value in env.items()}
+    if behaviour:
+        fake.behave("openai", **behaviour)
+    server = start_router(COOLDOWN_SECONDS="60", **env)
     client = sdk(server)
     attempts = []
     for _ in range(100):
         raw = client.chat.completions.with_raw_response.create(model="any-model", messages=HELLO)
+        assert raw.headers["x-vendor-source"] == "gemini"
         attempts.append(int(raw.headers["x-router-attempts"]))
-    assert len(fake.requests("openai")) == 1
-    assert len(fake.requests("gemini")) == 100
+    # openai was tried once (whenever the choice first fell on it), then skipped.
     assert attempts.count(2) == 1 and attempts.count(1) == 99
+    assert len(fake.requests("openai")) == (0 if failure == "refused" else 1)
+    assert len(fake.requests("gemini")) == 100
 
 
 def test_cooldown_ends_and_the_vendor_is_tried_again(start_router, fake):
