@@ -15,6 +15,7 @@ import logging
 from flask import Flask, g, request
 
 from app.errors import AuthenticationFailed
+from app.http import is_api_path
 from app.settings import Settings
 
 __all__ = ["ClientKeys", "client_identity", "install_client_auth"]
@@ -68,9 +69,7 @@ def install_client_auth(app: Flask, settings: Settings) -> None:
     )
 
     def protected(path: str) -> bool:
-        if path == "/v1" or path.startswith("/v1/"):
-            return True
-        return settings.metrics_require_key and path == "/metrics"
+        return is_api_path(path) or (settings.metrics_require_key and path == "/metrics")
 
     def check_key() -> None:
         # A CORS preflight never carries credentials (browsers strip them), and an OPTIONS answer

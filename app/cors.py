@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
+from app.http import is_api_path
+
 __all__ = ["install_cors"]
 
 # What a browser script may read besides the body: request id, routing and rate-limit headers.
@@ -38,7 +40,7 @@ def install_cors(app: Flask, origins: tuple[str, ...]) -> None:
 
     def allowed_origin() -> str | None:
         origin = request.headers.get("Origin")
-        if not origin or not _is_api(request.path):
+        if not origin or not is_api_path(request.path):
             return None
         if any_origin:
             return "*"
@@ -63,7 +65,7 @@ def install_cors(app: Flask, origins: tuple[str, ...]) -> None:
         return response
 
     def mark(response: Response) -> Response:
-        if not _is_api(request.path):
+        if not is_api_path(request.path):
             return response
         origin = allowed_origin()
         if origin is not None and "Access-Control-Allow-Origin" not in response.headers:
@@ -76,7 +78,3 @@ def install_cors(app: Flask, origins: tuple[str, ...]) -> None:
 
     app.before_request(preflight)
     app.after_request(mark)
-
-
-def _is_api(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")

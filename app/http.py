@@ -39,6 +39,11 @@ _ACCESS_FIELDS = ("method", "path", "status", "vendor", "model", "attempts", "du
 _ACCESS_FORMAT = " ".join(f"{field}=%s" for field in _ACCESS_FIELDS)
 
 
+def is_api_path(path: str) -> bool:
+    """Whether ``path`` is under /v1, the OpenAI-compatible API (keys, CORS and limits apply there)."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
 def install_http_edge(app: Flask) -> None:
     """Register the request-id hooks, the access log and the JSON error handlers on ``app``."""
     app.before_request(_begin)
