@@ -46,6 +46,18 @@ def wait_until(condition: Any, timeout: float, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
+def terminate(process: subprocess.Popen, grace: float = 5) -> None:
+    """SIGTERM ``process``; SIGKILL it if it has not exited within ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 class FakeVendor:
     """The fake vendor (tests/fake_vendor.py) in a subprocess, with its control API as methods."""
 
@@ -85,11 +97,7 @@ class FakeVendor:
         return self._session.get(f"{self.base}/_control/streams", params=params).json()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)
 
 
 def router_config(

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.harness import ROOT, free_port, wait_until
+from tests.harness import ROOT, free_port, terminate, wait_until
 
 CONFIG = ROOT / "configs" / "nginx" / "router.conf"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
@@ -97,13 +97,7 @@ http {{
 
     def stop(self) -> None:
         """Fast shutdown (SIGTERM): nginx closes its kept-alive connections to the router too."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, grace=10)
 
     def _listening(self) -> bool:
         try:

@@ -25,7 +25,7 @@ from tests.bench import report
 from tests.bench.load import LoadGenerator, pick_generator
 from tests.bench.procs import Sampler, cpu_between, cpu_seconds, loadavg, sample_tree
 from tests.bench.stats import INCREMENTAL_SHARE, STALL_SECONDS
-from tests.harness import ROOT, FakeVendor, Router, router_config, wait_until
+from tests.harness import ROOT, FakeVendor, Router, router_config, terminate, wait_until
 
 __all__ = ["main"]
 
@@ -165,11 +165,7 @@ class LeanVendor:
         return f"{self.base}/{vendor}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)
 
 
 class Bench:
