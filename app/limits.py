@@ -40,16 +40,16 @@ _REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 _KEY_PREFIX = "generative-api-router"
 
 
-def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Blueprint, ...]) -> Limiter | None:
-    """Limit requests to ``blueprints`` per client as ``settings.rate_limit`` says; None when unlimited."""
+def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Blueprint, ...]) -> None:
+    """Limit requests to ``blueprints`` per client as ``settings.rate_limit`` says (if it says any)."""
     if not settings.rate_limit:
-        return None
+        return
     storage = settings.rate_limit_storage
     where = _describe(storage)
-    password = urlsplit(storage).password
+    parts = urlsplit(storage)
+    password, scheme = parts.password, parts.scheme
     if password:
         register_secrets([password])
-    scheme = urlsplit(storage).scheme
     limiter = Limiter(
         client_identity,
         storage_uri=storage,
@@ -84,7 +84,6 @@ def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Bluepr
             where,
         )
     log.info("rate limit %s per client, counted in %s", settings.rate_limit, where)
-    return limiter
 
 
 def _too_many_requests(limiter: Limiter) -> Callable[[RateLimitExceeded], Response]:
