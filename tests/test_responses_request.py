@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.errors import InvalidRequest
 from app.responses.request import to_chat_request
 from app.responses.schema import MAX_INPUT_ITEMS, validate_responses_request
+from app.schemas import validate_chat_request
 
 TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
 CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Oslo"}'}
@@ -119,6 +125,10 @@ def test_valid_requests_pass(body):
         ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}}, "text.format.schema"),
         ({"input": "x", "reasoning": {"effort": 3}}, "reasoning.effort"),
         ({"input": "x", "metadata": ["a"]}, "metadata"),
+        ({"input": "x", "text": 5}, "text"),
+        ({"input": "x", "text": {"format": "json"}}, "text.format"),
+        ({"input": "x", "reasoning": "high"}, "reasoning"),
+        ({"input": "x", "tools": [5]}, "tools[0]"),
         ({"input": "x", "model": 4}, "model"),
     ],
 )
@@ -442,3 +452,81 @@ def test_translation_leaves_the_client_body_untouched():
     before = repr(body)
     to_chat_request(body)
     assert repr(body) == before
+
+
+FULL_REQUEST = {
+    "model": "any-model",
+    "instructions": "Be brief",
+    "input": [
+        {"type": "message", "role": "developer", "content": "Answer in French"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "Weather here?"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+                {"type": "input_file", "file_data": "data:application/pdf;base64,AAAA", "filename": "a.pdf"},
+            ],
+        },
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Checking", "annotations": []}]},
+        CALL,
+        {**CALL, "call_id": "call_2"},
+        OUTPUT,
+        {**OUTPUT, "call_id": "call_2", "output": [{"type": "input_text", "text": "rain"}]},
+    ],
+    "tools": [{**TOOL, "description": "Weather now", "strict": False}],
+    "tool_choice": {"type": "function", "name": "get_weather"},
+    "parallel_tool_calls": False,
+    "max_output_tokens": 64,
+    "text": {"format": {"type": "json_schema", "name": "answer", "schema": {"type": "object"}}, "verbosity": "low"},
+    "reasoning": {"effort": "low"},
+    "stream": True,
+    "store": False,
+    "metadata": {"k": "v"},
+}
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a JSON document: dict keys and list positions, nested."""
+    found = []
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found.append((*prefix, key))
+        found.extend(paths(child, (*prefix, key)))
+    return found
+
+
+@st.composite
+def near_full(draw: st.DrawFn) -> dict:
+    """The full request with one value anywhere in it replaced by any JSON value, or removed."""
+    body = copy.deepcopy(FULL_REQUEST)
+    path = draw(st.sampled_from(paths(body)))
+    parent = body
+    for key in path[:-1]:
+        parent = parent[key]
+    if isinstance(parent, dict) and draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(JSON_VALUES)
+    return body
+
+
+def test_the_full_request_is_valid_and_becomes_a_valid_chat_request():
+    validate_responses_request(FULL_REQUEST)
+    validate_chat_request(to_chat_request(FULL_REQUEST))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_full())
+def test_whatever_validation_accepts_translates_into_a_chat_request_chat_accepts(body):
+    try:
+        validate_responses_request(body)
+    except InvalidRequest as refused:
+        assert refused.status == 400
+        return
+    validate_chat_request(to_chat_request(body))

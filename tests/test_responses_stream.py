@@ -12,6 +12,8 @@ import json
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai import OpenAI
 
 from app.responses.stream import ResponsesStream
@@ -382,3 +384,74 @@ def test_sdk_accepts_an_incomplete_stream_as_openai_sends_it():
     assert events[-1].type == "response.incomplete"
     assert events[-1].response.incomplete_details.reason == "max_output_tokens"
     assert events[-1].response.output[0].content[0].text == "Sunny and"
+
+
+# Any order of what a normalized chat stream can carry: text, refusals, up to three parallel calls
+# in pieces (a call's first delta has its id and name, as the normalizer guarantees), usage.
+PIECES = st.lists(
+    st.one_of(
+        st.tuples(st.just("content"), st.text(max_size=4)),
+        st.tuples(st.just("refusal"), st.text(max_size=4)),
+        st.tuples(st.just("call"), st.integers(0, 2), st.text(max_size=4)),
+        st.tuples(st.just("usage"), st.integers(0, 50)),
+    ),
+    max_size=12,
+)
+
+
+def chunks_of(pieces):
+    started: set[int] = set()
+    chunks = []
+    for piece in pieces:
+        if piece[0] == "call":
+            _, index, arguments = piece
+            first = index not in started
+            started.add(index)
+            call = (
+                call_delta(index, arguments, f"call_{index}", f"tool_{index}")
+                if first
+                else call_delta(index, arguments)
+            )
+            chunks.append(chunk(tool_calls=[call]))
+        elif piece[0] == "usage":
+            chunks.append({**USAGE_CHUNK, "usage": {"prompt_tokens": piece[1], "completion_tokens": 1}})
+        else:
+            chunks.append(chunk(**{piece[0]: piece[1]}))
+    return chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(PIECES, st.sampled_from(["stop", "tool_calls", "length", "content_filter"]))
+def test_any_chunk_sequence_becomes_a_stream_the_sdk_accepts(pieces, finish_reason):
+    body = translate([*chunks_of(pieces), chunk(finish_reason)])
+    assert_well_formed(parse(body))
+    # The SDK's accumulator checks the protocol as it goes (items added before their events, no
+    # unfinished items at the end) and raises on any breach.
+    with sdk_client(body).responses.stream(model="any-model", input="x") as stream:
+        final = list(stream)[-1].response
+        if finish_reason in ("stop", "tool_calls"):
+            assert stream.get_final_response().id == final.id
+    answered = "".join(
+        part.text
+        for item in final.output
+        if item.type == "message"
+        for part in item.content
+        if part.type == "output_text"
+    )
+    assert answered == "".join(piece[1] for piece in pieces if piece[0] == "content")
+    expected: dict[str, str] = {}
+    for piece in pieces:
+        if piece[0] == "call":
+            expected[f"call_{piece[1]}"] = expected.get(f"call_{piece[1]}", "") + piece[2]
+    assert {item.call_id: item.arguments for item in final.output if item.type == "function_call"} == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(PIECES)
+def test_a_failure_after_any_chunk_sequence_makes_the_sdk_raise(pieces):
+    stream = ResponsesStream(REQUEST, "any-model")
+    body = stream.start() + b"".join(stream.chunk(item) for item in chunks_of(pieces))
+    body += stream.fail(VENDOR_FAILURE)
+    assert_well_formed(parse(body))
+    with pytest.raises(openai.APIError):
+        list(sdk_client(body).responses.create(model="any-model", input="x", stream=True))

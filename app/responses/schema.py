@@ -106,6 +106,8 @@ def _tool_type_message(kind: str) -> str:
 
 
 class _Strict(Schema):
+    error_messages = {"type": "Must be an object."}
+
     class Meta:
         # The loaded result is thrown away (the translation reads the original JSON), so unknown
         # fields are neither rejected nor copied.
@@ -226,9 +228,11 @@ class Input(fields.Field):
             if not isinstance(item, dict):
                 raise ValidationError({index: ["Must be an object."]})
             kind = item.get("type", "message" if "role" in item else None)
+            if not isinstance(kind, str):
+                raise ValidationError({index: {"type": ["Must be a string."]}})
             if kind in _DROPPED_ITEMS:
                 continue
-            schema = _ITEM_SCHEMAS.get(kind) if isinstance(kind, str) else None
+            schema = _ITEM_SCHEMAS.get(kind)
             if schema is None:
                 known = ", ".join([*_ITEM_SCHEMAS, *sorted(_DROPPED_ITEMS)])
                 raise ValidationError({index: {"type": [f"Must be one of: {known}."]}})
