@@ -29,8 +29,8 @@ __all__ = [
 
 # The chat finish_reasons that cut an answer short, and how the Responses API names each.
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
-# Of the API's fixed set of response error codes, the ones a vendor failing mid-answer can mean;
-# the SDKs refuse codes outside that set, so everything else is reported as server_error.
+# A response's error code comes from a closed list (the SDKs type it so); of that list, these are
+# what a vendor failing mid-answer can mean, and anything else is reported as server_error.
 _RESPONSE_ERROR_CODES = frozenset({"server_error", "rate_limit_exceeded"})
 
 

@@ -11,7 +11,8 @@ out, because a vendor that does not know a field answers 400 (Gemini: "Unknown n
 | message items (developer -> system)         | messages; input_text -> text, input_image ->      |
 |                                             | image_url (detail kept), input_file -> file;      |
 |                                             | assistant output_text / refusal -> its text       |
-| adjacent function_call items                | one assistant message with tool_calls             |
+| adjacent function_call items                | one assistant message with tool_calls (the one    |
+|                                             | holding the assistant's text just before, if any) |
 | function_call_output                        | a tool message                                    |
 | reasoning items                             | dropped                                           |
 | tools (flat function) / tool_choice{name}   | tools / tool_choice nested under "function"       |

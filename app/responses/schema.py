@@ -3,7 +3,8 @@
 The router keeps no state and runs no tools, so the parts of the API that need either (stored
 responses and conversations, background runs, stored prompts, item references, tools the server
 would run) are refused with a message saying what to send instead, never dropped silently.
-Everything else is checked for the shape the translation needs; fields it does not use pass.
+Everything else is checked for the shape the translation needs; fields it does not read are not
+checked (they are echoed in the answer or not sent at all).
 """
 
 from __future__ import annotations
