@@ -722,7 +722,6 @@ def test_content_delay_holds_back_the_first_content_after_the_role(port: int, ht
     lines = arrival_times(answer)
     role, first = lines[0][0], lines[1][0]
     assert b'"role"' in lines[0][1] and b'"content":"Hello' in lines[1][1]
-    assert role < 0.4
     assert first - role >= 0.55
 
 
