@@ -47,20 +47,19 @@ Routes
     Clear behaviours, recorded requests and recorded streams.
 ``GET /_control/requests[?vendor=X]``
     Recorded requests, oldest first (the last 20,000): ``{"vendor", "endpoint": "chat" |
-    "embeddings" | "redirected", "path", "method",
-    "headers": {lower-cased name: value}, "body": parsed JSON or null, "raw": body text (only
-    when not valid JSON), "received_at": time.time(), "connection": the number of the TCP
-    connection it came on (1, 2, ...), "client_closed_at": time.time() when the
-    client went away while the fake was still delaying / streaming this answer, else null}``.
+    "embeddings" | "redirected", "path", "method", "headers": {lower-cased name: value}, "body":
+    parsed JSON or null, "raw": body text (only when not valid JSON), "received_at": time.time(),
+    "connection": the number of the TCP connection it came on (1, 2, ...), "client_closed_at":
+    time.time() when the client went away while the fake was still delaying / streaming this
+    answer, else null}``.
 ``GET /_control/streams[?vendor=X]``
     One record per streamed answer (the last 20,000): ``{"vendor", "path", "started_at",
     "ended_at", "events_sent", "comments_sent", "outcome", "client_closed_at"}``.
     ``events_sent`` counts SSE events, not comments. ``outcome`` is "streaming" or "stalled" while
     running, then "completed", "error_event", "client_closed" or "dropped". Waits (delay,
     first_delay, content_delay, interval, stall, split_delay) are spent blocked on the socket
-    being readable,
-    so a client close is noticed at once (EOF or ECONNRESET) and ``client_closed_at`` is the
-    time.time() it was noticed; a failed write counts too.
+    being readable, so a client close is noticed at once (EOF or ECONNRESET) and
+    ``client_closed_at`` is the time.time() it was noticed; a failed write counts too.
 
 Behaviour
 ---------
@@ -144,14 +143,14 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
 ``quirks`` ("openai" | "gemini"): gemini imitates Gemini's OpenAI-compatible endpoint: tool
     call ``id`` is "" (whole and streamed); each streamed tool call arrives whole in a delta
     (and chunk) of its own (``index`` per ``tool_call_index``); finish_reason is "stop" even
-    with tool calls; every stream chunk has a
-    different ``id`` and the current ``created``; errors default to the gemini format; no
-    ``system_fingerprint``.
+    with tool calls; every stream chunk has a different ``id`` and the current ``created``;
+    errors default to the gemini format; no ``system_fingerprint``.
 
 Content events (counted by drop_after / stall_after / malformed_after / error_event_after, N=0
-meaning right after the first role chunk) are the content deltas, or the tool-argument deltas (gemini: the whole
-tool-call deltas). A stream is: role delta, content deltas, a finish chunk with an empty delta,
-the optional usage chunk, ``data: [DONE]``. A body that is not a JSON object answers 400.
+meaning right after the first role chunk) are the content deltas, or the tool-argument deltas
+(gemini: the whole tool-call deltas); SSE comments never count. A stream is: role delta,
+content deltas, a finish chunk with an empty delta, the optional usage chunk, ``data: [DONE]``.
+A body that is not a JSON object answers 400.
 """
 
 from __future__ import annotations

@@ -5,11 +5,13 @@ The fake runs as a subprocess, exactly as the integration tests and the benchmar
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -840,9 +842,6 @@ def test_embeddings_are_deterministic_per_item_with_the_asked_dimensions(port: i
 
 
 def test_embeddings_base64_is_little_endian_float32_of_the_same_vector(port: int, http: requests.Session) -> None:
-    import base64
-    import struct
-
     floats = embed(http, port, input="same").json()["data"][0]["embedding"]
     encoded = embed(http, port, input="same", encoding_format="base64").json()["data"][0]["embedding"]
     assert list(struct.unpack("<8f", base64.b64decode(encoded))) == floats
