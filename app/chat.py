@@ -19,6 +19,7 @@ import gevent
 import orjson
 import requests
 
+from app.capabilities import required_capabilities
 from app.catalog import Combination
 from app.disconnect import ClientWatch
 from app.errors import ClientDisconnected, InvalidRequest, RouterError, UpstreamError, UpstreamTimeout, VendorError
@@ -180,7 +181,9 @@ class ChatService:
     def answer(self, call: ChatCall, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
         """Validate and answer ``call``; raises RouterError (with trace headers) when it cannot."""
         validate_chat_request(call.body)
-        candidates = self._selector.candidates(call.vendor, call.body.get("model"))
+        candidates = self._selector.candidates(
+            call.vendor, call.body.get("model"), kind="chat", needs=required_capabilities(call.body)
+        )
         trace = Trace()
         watch.arm(_raise_in(gevent.getcurrent(), watch))
         try:
