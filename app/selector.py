@@ -35,11 +35,14 @@ class Candidates(tuple):
 
     cumulative: tuple[float, ...]
     total: float
+    # Every weight equal (the default): any subset is drawn from uniformly, without the weights.
+    uniform: bool
 
     def __new__(cls, combinations: Iterable[Combination]) -> Candidates:
         self = super().__new__(cls, combinations)
         self.cumulative = tuple(itertools.accumulate(c.weight for c in self))
         self.total = self.cumulative[-1] if self.cumulative else 0.0
+        self.uniform = len({c.weight for c in self}) <= 1
         return self
 
 
@@ -143,7 +146,10 @@ class Selector:
     def _draw(self, candidates: Sequence[Combination], fresh: list[Combination]) -> Combination:
         if len(fresh) == 1:
             return fresh[0]
-        if len(fresh) == len(candidates) and isinstance(candidates, Candidates):
+        precomputed = isinstance(candidates, Candidates)
+        if precomputed and candidates.uniform:
+            return self._rng.choice(fresh)
+        if precomputed and len(fresh) == len(candidates):
             cumulative, total = candidates.cumulative, candidates.total
         else:
             cumulative = list(itertools.accumulate(c.weight for c in fresh))
