@@ -3,7 +3,7 @@
 A combination is one (vendor, credential, model) the router may send a request to, with a weight
 (model weight x credential weight). Models carry their public aliases, their type (chat or
 embedding) and what they support (images, video, tools, streaming). The models file is a list of
-entries, or the original router's later object form with its own vendors. Without a credentials
+entries, or the Go router's later (v3) object form with its own vendors. Without a credentials
 file, keys come from ``<VENDOR>_API_KEY[_N]`` environment variables. The catalog is
 built once at start-up and never changes while a worker runs; SIGHUP starts new workers that read
 the files again. Every problem in a file is reported as one ``ConfigError`` that names the file
@@ -224,7 +224,7 @@ def load_catalog(settings: Settings, environ: Mapping[str, str] | None = None) -
 def _models_document(path: str, document: Any) -> tuple[list[Any], dict[str, str], str]:
     """The model entries, the vendors the file itself names, and which format it is in.
 
-    v1 is a list of entries; v3 (the original router's later form) is an object holding
+    v1 is a list of entries; v3 (the Go router's later form) is an object holding
     ``models`` and an optional ``vendors`` name -> base URL object.
     """
     if isinstance(document, list):
@@ -368,7 +368,7 @@ def _capabilities(entry: dict[str, Any], where: str) -> frozenset[str]:
     for key, flag in config.items():
         if not isinstance(flag, bool):
             raise ConfigError(f"{where}: 'config.{key}' must be true or false; got {flag!r}")
-    # A flag left out of a config is false, as in the original router: the config lists what works.
+    # A flag left out of a config is false, as in the Go router: the config lists what works.
     return frozenset(name for key, name in _CONFIG_KEYS.items() if config.get(key) is True)
 
 

@@ -4,7 +4,7 @@ A request's ``model`` resolves to the models it may use (an alias's group, one c
 or every model of the request's type), narrowed by ``?vendor=`` and by what the request needs
 (images, video, tools, streaming). Each (credential, model) pair of those is one combination with
 a chance proportional to its weight: with every weight 1, every combination is equally likely, so
-a vendor with more keys or more models gets proportionally more traffic, as the seed router did.
+a vendor with more keys or more models gets proportionally more traffic, as the Go router this ports did.
 State is per worker process and touched only between greenlet switches, so no lock is needed.
 """
 

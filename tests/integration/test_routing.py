@@ -130,7 +130,7 @@ def test_image_request_never_reaches_a_model_without_support_image(start_router,
     assert fake.requests() == []
 
 
-def test_v3_models_file_from_the_original_loads_and_serves(start_router, fake):
+def test_v3_models_file_of_the_go_router_loads_and_serves(start_router, fake):
     models = {
         "vendors": {
             "openai": "https://api.openai.com/v1",
