@@ -52,7 +52,7 @@ for i = 3, #ARGV, 2 do
   local deadline = tonumber(ARGV[i + 1])
   if deadline > (tonumber(redis.call('HGET', KEYS[1], ARGV[i])) or 0) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    raised[ARGV[i]] = deadline
+    raised[ARGV[i]] = ARGV[i + 1]  -- as sent: cjson would round the number to 14 digits
     any = true
   end
 end
