@@ -122,9 +122,6 @@ class Cooldowns:
         """How many combinations are cooling down at ``now``."""
         return len(self._deadlines.in_force(now))
 
-    def close(self) -> None:
-        """Stop sharing, if this book shares; the book keeps working for this worker alone."""
-
     def _raised(self, key: str, deadline: float) -> None:
         """Called with every deadline this worker raised itself."""
 
@@ -141,6 +138,7 @@ class SharedCooldowns(Cooldowns):
         self._link.start()
 
     def close(self) -> None:
+        """Stop sharing now (it also stops once the book is garbage); the book goes on for this worker alone."""
         self._finalizer()
 
     def _raised(self, key: str, deadline: float) -> None:
