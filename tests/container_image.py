@@ -143,6 +143,7 @@ def _debootstrapped() -> Path:
 def base_image() -> str:
     """The stand-in for python:3.11-slim-bookworm in podman's store; built only when its inputs change."""
     pip_conf = host_pip_conf()
+    # This file is part of the key: a change to the recipe below makes a new base.
     recipe = hashlib.sha256(Path(__file__).read_bytes() + HOST_CA_BUNDLE.read_bytes() + pip_conf.encode())
     reference = f"{BASE_REPOSITORY}:{recipe.hexdigest()[:12]}"
     if _image_exists(reference):
