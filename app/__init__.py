@@ -11,8 +11,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app.catalog import CAPABILITIES, Catalog, env_name_for_api_key, load_catalog
 from app.chat import ChatService
 from app.cooldowns import open_cooldowns
+from app.embeddings import EmbeddingsService
 from app.forward import Forwarder, Timing
 from app.redact import register_secrets
+from app.responses.service import ResponsesService
 from app.selector import Selector, share, share_pools
 from app.settings import Settings
 from app.upstream import Upstream
@@ -28,6 +30,8 @@ class Router:
 
     catalog: Catalog
     chat: ChatService
+    responses: ResponsesService
+    embeddings: EmbeddingsService
     settings: Settings
 
 
@@ -38,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     when the configuration cannot work.
     """
     from app.auth import install_client_auth
-    from app.blueprints import chat, health, models, openapi
+    from app.blueprints import chat, embeddings, health, models, openapi, responses
     from app.cors import install_cors
     from app.http import install_http_edge
     from app.limits import install_rate_limits
@@ -74,19 +78,27 @@ def create_app(settings: Settings | None = None) -> Flask:
         keepalive=settings.stream_keepalive_seconds,
     )
     forwarder = Forwarder(selector, upstream, metrics, settings.max_attempts, timing)
-    app.extensions["router"] = Router(catalog, ChatService(selector, forwarder), settings)
+    app.extensions["router"] = Router(
+        catalog,
+        ChatService(selector, forwarder),
+        ResponsesService(selector, forwarder),
+        EmbeddingsService(selector, forwarder),
+        settings,
+    )
 
     install_http_edge(app)
     # Hook order is request order: preflights need no key, and only a proven key is counted.
     install_cors(app, settings.cors_origins)
     install_client_auth(app, settings)
-    install_rate_limits(app, settings, (chat.bp, models.bp))
+    install_rate_limits(app, settings, (chat.bp, responses.bp, embeddings.bp, models.bp))
     if settings.trusted_proxies:
         # The client address is the one the trusted proxies saw (X-Forwarded-For), not theirs.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(responses.bp)
+    app.register_blueprint(embeddings.bp)
     app.register_blueprint(openapi.bp)
     return app
 

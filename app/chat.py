@@ -7,11 +7,11 @@ failover, deadlines and hedging are the shared pipeline's (app/forward.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from app.calls import ClientCall
 from app.capabilities import required_capabilities
 from app.catalog import Vendor
 from app.disconnect import ClientWatch
@@ -21,28 +21,15 @@ from app.relay import ChatEvents, StreamAnswer
 from app.schemas import validate_chat_request
 from app.selector import Selector
 
-__all__ = ["DEFAULT_MODEL_NAME", "ChatCall", "ChatExchange", "ChatService"]
-
-# A client that names no model gets the router's choice, reported under this name.
-DEFAULT_MODEL_NAME = "any-model"
+__all__ = ["ChatExchange", "ChatService", "chat_completion"]
 
 
-@dataclass(frozen=True)
-class ChatCall:
-    """One client request: its parsed JSON body and the ``?vendor=`` filter."""
-
-    body: dict[str, Any]
-    vendor: str | None = None
-    client: str = "anonymous"
-
-    @property
-    def requested_model(self) -> str:
-        model = self.body.get("model")
-        return model if isinstance(model, str) and model else DEFAULT_MODEL_NAME
-
-    @property
-    def stream(self) -> bool:
-        return self.body.get("stream") is True
+def chat_completion(document: dict[str, Any], requested_model: str) -> dict[str, Any]:
+    """A vendor's whole chat completion, normalized; raises UnusableAnswer if it holds no answer."""
+    choices = document.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise UnusableAnswer("answered a chat completion without choices")
+    return normalize_completion(document, requested_model)
 
 
 class ChatExchange:
@@ -55,10 +42,7 @@ class ChatExchange:
         return vendor.chat_url
 
     def answer(self, document: dict[str, Any]) -> bytes:
-        choices = document.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise UnusableAnswer("answered a chat completion without choices")
-        return orjson.dumps(normalize_completion(document, self._model))
+        return orjson.dumps(chat_completion(document, self._model))
 
     def translator(self) -> ChatEvents:
         return ChatEvents()
@@ -71,7 +55,7 @@ class ChatService:
         self._selector = selector
         self._forwarder = forwarder
 
-    def answer(self, call: ChatCall, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
+    def answer(self, call: ClientCall, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
         """Validate and answer ``call``; raises RouterError (with trace headers) when it cannot."""
         body = call.body
         validate_chat_request(body)

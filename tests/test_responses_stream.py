@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
+from app.errors import UpstreamError
 from app.responses.stream import ResponsesStream
 
 REQUEST = {"model": "any-model", "input": "Weather in Oslo?", "stream": True}
@@ -82,7 +83,7 @@ TEXT_ITEM = [
 
 def translate(chunks, request=REQUEST):
     stream = ResponsesStream(request, "any-model")
-    return stream.start() + b"".join(stream.chunk(item) for item in chunks) + stream.finish()
+    return stream.opening() + b"".join(stream.event(item) for item in chunks) + stream.done()
 
 
 def parse(body: bytes) -> list[dict]:
@@ -267,21 +268,21 @@ def test_each_tool_call_index_is_one_function_call_item(chunks, calls):
 
 def test_events_flow_as_chunks_arrive():
     stream = ResponsesStream(REQUEST, "any-model")
-    start = parse(stream.start())
+    start = parse(stream.opening())
     assert [event["type"] for event in start] == ["response.created", "response.in_progress"]
-    assert stream.chunk(chunk(role="assistant")) == b"", "a role-only chunk brings no event"
-    first = parse(stream.chunk(chunk(content="Sun")))
+    assert stream.event(chunk(role="assistant")) == b"", "a role-only chunk brings no event"
+    first = parse(stream.event(chunk(content="Sun")))
     assert [event["type"] for event in first] == [
         "response.output_item.added",
         "response.content_part.added",
         "response.output_text.delta",
     ]
     assert [event["sequence_number"] for event in first] == [2, 3, 4]
-    second = parse(stream.chunk(chunk(content="ny")))
+    second = parse(stream.event(chunk(content="ny")))
     assert [(event["type"], event["delta"]) for event in second] == [("response.output_text.delta", "ny")]
-    assert stream.chunk(chunk("stop")) == b"", "the finish_reason waits for the end of the stream"
-    assert stream.chunk(USAGE_CHUNK) == b""
-    assert parse(stream.finish())[-1]["response"]["usage"]["total_tokens"] == 17
+    assert stream.event(chunk("stop")) == b"", "the finish_reason waits for the end of the stream"
+    assert stream.event(USAGE_CHUNK) == b""
+    assert parse(stream.done())[-1]["response"]["usage"]["total_tokens"] == 17
 
 
 @pytest.mark.parametrize(
@@ -308,7 +309,7 @@ VENDOR_FAILURE = {
 
 def test_a_vendor_failure_ends_with_an_error_event_then_response_failed():
     stream = ResponsesStream(REQUEST, "any-model")
-    body = stream.start() + stream.chunk(ROLE) + stream.chunk(chunk(content="Sun")) + stream.fail(VENDOR_FAILURE)
+    body = stream.opening() + stream.event(ROLE) + stream.event(chunk(content="Sun")) + stream.failed(UpstreamError(VENDOR_FAILURE["message"]))
     events = parse(body)
     assert_well_formed(events)
     error, failed = events[-2:]
@@ -368,7 +369,7 @@ def test_sdk_stream_accumulates_parallel_function_calls(chunks):
 
 def test_sdk_raises_when_the_vendor_fails_mid_stream():
     stream = ResponsesStream(REQUEST, "any-model")
-    body = stream.start() + stream.chunk(chunk(content="Sun")) + stream.fail(VENDOR_FAILURE)
+    body = stream.opening() + stream.event(chunk(content="Sun")) + stream.failed(UpstreamError(VENDOR_FAILURE["message"]))
     client = sdk_client(body)
     seen = []
     with pytest.raises(openai.APIError) as caught:
@@ -450,8 +451,8 @@ def test_any_chunk_sequence_becomes_a_stream_the_sdk_accepts(pieces, finish_reas
 @given(PIECES)
 def test_a_failure_after_any_chunk_sequence_makes_the_sdk_raise(pieces):
     stream = ResponsesStream(REQUEST, "any-model")
-    body = stream.start() + b"".join(stream.chunk(item) for item in chunks_of(pieces))
-    body += stream.fail(VENDOR_FAILURE)
+    body = stream.opening() + b"".join(stream.event(item) for item in chunks_of(pieces))
+    body += stream.failed(UpstreamError(VENDOR_FAILURE["message"]))
     assert_well_formed(parse(body))
     with pytest.raises(openai.APIError):
         list(sdk_client(body).responses.create(model="any-model", input="x", stream=True))

@@ -2,5 +2,6 @@
 
 ``schema`` checks a request, ``request`` turns it into a chat-completions request, ``answer`` turns
 a whole chat completion into a response object and ``stream`` turns chat chunks into Responses
-events. All of it is pure: no Flask, no HTTP, no I/O.
+events: all pure, no Flask, no HTTP, no I/O. ``service`` hands the translated request to the
+forwarding pipeline chat uses.
 """

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from app.errors import RouterError
 from app.responses.answer import (
     function_call_item,
     incomplete_reason,
@@ -69,8 +70,9 @@ class _Call:
 
 
 class ResponsesStream:
-    """The Responses events of one streamed answer: ``start``, ``chunk`` per chat chunk, then
-    ``finish`` (the vendor finished) or ``fail`` (it broke off). Each returns ready SSE bytes."""
+    """The Responses events of one streamed answer, as the relay asks for them (a StreamTranslator):
+    ``opening``, ``event`` per chat chunk, then ``done`` (the vendor finished) or ``failed`` (it
+    broke off). Each returns ready SSE bytes."""
 
     def __init__(self, request: dict[str, Any], model: str) -> None:
         self._request = request
@@ -84,15 +86,18 @@ class ResponsesStream:
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
 
-    def start(self) -> bytes:
+    def opening(self) -> bytes:
         """response.created and response.in_progress."""
         response = self._response("in_progress")
         return self._event("response.created", response=response) + self._event(
             "response.in_progress", response=response
         )
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        """The events one chat chunk brings (b"" when it brings none, e.g. a role-only delta)."""
+    def event(self, chunk: dict[str, Any], fields: tuple[bytes, ...] = ()) -> bytes:
+        """The events one chat chunk brings (b"" when it brings none, e.g. a role-only delta).
+
+        The chunk's other SSE ``fields`` (event names, ids) are dropped: each Responses event
+        carries its own name and sequence number."""
         events: list[bytes] = []
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -116,7 +121,7 @@ class ResponsesStream:
                 self._finish_reason = choice["finish_reason"]
         return b"".join(events)
 
-    def finish(self) -> bytes:
+    def done(self) -> bytes:
         """Every open item's .done events, then response.completed (or .incomplete) with usage."""
         events: list[bytes] = []
         reason = incomplete_reason(self._finish_reason)
@@ -135,18 +140,13 @@ class ResponsesStream:
         )
         return b"".join(events)
 
-    def fail(self, error: dict[str, Any]) -> bytes:
-        """End the stream for a vendor failure after it started (``error``: an OpenAI error object).
+    def failed(self, failure: RouterError) -> bytes:
+        """End the stream for a vendor failure after it started.
 
         As OpenAI's API does: an ``error`` event whose top-level ``error`` object makes the official
         SDKs raise, then response.failed for clients that follow the response's lifecycle.
         """
-        detail = {
-            "type": error.get("type") or "server_error",
-            "code": error.get("code"),
-            "message": error.get("message") or "The vendor failed while answering.",
-            "param": error.get("param"),
-        }
+        detail = failure.body()["error"]
         # The documented event has code/message/param at the top, the API nests them in "error":
         # clients read one or the other, so both are sent.
         failed = self._event(
