@@ -307,9 +307,12 @@ VENDOR_FAILURE = {
 }
 
 
+FAILURE = UpstreamError(VENDOR_FAILURE["message"])
+
+
 def test_a_vendor_failure_ends_with_an_error_event_then_response_failed():
     stream = ResponsesStream(REQUEST, "any-model")
-    body = stream.opening() + stream.event(ROLE) + stream.event(chunk(content="Sun")) + stream.failed(UpstreamError(VENDOR_FAILURE["message"]))
+    body = stream.opening() + stream.event(ROLE) + stream.event(chunk(content="Sun")) + stream.failed(FAILURE)
     events = parse(body)
     assert_well_formed(events)
     error, failed = events[-2:]
@@ -369,7 +372,7 @@ def test_sdk_stream_accumulates_parallel_function_calls(chunks):
 
 def test_sdk_raises_when_the_vendor_fails_mid_stream():
     stream = ResponsesStream(REQUEST, "any-model")
-    body = stream.opening() + stream.event(chunk(content="Sun")) + stream.failed(UpstreamError(VENDOR_FAILURE["message"]))
+    body = stream.opening() + stream.event(chunk(content="Sun")) + stream.failed(FAILURE)
     client = sdk_client(body)
     seen = []
     with pytest.raises(openai.APIError) as caught:
@@ -452,7 +455,7 @@ def test_any_chunk_sequence_becomes_a_stream_the_sdk_accepts(pieces, finish_reas
 def test_a_failure_after_any_chunk_sequence_makes_the_sdk_raise(pieces):
     stream = ResponsesStream(REQUEST, "any-model")
     body = stream.opening() + b"".join(stream.event(item) for item in chunks_of(pieces))
-    body += stream.failed(UpstreamError(VENDOR_FAILURE["message"]))
+    body += stream.failed(FAILURE)
     assert_well_formed(parse(body))
     with pytest.raises(openai.APIError):
         list(sdk_client(body).responses.create(model="any-model", input="x", stream=True))
