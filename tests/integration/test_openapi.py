@@ -30,8 +30,7 @@ def _decode_text(body: bytes, charset: str = "utf-8", **_parameters: str) -> str
     return body.decode(charset)
 
 
-@pytest.fixture
-def api(router) -> OpenAPI:
+def api_of(router) -> OpenAPI:
     """The router's own /openapi.json, pointed at this router's address."""
     document = requests.get(router.url("/openapi.json"), timeout=10).json()
     document["servers"] = [{"url": router.base}]
@@ -40,8 +39,7 @@ def api(router) -> OpenAPI:
     return OpenAPI.from_dict(document, config=config)  # raises if the document is not valid OpenAPI
 
 
-@pytest.fixture
-def call(api: OpenAPI) -> Callable[..., requests.Response]:
+def caller(api: OpenAPI) -> Callable[..., requests.Response]:
     """Send a request, then validate the request and the router's answer against the document."""
 
     def send(method: str, url: str, *, validate_request: bool = True, **kwargs: Any) -> requests.Response:
@@ -57,6 +55,22 @@ def call(api: OpenAPI) -> Callable[..., requests.Response]:
     return send
 
 
+@pytest.fixture
+def api(router) -> OpenAPI:
+    return api_of(router)
+
+
+@pytest.fixture
+def call(api: OpenAPI) -> Callable[..., requests.Response]:
+    return caller(api)
+
+
+def schema_validator(router, name: str) -> OAS30Validator:
+    """A validator for one of the document's component schemas."""
+    document = requests.get(router.url("/openapi.json"), timeout=10).json()
+    return OAS30Validator({"$ref": f"#/components/schemas/{name}", "components": document["components"]})
+
+
 def test_openapi_document_is_served_and_describes_every_route(router, api):
     response = requests.get(router.url("/openapi.json"), timeout=10)
     assert response.headers["Content-Type"] == "application/json"
@@ -70,6 +84,9 @@ def test_openapi_document_is_served_and_describes_every_route(router, api):
         ("GET", "/v1/models"),
         ("GET", "/v1/models/{model_id}"),
         ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/responses"),
+        ("GET", "/v1/responses/{response_id}"),
+        ("POST", "/v1/embeddings"),
     }
 
 
@@ -132,11 +149,70 @@ def test_stream_answer_matches_the_document(router, fake, api, call):
     )
     assert response.headers["Content-Type"].startswith("text/event-stream")
     # Every event's JSON is a documented ChatCompletionChunk.
-    document = requests.get(router.url("/openapi.json"), timeout=10).json()
-    chunk_schema = {"$ref": "#/components/schemas/ChatCompletionChunk", "components": document["components"]}
-    validator = OAS30Validator(chunk_schema)
+    validator = schema_validator(router, "ChatCompletionChunk")
     events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     for event in events[:-1]:
         validator.validate(json.loads(event))
     assert json.loads(events[-2])["usage"]["total_tokens"] > 0
+
+
+RESPONSES_TOOL = {**WEATHER_TOOL["function"], "type": "function"}
+
+
+def test_whole_responses_answers_match_the_document(router, fake, call):
+    url = router.url("/v1/responses")
+    answer = call("POST", url, json={"model": "any-model", "input": "Hello", "instructions": "Be brief."})
+    assert answer.json()["output"][0]["type"] == "message"
+    for vendor in ("openai", "gemini"):
+        fake.behave(vendor, parallel=2)
+        answer = call(
+            "POST",
+            url,
+            params={"vendor": vendor},
+            json={"model": "any-model", "input": [{"role": "user", "content": "Hi"}], "tools": [RESPONSES_TOOL]},
+        )
+        assert [item["type"] for item in answer.json()["output"]] == ["function_call", "function_call"]
+    fake.behave("openai", status=500)
+    failed = call("POST", url, params={"vendor": "openai"}, json={"model": "any-model", "input": "Hello"})
+    assert failed.status_code == 500
+
+
+def test_responses_errors_match_the_document(router, fake, call):
+    url = router.url("/v1/responses")
+    unsupported = call("POST", url, json={"model": "any-model", "input": "Hi", "previous_response_id": "resp_1"})
+    assert (unsupported.status_code, unsupported.json()["error"]["param"]) == (400, "previous_response_id")
+    hosted = call("POST", url, validate_request=False, json={"input": "Hi", "tools": [{"type": "web_search"}]})
+    assert (hosted.status_code, hosted.json()["error"]["param"]) == (400, "tools[0].type")
+    assert call("GET", router.url("/v1/responses/resp_123")).status_code == 404
+
+
+def test_responses_stream_matches_the_document_and_completes_with_a_documented_response(router, fake, call):
+    response = call("POST", router.url("/v1/responses"), json={"model": "any-model", "input": "Hi", "stream": True})
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.completed"
+    schema_validator(router, "Response").validate(events[-1]["response"])
+
+
+def test_embeddings_answers_match_the_document(start_router, fake):
+    server = start_router(
+        models=[
+            {"vendor": "openai", "model": "gpt-4o"},
+            {"vendor": "openai", "model": "text-embedding-3-small", "type": "embedding"},
+            {"vendor": "gemini", "model": "gemini-embedding-001", "type": "embedding"},
+        ]
+    )
+    call = caller(api_of(server))
+    url = server.url("/v1/embeddings")
+    for body in (
+        {"model": "any-model", "input": "Hello"},
+        {"model": "any-model", "input": ["a", "b"], "encoding_format": "base64"},
+        {"model": "any-model", "input": [[1, 2], [3]], "dimensions": 4},
+    ):
+        for vendor in ("openai", "gemini"):
+            answer = call("POST", url, params={"vendor": vendor}, json=body)
+            assert answer.json()["model"] == "any-model"
+    assert call("POST", url, validate_request=False, json={"input": []}).status_code == 400
+    assert call("POST", url, json={"model": "gpt-4o", "input": "Hello"}).status_code == 400
