@@ -1,4 +1,5 @@
-// The router from the official OpenAI Node SDK: a chat, a stream, a tool call, a pinned vendor.
+// The router from the official OpenAI Node SDK: a chat, a stream, a tool call, a pinned vendor,
+// the Responses API and embeddings.
 //
 //   cd examples/node && npm install
 //   ROUTER_URL=http://localhost:8082 node chat.mjs
@@ -65,3 +66,15 @@ for await (const model of client.models.list()) {
   models.push(model.id);
 }
 console.log("models:", models.join(", "));
+
+// The Responses API, on whichever vendor is chosen (Gemini included): the router translates it.
+const reply = await client.responses.create({
+  model: "any-model",
+  instructions: "Be brief.",
+  input: "Hello from Responses",
+});
+console.log("responses:", reply.output_text);
+
+// Embeddings go only to models configured with "type": "embedding".
+const embeddings = await client.embeddings.create({ model: "any-model", input: ["first text", "second text"] });
+console.log(`embeddings: ${embeddings.data.length} vectors of ${embeddings.data[0].embedding.length} values`);

@@ -1,4 +1,5 @@
-"""The router from the official OpenAI Python SDK: a chat, a stream, a tool call, a pinned vendor.
+"""The router from the official OpenAI Python SDK: a chat, a stream, a tool call, a pinned vendor,
+the Responses API and embeddings.
 
     pip install openai
     ROUTER_URL=http://localhost:8082 python examples/python/chat.py
@@ -63,3 +64,11 @@ raw = client.chat.completions.with_raw_response.create(
 print("pinned:", raw.headers["x-vendor-source"], "-", raw.parse().choices[0].message.content)
 
 print("models:", ", ".join(model.id for model in client.models.list()))
+
+# The Responses API, on whichever vendor is chosen (Gemini included): the router translates it.
+response = client.responses.create(model="any-model", instructions="Be brief.", input="Hello from Responses")
+print("responses:", response.output_text)
+
+# Embeddings go only to models configured with "type": "embedding".
+embeddings = client.embeddings.create(model="any-model", input=["first text", "second text"])
+print(f"embeddings: {len(embeddings.data)} vectors of {len(embeddings.data[0].embedding)} values")

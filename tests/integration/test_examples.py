@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.harness import ROOT, free_port
+from tests.harness import ROOT, FakeVendor, Router, free_port, router_config
 
 EXAMPLES = ROOT / "examples"
 POSTMAN = EXAMPLES / "postman" / "generative-api-router.postman_collection.json"
+CHAT_AND_EMBEDDING_MODELS = [
+    {"vendor": "openai", "model": "gpt-4o"},
+    {"vendor": "gemini", "model": "gemini-2.0-flash"},
+    {"vendor": "openai", "model": "text-embedding-3-small", "type": "embedding"},
+    {"vendor": "gemini", "model": "gemini-embedding-001", "type": "embedding"},
+]
+
+
+@pytest.fixture(scope="module")
+def full_router(fake_vendor: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+    """A router with chat and embedding models, as configs/models.json has: every example works."""
+    directory = tmp_path_factory.mktemp("examples-router")
+    server = Router(router_config(directory, fake_vendor, models=CHAT_AND_EMBEDDING_MODELS), directory / "router.log")
+    yield server
+    server.stop()
 
 
 def run(argv: list[str], base_url: str, cwd: Path = ROOT, timeout: float = 60, **env: str):
@@ -61,6 +78,23 @@ def test_curl_vendor_lists_and_answers_from_that_vendor_only(router, fake):
     assert [r["vendor"] for r in fake.requests()] == ["openai"]
 
 
+def test_curl_responses_prints_a_response_object(full_router, fake):
+    result = run(["bash", "examples/curl/responses.sh"], full_router.base)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert (answer["object"], answer["model"], answer["status"]) == ("response", "any-model", "completed")
+    assert answer["output"][0]["content"][0]["text"].endswith("You said: Hello, how are you?")
+    assert fake.requests()[0]["body"]["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_curl_embeddings_prints_one_vector_per_input(full_router, fake):
+    result = run(["bash", "examples/curl/embeddings.sh"], full_router.base)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert [item["index"] for item in answer["data"]] == [0, 1]
+    assert fake.requests()[0]["endpoint"] == "embeddings"
+
+
 def test_curl_scripts_send_the_client_key_and_fail_loudly_without_it(start_router, fake):
     router = start_router(ROUTER_API_KEYS="example-client-key-0123456789")
     refused = run(["bash", "examples/curl/basic.sh"], router.base)
@@ -80,17 +114,19 @@ def assert_sdk_example_output(output: str) -> None:
     assert lines[3].startswith("tool call: call_") and "get_weather" in lines[3]
     assert lines[4].split() == ["finish_reason:", "tool_calls"]
     assert lines[5].startswith("pinned: gemini - Hello from gemini!")
-    assert lines[6] == "models: gpt-4o, gemini-2.0-flash"
+    assert lines[6] == "models: gpt-4o, gemini-2.0-flash, text-embedding-3-small, gemini-embedding-001"
+    assert lines[7].startswith("responses: Hello from ") and lines[7].endswith("You said: Hello from Responses")
+    assert lines[8] == "embeddings: 2 vectors of 8 values"
 
 
-def test_python_sdk_example_runs_against_the_router(router, fake):
-    result = run([sys.executable, "examples/python/chat.py"], router.base)
+def test_python_sdk_example_runs_against_the_router(full_router, fake):
+    result = run([sys.executable, "examples/python/chat.py"], full_router.base)
     assert result.returncode == 0, result.stderr
     assert_sdk_example_output(result.stdout)
 
 
 @pytest.mark.skipif(not (shutil.which("node") and shutil.which("npm")), reason="node and npm are not installed")
-def test_node_sdk_example_runs_against_the_router(router, fake, tmp_path):
+def test_node_sdk_example_runs_against_the_router(full_router, fake, tmp_path):
     # npm installs next to the script, in a temporary copy: nothing is cached in the repository.
     for name in ("package.json", "chat.mjs"):
         shutil.copy(EXAMPLES / "node" / name, tmp_path)
@@ -102,7 +138,7 @@ def test_node_sdk_example_runs_against_the_router(router, fake, tmp_path):
         timeout=300,
     )
     assert install.returncode == 0, install.stderr
-    result = run(["node", "chat.mjs"], router.base, cwd=tmp_path)
+    result = run(["node", "chat.mjs"], full_router.base, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_sdk_example_output(result.stdout)
 
@@ -134,11 +170,20 @@ def postman_request(item: dict, variables: dict[str, str]) -> requests.PreparedR
     return requests.Request(spec["method"], fill(spec["url"]["raw"]), headers=headers, data=body).prepare()
 
 
-def test_postman_collection_covers_every_endpoint_and_every_request_succeeds(router, fake, make_app):
+def expected_status(item: dict) -> int:
+    """The status the item's own Postman test expects (every item has exactly one such check)."""
+    [event] = [event for event in item["event"] if event["listen"] == "test"]
+    [status] = re.findall(r"to\.have\.status\((\d+)\)", "\n".join(event["script"]["exec"]))
+    return int(status)
+
+
+def test_postman_collection_covers_every_endpoint_and_every_request_answers_as_its_test_expects(
+    full_router, fake, make_app
+):
     collection = json.loads(POSTMAN.read_text())
     variables = {v["key"]: v["value"] for v in collection["variable"]}
     assert variables["baseUrl"] == "http://localhost:8082"
-    variables["baseUrl"] = router.base
+    variables["baseUrl"] = full_router.base
 
     adapter = make_app().url_map.bind("localhost")
     endpoints = {rule.endpoint for rule in adapter.map.iter_rules() if rule.endpoint != "static"}
@@ -149,7 +194,7 @@ def test_postman_collection_covers_every_endpoint_and_every_request_succeeds(rou
             path = requests.utils.urlparse(request.url).path
             covered.add(adapter.match(path, method=request.method)[0])
             response = session.send(request, timeout=30)
-            assert response.status_code == 200, (item["name"], response.text)
+            assert response.status_code == expected_status(item), (item["name"], response.text)
             if json.loads(request.body or b"{}").get("stream"):
                 assert response.headers["Content-Type"].startswith("text/event-stream")
     assert covered == endpoints
