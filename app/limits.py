@@ -1,10 +1,10 @@
 """Rate limits per client with flask-limiter, counted in memory or shared through Redis.
 
 ``RATE_LIMIT`` (flask-limiter syntax, e.g. ``60/minute;1000/hour``) is one budget per client, the
-client being its key (a hash of it) or, with keys off, its address. The chat and models routes
-draw from the same budget; /health and /metrics never do. When the shared storage (Redis) cannot
-be reached the router keeps serving: flask-limiter falls back to counting in each worker's memory
-and goes back to the storage once it answers again.
+client being its key (a hash of it) or, with keys off, its address. The chat, Responses, embeddings
+and models routes draw from the same budget; /health and /metrics never do. When the shared
+storage (Redis) cannot be reached the router keeps serving: flask-limiter falls back to counting
+in each worker's memory and goes back to the storage once it answers again.
 """
 
 from __future__ import annotations

@@ -56,6 +56,19 @@ def test_chat_and_models_draw_from_one_budget(make_app):
     assert len(responses.calls) == 1  # the refused call never reached the vendor
 
 
+def test_responses_and_embeddings_draw_from_the_same_budget_as_chat(make_app):
+    client = make_app(rate_limit="2/minute").test_client()
+    # Refused by validation, so no vendor is needed, yet each call uses up the budget.
+    assert client.post("/v1/responses", json={"input": []}).status_code == 400
+    assert client.post("/v1/embeddings", json={"input": []}).status_code == 400
+    for path, body in (
+        ("/v1/responses", {"input": "Hi"}),
+        ("/v1/embeddings", {"input": "Hi"}),
+        ("/v1/chat/completions", chat_body()),
+    ):
+        assert_openai_error(client.post(path, json=body), 429)
+
+
 def test_health_metrics_and_preflights_are_never_limited(make_app):
     client = make_app(rate_limit="1/minute").test_client()
     for _ in range(5):

@@ -1,0 +1,64 @@
+"""What the Responses and embeddings endpoints do with a vendor's whole answer, and where they send it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.catalog import Vendor
+from app.embeddings import EmbeddingsExchange
+from app.forward import UnusableAnswer
+from app.responses.service import ResponsesExchange
+
+VENDOR = Vendor("gemini", "http://gemini.test/v1beta/openai")
+REQUEST = {"model": "any-model", "input": "Weather in Oslo?", "metadata": {"team": "a"}}
+
+
+def gemini_tool_call_completion() -> dict:
+    """Gemini's way: an empty tool-call id and finish_reason "stop" on a message with tool calls."""
+    call = {"id": "", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1735000000,
+        "model": "gemini-2.0-flash",
+        "choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": [call]}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+    }
+
+
+def test_responses_go_to_the_vendors_chat_completions_and_embeddings_to_its_embeddings():
+    assert ResponsesExchange(REQUEST, "any-model").url(VENDOR) == "http://gemini.test/v1beta/openai/chat/completions"
+    assert EmbeddingsExchange("any-model").url(VENDOR) == "http://gemini.test/v1beta/openai/embeddings"
+
+
+def test_responses_answer_is_built_from_the_normalized_completion():
+    answer = json.loads(ResponsesExchange(REQUEST, "any-model").answer(gemini_tool_call_completion()))
+    assert (answer["object"], answer["model"], answer["status"]) == ("response", "any-model", "completed")
+    [call] = answer["output"]
+    assert call["type"] == "function_call"
+    assert call["call_id"].startswith("call_"), "the chat normalizer gave the call an id first"
+    assert answer["metadata"] == {"team": "a"}
+    assert answer["usage"]["total_tokens"] == 13
+
+
+def test_responses_answer_without_choices_is_unusable():
+    with pytest.raises(UnusableAnswer, match="without choices"):
+        ResponsesExchange(REQUEST, "any-model").answer({"object": "chat.completion", "choices": []})
+
+
+def test_embeddings_answer_is_the_vendors_with_the_requested_model():
+    document = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.6, 0.8]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
+    }
+    assert json.loads(EmbeddingsExchange("my-embedder").answer(document)) == {**document, "model": "my-embedder"}
+
+
+@pytest.mark.parametrize("data", [None, {"embedding": [1.0]}, "[]"])
+def test_embeddings_answer_without_a_data_list_is_unusable(data):
+    with pytest.raises(UnusableAnswer, match="data list"):
+        EmbeddingsExchange("any-model").answer({"object": "list", "data": data})
