@@ -14,6 +14,7 @@ import openai
 import pytest
 import requests
 
+from tests.harness import wait_until
 from tests.integration.conftest import sdk
 from tests.prometheus import scrape
 
@@ -330,3 +331,30 @@ def test_stream_is_server_sent_events_with_named_events_and_no_done_marker(route
         event = json.loads(data.removeprefix("data: "))
         assert name == f"event: {event['type']}"
         assert event["sequence_number"] == number
+
+
+def test_keepalive_comments_flow_while_the_vendor_is_silent_and_the_sdk_ignores_them(start_router, fake):
+    fake.behave("openai", chunks=4, stall_after=2, stall=1.6)
+    server = start_router(STREAM_KEEPALIVE_SECONDS="0.3", models=[{"vendor": "openai", "model": "gpt-4o"}])
+    body = {"model": "any-model", "input": "Hello", "stream": True}
+    raw = requests.post(server.url("/v1/responses"), json=body, timeout=30).text
+    assert raw.count(": keep-alive\n\n") >= 3
+    with sdk(server).responses.stream(model="any-model", input="Hello") as stream:
+        assert stream.get_final_response().output_text == "Hello from openai! You said: Hello"
+
+
+def test_a_client_leaving_mid_stream_closes_the_vendor_connection(start_router, fake):
+    fake.behave("openai", chunks=20, interval=1.0)
+    server = start_router(STREAM_KEEPALIVE_SECONDS="30", models=[{"vendor": "openai", "model": "gpt-4o"}])
+    body = {"model": "any-model", "input": "Hello", "stream": True}
+    response = requests.post(server.url("/v1/responses"), json=body, stream=True, timeout=30)
+    seen = b""
+    for piece in response.iter_content(chunk_size=None):
+        seen += piece
+        if seen.count(b"event: response.output_text.delta") >= 2:
+            break
+    response.close()
+    closed_at = time.time()
+    [stream] = wait_until(lambda: [s for s in fake.streams("openai") if s["client_closed_at"]], timeout=5)
+    assert stream["client_closed_at"] - closed_at < 2.0
+    assert stream["events_sent"] < 10
