@@ -300,8 +300,16 @@ def test_a_vendor_failing_before_the_first_event_is_failed_over_unnoticed(start_
     assert fake.requests("openai")
 
 
-def test_a_vendor_failing_after_the_first_event_makes_the_sdk_raise(client, fake):
-    fake.behave("openai", chunks=10, drop_after=3)
+@pytest.mark.parametrize(
+    ("behaviour", "words"),
+    [
+        ({"drop_after": 3}, "openai"),
+        ({"error_event_after": 3, "error_event": {"message": "Model overloaded", "code": 503}}, "Model overloaded"),
+    ],
+    ids=["dropped", "error_event"],
+)
+def test_a_vendor_failing_after_the_first_event_makes_the_sdk_raise(client, fake, behaviour, words):
+    fake.behave("openai", chunks=10, **behaviour)
     deltas: list[str] = []
     with (
         pytest.raises(openai.APIError) as caught,
@@ -311,7 +319,7 @@ def test_a_vendor_failing_after_the_first_event_makes_the_sdk_raise(client, fake
             if event.type == "response.output_text.delta":
                 deltas.append(event.delta)
     assert len(deltas) == 3, "what arrived before the failure reached the client"
-    assert "openai" in caught.value.message
+    assert words in caught.value.message
 
 
 def test_stream_is_server_sent_events_with_named_events_and_no_done_marker(router, fake):
