@@ -46,6 +46,8 @@ class ChatCall:
 
     body: dict[str, Any]
     vendor: str | None = None
+    # The configured name of the caller, for per-client metrics (never anything the client sent).
+    client: str = "anonymous"
 
     @property
     def requested_model(self) -> str:
@@ -265,7 +267,7 @@ class ChatService:
         if not isinstance(answer, dict):
             error = UpstreamError(combination.describe("answered with something that is not a JSON object"))
             raise _AttemptFailed(error, "bad_answer", response.status_code, True)
-        self._metrics.counted_tokens(combination, answer.get("usage"))
+        self._metrics.counted_tokens(combination, answer.get("usage"), call.client)
         return WholeAnswer(orjson.dumps(normalize_completion(answer, call.requested_model)), trace)
 
     def _attempt_stream(
@@ -296,15 +298,15 @@ class ChatService:
             raise
         pump = Pump(relay, self._keepalive)
         self._metrics.streams_in_flight.inc()
-        return StreamAnswer(first, pump, trace, watch, self._stream_closed)
+        return StreamAnswer(first, pump, trace, watch, lambda answer: self._stream_closed(answer, call.client))
 
-    def _stream_closed(self, answer: StreamAnswer) -> None:
+    def _stream_closed(self, answer: StreamAnswer, client: str) -> None:
         self._metrics.streams_in_flight.dec()
         combination = answer.trace.combination
         seconds = time.perf_counter() - answer.started
         if combination is not None:
             self._metrics.stream_ended(combination, answer.outcome, seconds)
-            self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage)
+            self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage, client)
         if answer.outcome == "client_gone":
             self._metrics.client_disconnects.labels("streaming").inc()
             log.info("client went away mid-stream after %.1f s; vendor connection closed", seconds)

@@ -3,6 +3,7 @@
 from flask import Blueprint, Response, current_app, request
 
 from app.chat import ChatCall, WholeAnswer
+from app.clients import client_name
 from app.disconnect import ClientWatch
 from app.errors import ClientDisconnected
 from app.http import read_json_body
@@ -15,7 +16,7 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
-    call = ChatCall(body=read_json_body(), vendor=request.args.get("vendor") or None)
+    call = ChatCall(body=read_json_body(), vendor=request.args.get("vendor") or None, client=client_name())
     watch = ClientWatch(request.environ.get("gunicorn.socket"))
     try:
         answer = current_app.extensions["router"].chat.answer(call, watch)
