@@ -133,3 +133,27 @@ def test_text_format_puts_the_request_id_on_every_line_of_the_request(router, fa
     assert len(lines) == 2
     for line in lines:
         assert re.match(rf"\S+ \S+ INFO \[{request_id}\] (app\.chat|router\.access): ", line), line
+
+
+def test_control_characters_from_outside_never_start_a_new_text_log_line(router, fake):
+    request_id = f"forge-{uuid.uuid4().hex[:12]}"
+    # What `curl 'localhost:8082/x%0Aforged'` sends: the router decodes the path to "/x\nforged".
+    missing = requests.get(
+        router.url("/x%0Aforged%0D%1B[2J%C2%85%E2%80%A8end"),
+        headers={"X-Request-ID": request_id, "Connection": "close"},
+        timeout=10,
+    )
+    assert missing.status_code == 404
+    # A vendor's error text reaches the attempt line: it is outside text too.
+    fake.behave("openai", status=400, error_message="bad model\nforged-vendor-line\r")
+    failed = post(router.url(CHAT), request_id, params={"vendor": "openai"})
+    assert failed.status_code == 400
+
+    wait_until(lambda: router.logs().count(f"[{request_id}] router.access") == 2, 10, message="both access lines")
+    lines = router.logs().splitlines()
+    assert not [line for line in lines if line.startswith(("forged", "end", "\x1b"))]
+    mine = [line for line in lines if f"[{request_id}]" in line]
+    assert len(mine) == 3, mine
+    assert r"path=/x\nforged\r\x1b[2J\x85\u2028end status=404" in mine[0]
+    assert r"bad model\nforged-vendor-line\r" in mine[1]
+    assert "path=/v1/chat/completions status=400" in mine[2]
