@@ -10,6 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.catalog import Catalog, load_catalog
 from app.chat import ChatService
+from app.forward import Forwarder, Timing
 from app.redact import register_secrets
 from app.selector import Selector
 from app.settings import Settings
@@ -26,6 +27,7 @@ class Router:
 
     catalog: Catalog
     chat: ChatService
+    settings: Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -60,9 +62,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.upstream_connect_timeout,
         settings.upstream_read_timeout,
         pool_size=settings.worker_connections,
+        ca_bundle=settings.ca_bundle,
     )
-    service = ChatService(selector, upstream, metrics, settings.max_attempts, settings.stream_keepalive_seconds)
-    app.extensions["router"] = Router(catalog, service)
+    timing = Timing(
+        request_timeout=settings.request_timeout,
+        first_token_timeout=settings.first_token_timeout,
+        hedge_after=settings.hedge_after_seconds,
+        keepalive=settings.stream_keepalive_seconds,
+    )
+    forwarder = Forwarder(selector, upstream, metrics, settings.max_attempts, timing)
+    app.extensions["router"] = Router(catalog, ChatService(selector, forwarder), settings)
 
     install_http_edge(app, metrics)
     # Hook order is request order: preflights need no key, and only a proven key is counted.

@@ -31,7 +31,8 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.upstream_requests = Counter(
             "router_upstream_requests",
-            "Calls to vendors, by outcome (ok, vendor_error, timeout, network, bad_answer) and status class.",
+            "Calls to vendors, by outcome (ok, vendor_error, timeout, network, bad_answer, cancelled: a hedge's "
+            "loser or a call whose client left) and status class.",
             ["vendor", "model", "outcome", "status_class"],
             registry=registry,
         )
@@ -72,6 +73,13 @@ class RouterMetrics:
             "router_attempts_per_request",
             "Attempts made for one chat request.",
             buckets=(1, 2, 3, 4, 5, 8),
+            registry=registry,
+        )
+        self.hedges = Counter(
+            "router_hedges",
+            "Requests that started a hedge (a second attempt while the first was still waiting), by whether "
+            "the hedge's answer was used (won) or not (lost).",
+            ["result"],
             registry=registry,
         )
         self.cooling = Gauge(
