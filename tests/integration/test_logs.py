@@ -58,7 +58,7 @@ def test_json_format_makes_every_line_an_object_and_access_lines_carry_the_field
     assert router.stop() == 0
 
     lines = json_lines(router.log_path.read_text())
-    assert {e["logger"] for e in lines} >= {"gunicorn.error", "app.chat", "router.access"}
+    assert {e["logger"] for e in lines} >= {"gunicorn.error", "app.forward", "router.access"}
 
     line = access_line(lines, "whole-1")
     assert set(line) >= ACCESS_FIELDS
@@ -105,7 +105,7 @@ def test_a_request_id_given_is_returned_and_on_every_line_of_that_request(start_
 
     whole = messages(ids["whole"])
     assert len(whole) == 2
-    assert whole[0].startswith("app.chat: Even distribution selected combination") and "ok HTTP 200" in whole[0]
+    assert whole[0].startswith("app.forward: Even distribution selected combination") and "ok HTTP 200" in whole[0]
     assert whole[1].startswith("router.access: method=POST")
 
     failed_lines = messages(ids["failed"])
@@ -115,12 +115,12 @@ def test_a_request_id_given_is_returned_and_on_every_line_of_that_request(start_
     broken = messages(ids["broken_stream"])
     assert len(broken) == 3
     assert "ok HTTP 200" in broken[0]
-    assert broken[1].startswith("app.chat: stream ended with an error event")
+    assert broken[1].startswith("app.forward: stream ended with an error event")
     assert broken[2].startswith("router.access:") and "status=200" in broken[2]
 
     # Nothing logged while serving a request lost its id: the only id-less lines are start-up ones.
     for entry in lines:
-        if entry["logger"].startswith(("app.chat", "app.relay", "app.upstream", "router.access")):
+        if entry["logger"].startswith(("app.forward", "app.relay", "app.upstream", "router.access")):
             assert entry["request_id"] != "-", entry
 
 
@@ -132,7 +132,7 @@ def test_text_format_puts_the_request_id_on_every_line_of_the_request(router, fa
     lines = [line for line in router.logs().splitlines() if request_id in line]
     assert len(lines) == 2
     for line in lines:
-        assert re.match(rf"\S+ \S+ INFO \[{request_id}\] (app\.chat|router\.access): ", line), line
+        assert re.match(rf"\S+ \S+ INFO \[{request_id}\] (app\.forward|router\.access): ", line), line
 
 
 def test_control_characters_from_outside_never_start_a_new_text_log_line(router, fake):
