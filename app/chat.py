@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from app.capabilities import required_capabilities
 from app.catalog import Vendor
 from app.disconnect import ClientWatch
 from app.forward import Call, Forwarder, UnusableAnswer, WholeAnswer
@@ -72,8 +73,9 @@ class ChatService:
 
     def answer(self, call: ChatCall, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
         """Validate and answer ``call``; raises RouterError (with trace headers) when it cannot."""
-        validate_chat_request(call.body)
-        candidates = self._selector.candidates(call.vendor, call.body.get("model"))
+        body = call.body
+        validate_chat_request(body)
+        candidates = self._selector.candidates(call.vendor, body.get("model"), "chat", required_capabilities(body))
         model = call.requested_model
-        forwarded = Call(call.body, model, candidates, ChatExchange(model), call.stream, call.client)
+        forwarded = Call(body, model, candidates, ChatExchange(model), call.stream, call.client)
         return self._forwarder.forward(forwarded, watch)

@@ -41,7 +41,7 @@ from app.failures import AttemptFailed, Cooling, Failure
 from app.metrics import RouterMetrics
 from app.normalize import StreamNormalizer, vendor_error
 from app.relay import Pump, StreamAnswer, StreamFailure, StreamRelay, StreamTranslator
-from app.selector import Selector
+from app.selector import Selector, share
 from app.upstream import Upstream, VendorResponse
 
 __all__ = ["Call", "Exchange", "Forwarder", "Timing", "Trace", "UnusableAnswer", "WholeAnswer"]
@@ -218,11 +218,12 @@ class Forwarder:
         log.log(
             logging.INFO if outcome == "ok" else logging.WARNING,
             "Even distribution selected combination - Vendor: %s, Model: %s, Credential: %s "
-            "(from %d total combinations); attempt %d/%d%s %s%s in %.1f ms%s",
+            "(from %d total combinations, share %.1f%%); attempt %d/%d%s %s%s in %.1f ms%s",
             combination.vendor.name,
             combination.model.id,
             combination.credential.label,
             len(candidates),
+            share(combination, candidates),
             attempt.number,
             self._max_attempts,
             " (hedge)" if attempt.hedge else "",

@@ -162,7 +162,12 @@ class Router:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "ROUTER_", "RATE_"))},
+            # Vendor keys from the developer's shell would become credentials when a test has no file.
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("PROMETHEUS_", "ROUTER_", "RATE_")) and "_API_KEY" not in k
+            },
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),
             "PYTHONUNBUFFERED": "1",

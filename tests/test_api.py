@@ -62,6 +62,49 @@ def test_model_retrieval(client):
     assert_openai_error(client.get("/v1/models/nope"), 404, param="model")
 
 
+def test_models_lists_aliases_after_models_owned_by_the_router(make_app):
+    models = [
+        {"vendor": "openai", "model": "gpt-4o", "aliases": ["smart"]},
+        {"vendor": "gemini", "model": "gemini-2.0-flash", "aliases": ["fast"]},
+        {"vendor": "openai", "model": "gpt-4o-mini", "aliases": ["fast"]},
+        {"vendor": "openai", "model": "text-embedding-3-small", "type": "embedding"},
+    ]
+    client = make_app(models=models).test_client()
+    listed = [(m["id"], m["owned_by"]) for m in client.get("/v1/models").get_json()["data"]]
+    assert listed == [
+        ("gpt-4o", "openai"),
+        ("gemini-2.0-flash", "gemini"),
+        ("gpt-4o-mini", "openai"),
+        ("text-embedding-3-small", "openai"),
+        ("smart", "router"),
+        ("fast", "router"),
+    ]
+    gemini = [m["id"] for m in client.get("/v1/models?vendor=gemini").get_json()["data"]]
+    assert gemini == ["gemini-2.0-flash", "fast"]
+    alias = client.get("/v1/models/fast").get_json()
+    assert alias == {"id": "fast", "object": "model", "created": alias["created"], "owned_by": "router"}
+
+
+@responses.activate
+def test_image_request_skips_models_without_image_support(make_app):
+    models = [
+        {"vendor": "openai", "model": "gpt-4o"},
+        {"vendor": "gemini", "model": "gemini-2.0-flash", "config": {"support_streaming": True}},
+    ]
+    client = make_app(models=models).test_client()
+    responses.post(OPENAI_URL, json=completion())
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    for _ in range(10):
+        response = client.post("/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": image}]))
+        assert response.headers["X-Model-Source"] == "gpt-4o"
+    refused = client.post(
+        "/v1/chat/completions?vendor=gemini", json=chat_body(messages=[{"role": "user", "content": image}])
+    )
+    error = assert_openai_error(refused, 400, param="messages")
+    assert error["message"] == "No configured model of vendor gemini supports images"
+    assert error["type"] == "invalid_request_error"
+
+
 @responses.activate
 def test_chat_forwards_with_vendor_key_and_answers_requested_model(client):
     responses.post(OPENAI_URL, json=completion())
