@@ -10,6 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.catalog import CAPABILITIES, Catalog, env_name_for_api_key, load_catalog
 from app.chat import ChatService
+from app.cooldowns import open_cooldowns
 from app.forward import Forwarder, Timing
 from app.redact import register_secrets
 from app.selector import Selector, share, share_pools
@@ -56,7 +57,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep OpenAI's field order in JSON answers
     metrics = init_metrics(app)
-    selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds)
+    # Built here, in the worker (never the master: no preload), so a shared book's background
+    # link to Redis starts in the process that uses it.
+    cooldowns = open_cooldowns(settings.cooldown_storage)
+    selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns)
+    metrics.follow_cooling(selector.cooling_count)
     upstream = Upstream(
         catalog.vendors,
         settings.upstream_connect_timeout,

@@ -153,7 +153,6 @@ class Forwarder:
         self._metrics = metrics
         self._max_attempts = max_attempts
         self._timing = timing
-        self._cooling_reported = -1
 
     def forward(self, call: Call, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
         """Answer ``call``; raises RouterError (with trace headers) when no combination can."""
@@ -180,12 +179,6 @@ class Forwarder:
             self._selector.cool_down(combination, failure.retry_after)
         elif failure.cooling is Cooling.CREDENTIAL:
             self._selector.cool_down_credential(combination.credential)
-
-    def _report_cooling(self) -> None:
-        count = self._selector.cooling_count()
-        if count != self._cooling_reported:  # a gauge write per attempt is wasted when nothing changed
-            self._cooling_reported = count
-            self._metrics.cooling.set(count)
 
     def _stream_closed(self, answer: StreamAnswer, combination: Combination, client: str) -> None:
         self._metrics.streams_in_flight.dec()
@@ -297,7 +290,6 @@ class _Request:
         self._tried.add(combination.key)
         trace.attempts.append(combination)
         self._f._metrics.selected(combination)
-        self._f._report_cooling()
         attempt = _Attempt(len(trace.attempts), combination, time.perf_counter(), hedge)
         run = self._stream_attempt if call.stream else self._whole_attempt
         # The attempt runs in the request's context, so its log lines carry the request id.

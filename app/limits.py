@@ -30,7 +30,7 @@ from redis.retry import Retry
 from app.clients import client_name, current_client
 from app.errors import RateLimited
 from app.http import error_response
-from app.redact import register_secrets
+from app.redact import register_secrets, without_password
 from app.settings import Settings, SettingsError
 
 __all__ = ["AuthFailureLimit", "install_rate_limits"]
@@ -56,7 +56,7 @@ def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Bluepr
     if not settings.rate_limit and not own_limits:
         return
     storage = settings.rate_limit_storage
-    where, scheme = _describe(storage), urlsplit(storage).scheme
+    where, scheme = without_password(storage), urlsplit(storage).scheme
     _register_password(storage)
     limiter = Limiter(
         client_identity,
@@ -127,7 +127,7 @@ class AuthFailureLimit:
 
     def __init__(self, limit: str, storage: str) -> None:
         self._items: list[RateLimitItem] = parse_many(limit)
-        self._where = _describe(storage)
+        self._where = without_password(storage)
         _register_password(storage)
         try:
             shared = storage_from_string(storage, **_storage_options(storage))
@@ -265,11 +265,3 @@ def _register_password(storage: str) -> None:
 def _hide(exc: Exception, storage: str) -> str:
     password = urlsplit(storage).password
     return str(exc).replace(password, "***") if password else str(exc)
-
-
-def _describe(storage: str) -> str:
-    """The storage URI without its password, for logs."""
-    parts = urlsplit(storage)
-    if parts.password is None:
-        return storage
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

@@ -10,6 +10,11 @@ series.
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
 from flask import Flask, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
@@ -84,7 +89,7 @@ class RouterMetrics:
         )
         self.cooling = Gauge(
             "router_cooling_combinations",
-            "Combinations the selector skips now after a failure (the highest count among live workers).",
+            "Combinations the selector skips now after a failure, shared ones included (highest among live workers).",
             registry=registry,
             multiprocess_mode="livemax",
         )
@@ -117,6 +122,31 @@ class RouterMetrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=registry,
         )
+
+    def follow_cooling(self, count: Callable[[], int], every: float = 1.0) -> None:
+        """Keep ``router_cooling_combinations`` at ``count()``, read in the background every ``every`` s.
+
+        Cooldowns end, and other workers' start, while this worker serves nothing: a value written
+        only when a request passes would go stale. ``count`` must be a bound method; the thread (a
+        greenlet under gevent) ends once its object is garbage, so apps built by tests leave none.
+        """
+        source = weakref.WeakMethod(count)
+        gauge = self.cooling
+
+        def follow() -> None:
+            shown = -1
+            while True:
+                method = source()
+                if method is None:
+                    return
+                value = method()
+                del method  # hold no reference while asleep
+                if value != shown:  # a gauge write is wasted when nothing changed
+                    gauge.set(value)
+                    shown = value
+                time.sleep(every)
+
+        threading.Thread(target=follow, name="cooling-gauge", daemon=True).start()
 
     def selected(self, combination: Combination) -> None:
         self.selections.labels(combination.vendor.name, combination.model.id, combination.credential.label).inc()

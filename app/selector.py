@@ -5,7 +5,8 @@ or every model of the request's type), narrowed by ``?vendor=`` and by what the 
 (images, video, tools, streaming). Each (credential, model) pair of those is one combination with
 a chance proportional to its weight: with every weight 1, every combination is equally likely, so
 a vendor with more keys or more models gets proportionally more traffic, as the Go router this ports did.
-State is per worker process and touched only between greenlet switches, so no lock is needed.
+Cooldowns live in a cooldown book (app/cooldowns.py): per worker, or shared through Redis. The
+selector reads only the worker's local view, so choosing never waits on the network.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 
 from app.catalog import Catalog, Combination, Credential, Model
+from app.cooldowns import Cooldowns
 from app.errors import InvalidRequest, NotFound, ServiceUnavailable
 
 __all__ = ["Candidates", "Selector", "share", "share_pools"]
@@ -72,15 +74,17 @@ class Selector:
         catalog: Catalog,
         cooldown_seconds: float,
         max_cooldown_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        cooldowns: Cooldowns | None = None,
     ) -> None:
         self._catalog = catalog
         self._cooldown = cooldown_seconds
         self._max_cooldown = max(max_cooldown_seconds, cooldown_seconds)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 -- load spreading, not security
-        self._cooling_until: dict[str, float] = {}
+        # The book and the selector must tell time alike: deadlines are ``clock()`` values.
+        self._cooldowns = cooldowns if cooldowns is not None else Cooldowns(clock)
         self._configured_models = {model.id for model in catalog.models}
         # Candidate lists are computed once per (vendor filter, model name, kind, needs): a request
         # pays a dict lookup, not a scan of every combination. Names that are neither an alias nor
@@ -116,32 +120,30 @@ class Selector:
         request is always tried at least once.
         """
         now = self._clock()
-        cooling = self._cooling_until
-        fresh = [c for c in candidates if c.key not in exclude and cooling.get(c.key, 0.0) <= now]
+        until = self._cooldowns.until
+        fresh = [c for c in candidates if c.key not in exclude and until(c.key) <= now]
         if fresh:
             return self._draw(candidates, fresh)
         rest = [c for c in candidates if c.key not in exclude]
         if not rest:
             return None
-        return min(rest, key=lambda c: cooling.get(c.key, 0.0))
+        return min(rest, key=lambda c: until(c.key))
 
     def cool_down(self, combination: Combination, retry_after: float | None = None) -> None:
         """Skip ``combination`` for the cooldown, or for the vendor's Retry-After if longer (capped)."""
         seconds = self._cooldown
         if retry_after is not None and retry_after > seconds:
             seconds = min(retry_after, self._max_cooldown)
-        self._cooling_until[combination.key] = self._clock() + seconds
+        self._cooldowns.cool((combination.key,), seconds)
 
     def cool_down_credential(self, credential: Credential) -> None:
         """Skip every combination of a credential the vendor refused (401/403)."""
-        for combination in self._catalog.combinations:
-            if combination.credential == credential:
-                self.cool_down(combination)
+        keys = [c.key for c in self._catalog.combinations if c.credential == credential]
+        self._cooldowns.cool(keys, self._cooldown)
 
     def cooling_count(self) -> int:
-        """How many combinations are cooling down now."""
-        now = self._clock()
-        return sum(1 for until in self._cooling_until.values() if until > now)
+        """How many combinations are cooling down now, by this worker's view of the book."""
+        return self._cooldowns.cooling_count(self._clock())
 
     def _draw(self, candidates: Sequence[Combination], fresh: list[Combination]) -> Combination:
         if len(fresh) == 1:

@@ -64,6 +64,9 @@ class Settings:
     cooldown_seconds: float = 30.0
     # A vendor's Retry-After longer than cooldown_seconds wins, but never beyond this.
     max_cooldown_seconds: float = 300.0
+    # memory:// keeps cooldowns in each worker process; redis://host:port/db shares them with every
+    # worker and instance pointed at it (app/cooldowns.py: learned in the background, never waited on).
+    cooldown_storage: str = "memory://"
     # An SSE comment is sent when a committed stream has been silent this long; it keeps
     # proxies from cutting the stream and reveals clients that went away.
     stream_keepalive_seconds: float = 15.0
@@ -135,6 +138,7 @@ class Settings:
             max_attempts=reader.integer("MAX_ATTEMPTS", cls.max_attempts, minimum=1),
             cooldown_seconds=reader.number("COOLDOWN_SECONDS", cls.cooldown_seconds, minimum=0),
             max_cooldown_seconds=reader.number("MAX_COOLDOWN_SECONDS", cls.max_cooldown_seconds, minimum=0),
+            cooldown_storage=_read_cooldown_storage(reader),
             stream_keepalive_seconds=reader.number("STREAM_KEEPALIVE_SECONDS", cls.stream_keepalive_seconds),
             request_timeout=reader.number("REQUEST_TIMEOUT", cls.request_timeout),
             first_token_timeout=reader.optional_number("FIRST_TOKEN_TIMEOUT"),
@@ -262,6 +266,25 @@ def _read_ca_bundle(reader: _Reader) -> str | None:
                 raise SettingsError(f"{name}: no certificate file at {path}")
             return path
     return None
+
+
+def _read_cooldown_storage(reader: _Reader) -> str:
+    """COOLDOWN_STORAGE: memory://, or a Redis URL checked now with redis-py's own parser."""
+    from redis.connection import parse_url
+
+    from app.redact import without_password
+
+    value = reader.text("COOLDOWN_STORAGE", "memory://")
+    if value == "memory://":
+        return value
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise SettingsError(
+            f"COOLDOWN_STORAGE must be memory:// or like redis://[:password@]host:6379/0 (rediss://, unix://); "
+            f"got {without_password(value)!r}: {exc}"
+        ) from None
+    return value
 
 
 def _read_origins(reader: _Reader) -> tuple[str, ...]:

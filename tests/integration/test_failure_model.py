@@ -184,7 +184,7 @@ def test_client_that_half_closes_after_its_request_gets_its_answer(start_router,
         while piece := sock.recv(65536):
             data += piece
     head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")), head
     assert b"Hello from openai" in body or b'"content":"Hello' in body
     if stream:
         assert body.endswith(b"data: [DONE]\n\n")
