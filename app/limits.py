@@ -33,7 +33,7 @@ from app.http import error_response
 from app.redact import register_secrets, without_password
 from app.settings import Settings, SettingsError
 
-__all__ = ["AuthFailureLimit", "install_rate_limits"]
+__all__ = ["AuthFailureLimit", "client_address", "client_identity", "install_rate_limits"]
 
 log = logging.getLogger(__name__)
 
