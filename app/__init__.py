@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     catalog = load_catalog(settings)
-    register_secrets([credential.secret for credential in catalog.credentials] + list(settings.api_keys))
+    register_secrets(
+        [credential.secret for credential in catalog.credentials] + [client.key for client in settings.api_keys]
+    )
     _report(settings, catalog)
 
     app = Flask(__name__)
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     forwarder = Forwarder(selector, upstream, metrics, settings.max_attempts, timing)
     app.extensions["router"] = Router(catalog, ChatService(selector, forwarder), settings)
 
-    install_http_edge(app)
+    install_http_edge(app, metrics)
     # Hook order is request order: preflights need no key, and only a proven key is counted.
     install_cors(app, settings.cors_origins)
     install_client_auth(app, settings)

@@ -3,8 +3,9 @@
 Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker imports prometheus_client
 (gunicorn.conf.py sees to it), every worker writes its samples to files there, and ``/metrics``
 sums them, so the numbers are the whole server's whatever worker answers the scrape. Labels are
-only ever configured names (vendor, model, credential label) and fixed sets of words (outcome,
-status class, phase): nothing a client sends can create a new time series.
+only ever configured names (vendor, model, credential label, client name), route patterns and
+fixed sets of words (outcome, status class, phase): nothing a client sends can create a new time
+series.
 """
 
 from __future__ import annotations
@@ -100,8 +101,14 @@ class RouterMetrics:
         )
         self.tokens = Counter(
             "router_tokens",
-            "Tokens reported by vendors in usage, by kind (prompt, completion).",
-            ["vendor", "model", "kind"],
+            "Tokens reported by vendors in usage, by kind (prompt, completion) and client.",
+            ["vendor", "model", "kind", "client"],
+            registry=registry,
+        )
+        self.client_requests = Counter(
+            "router_client_requests",
+            "Requests to /v1 by client name (anonymous without a proven key), route pattern and status class.",
+            ["client", "route", "status_class"],
             registry=registry,
         )
         self.unknown_methods = Counter(
@@ -153,13 +160,13 @@ class RouterMetrics:
     def failed_over(self, combination: Combination) -> None:
         self.failovers.labels(combination.vendor.name, combination.model.id).inc()
 
-    def counted_tokens(self, combination: Combination, usage: object) -> None:
+    def counted_tokens(self, combination: Combination, usage: object, client: str) -> None:
         if not isinstance(usage, dict):
             return
         for kind in ("prompt", "completion"):
             value = usage.get(f"{kind}_tokens")
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                self.tokens.labels(combination.vendor.name, combination.model.id, kind).inc(value)
+                self.tokens.labels(combination.vendor.name, combination.model.id, kind, client).inc(value)
 
     def stream_ended(self, combination: Combination, outcome: str, seconds: float) -> None:
         self.stream_duration.labels(combination.vendor.name, combination.model.id, outcome).observe(seconds)

@@ -3,6 +3,7 @@
 from flask import Blueprint, Response, current_app, request
 
 from app.chat import ChatCall
+from app.clients import client_name
 from app.disconnect import ClientWatch
 from app.errors import ClientDisconnected
 from app.forward import WholeAnswer
@@ -17,7 +18,7 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     router = current_app.extensions["router"]
-    call = ChatCall(body=read_json_body(), vendor=request.args.get("vendor") or None)
+    call = ChatCall(body=read_json_body(), vendor=request.args.get("vendor") or None, client=client_name())
     watch = client_watch(router.settings.client_send_timeout)
     try:
         answer = router.chat.answer(call, watch)
