@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep OpenAI's field order in JSON answers
-    metrics = init_metrics(app)
+    metrics = init_metrics(app, settings.worker_connections, catalog.combinations)
     selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds)
     upstream = Upstream(
         catalog.vendors,
