@@ -97,7 +97,10 @@ def children(parent: int) -> set[int]:
 
 class PrometheusServer:
     """``prometheus`` in a subprocess on a free loopback port, scraping ``targets`` every second
-    and evaluating ``rule_files`` every second, with its data in ``directory``."""
+    and evaluating ``rule_files`` every second, with its data in ``directory``.
+
+    Ready once every target has been scraped: from then on a scrape comes every second.
+    """
 
     def __init__(self, directory: Path, targets: list[str], rule_files: list[Path]) -> None:
         if PROMETHEUS is None:
@@ -125,6 +128,13 @@ class PrometheusServer:
         )
         try:
             wait_until(self._ready, timeout=30, interval=0.2, message=f"prometheus on port {self.port} ready")
+            # Prometheus applies new targets up to 5 s after start; from the first scrape on, they come every second.
+            wait_until(
+                lambda: len(self.query(f'up{{job="{JOB}"}}')) == len(targets),
+                timeout=30,
+                interval=0.2,
+                message="prometheus scraped every target once",
+            )
         except (TimeoutError, RuntimeError):
             self.stop()
             raise
