@@ -170,7 +170,6 @@ class Scraped:
 
     def __init__(self, prometheus: PrometheusServer, router: Router) -> None:
         self.prometheus = prometheus
-        self.router = router
         self.target = f"127.0.0.1:{router.port}"
         self.variables = {"instance": self.target, "vendor": "|".join(sorted(VENDORS)), **GRAFANA_INTERVALS}
 
