@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.catalog import Catalog, load_catalog
+from app.catalog import CAPABILITIES, Catalog, env_name_for_api_key, load_catalog
 from app.chat import ChatService
+from app.cooldowns import open_cooldowns
+from app.forward import Forwarder, Timing
 from app.redact import register_secrets
-from app.selector import Selector
+from app.selector import Selector, share, share_pools
 from app.settings import Settings
 from app.upstream import Upstream
 
@@ -26,6 +28,7 @@ class Router:
 
     catalog: Catalog
     chat: ChatService
+    settings: Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -52,15 +55,26 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep OpenAI's field order in JSON answers
     metrics = init_metrics(app, settings.worker_connections, catalog.combinations)
-    selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds)
+    # Built here, in the worker (never the master: no preload), so a shared book's background
+    # link to Redis starts in the process that uses it.
+    cooldowns = open_cooldowns(settings.cooldown_storage)
+    selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns)
+    metrics.follow_cooling(selector.cooling_count)
     upstream = Upstream(
         catalog.vendors,
         settings.upstream_connect_timeout,
         settings.upstream_read_timeout,
         pool_size=settings.worker_connections,
+        ca_bundle=settings.ca_bundle,
     )
-    service = ChatService(selector, upstream, metrics, settings.max_attempts, settings.stream_keepalive_seconds)
-    app.extensions["router"] = Router(catalog, service)
+    timing = Timing(
+        request_timeout=settings.request_timeout,
+        first_token_timeout=settings.first_token_timeout,
+        hedge_after=settings.hedge_after_seconds,
+        keepalive=settings.stream_keepalive_seconds,
+    )
+    forwarder = Forwarder(selector, upstream, metrics, settings.max_attempts, timing)
+    app.extensions["router"] = Router(catalog, ChatService(selector, forwarder), settings)
 
     install_http_edge(app)
     # Hook order is request order: preflights need no key, and only a proven key is counted.
@@ -81,18 +95,43 @@ def _report(settings: Settings, catalog: Catalog) -> None:
     """Say at start what the router will do, and everything that looks wrong."""
     for warning in catalog.warnings:
         log.warning(warning)
-    if catalog.credentials_file_missing:
+    if catalog.credentials_file_missing and catalog.env_key_variables:
+        log.info(
+            "no credentials file at %s: keys from environment variables %s",
+            settings.credentials_file,
+            ", ".join(catalog.env_key_variables),
+        )
+    if catalog.vendors_without_credentials:
         log.warning(
-            "no credentials file at %s: vendors without credentials: %s; chat requests for them "
-            "answer 503 until you create it (see configs/credentials.json.example) or set CREDENTIALS_FILE",
+            "no credentials file at %s: vendors without credentials: %s; their requests answer 503 until "
+            "you create it (see configs/credentials.json.example), set CREDENTIALS_FILE or set %s",
             settings.credentials_file,
             ", ".join(catalog.vendors_without_credentials),
+            ", ".join(env_name_for_api_key(vendor) for vendor in catalog.vendors_without_credentials),
         )
     for name in catalog.model_vendors():
         log.info("vendor %s at %s", name, catalog.vendors[name].base_url)
     log.info(
-        "%d models, %d credentials, %d combinations",
+        "%d models (%s format), %d aliases, %d credentials, %d combinations",
         len(catalog.models),
+        catalog.models_format,
+        len(catalog.aliases),
         len(catalog.credentials),
         len(catalog.combinations),
     )
+    for model in catalog.models:
+        if model.type != "chat" or model.aliases or model.capabilities != CAPABILITIES:
+            log.info(
+                "model %s/%s: %s, aliases %s, supports %s",
+                model.vendor,
+                model.id,
+                model.type,
+                ", ".join(model.aliases) or "none",
+                ", ".join(sorted(model.capabilities)) or "plain text only",
+            )
+    for pool, combinations in share_pools(catalog).items():
+        log.info(
+            "shares of %s: %s",
+            pool,
+            ", ".join(f"{c.key} {share(c, combinations):.1f}%" for c in combinations),
+        )

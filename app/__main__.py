@@ -1,7 +1,8 @@
 """Command line: ``python -m app check-config`` validates the config files without serving.
 
 Operators run it before a SIGHUP reload: it reads the same environment and files as start-up,
-exits 1 with the same message on a bad file, and otherwise prints the combinations it would use.
+exits 1 with the same message on a bad file, and otherwise prints the models, aliases and
+combinations it would use, with each combination's share of the traffic.
 """
 
 from __future__ import annotations
@@ -9,31 +10,55 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.catalog import ConfigError, load_catalog
+from app.catalog import Catalog, ConfigError, load_catalog
+from app.selector import share, share_pools
 from app.settings import Settings, SettingsError
 
 
 def check_config() -> int:
-    """Print the combinations the current configuration yields; 0 if valid, 1 if not."""
+    """Print what the current configuration yields; 0 if valid, 1 if not."""
     try:
         settings = Settings.from_env()
         catalog = load_catalog(settings)
     except (SettingsError, ConfigError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 1
-    print(f"models:      {settings.models_file} ({len(catalog.models)})")
-    credentials_note = " (missing)" if catalog.credentials_file_missing else f" ({len(catalog.credentials)})"
-    print(f"credentials: {settings.credentials_file}{credentials_note}")
+    print(f"models:      {settings.models_file} ({len(catalog.models)}, {catalog.models_format} format)")
+    print(f"credentials: {settings.credentials_file} ({credentials_source(catalog)})")
     for name in catalog.model_vendors():
-        print(f"vendor {name}: {catalog.vendors[name].chat_url}")
-    print(f"{len(catalog.combinations)} combinations:")
-    for combination in catalog.combinations:
-        print(f"  {combination.key:40} key {combination.credential.masked()}")
+        print(f"vendor {name}: {catalog.vendors[name].base_url}")
+    print("models:")
+    for model in catalog.models:
+        aliases = f"  aliases {', '.join(model.aliases)}" if model.aliases else ""
+        print(f"  {model.vendor + '/' + model.id:40} {model.type:9} weight {model.weight:g}{aliases}")
+        print(f"  {'':40} supports {', '.join(sorted(model.capabilities)) or 'plain text only'}")
+    for alias, group in catalog.aliases.items():
+        print(f"alias {alias}: {', '.join(f'{m.vendor}/{m.id}' for m in group)}")
+    print(
+        f"{len(catalog.combinations)} combinations; share = percent of the requests that name no alias or "
+        "model (per type), or that name the alias, before any ?vendor= filter or cooldown:"
+    )
+    for pool, combinations in share_pools(catalog).items():
+        print(f"  {pool}:")
+        for combination in combinations:
+            print(
+                f"    {combination.key:40} key {combination.credential.masked()}  weight {combination.weight:g}  "
+                f"share {share(combination, combinations):.1f}%"
+            )
     for vendor in catalog.vendors_without_credentials:
-        print(f"warning: vendor {vendor} has models but no credentials; its chat requests would get 503")
+        print(f"warning: vendor {vendor} has models but no credentials; its requests would get 503")
     for warning in catalog.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+def credentials_source(catalog: Catalog) -> str:
+    """Where the keys come from, naming environment variables but never their values."""
+    if not catalog.credentials_file_missing:
+        return f"{len(catalog.credentials)} keys"
+    if catalog.env_key_variables:
+        return f"missing; keys from environment variables {', '.join(catalog.env_key_variables)}"
+    return "missing; no <VENDOR>_API_KEY variables set"
 
 
 def main(argv: list[str] | None = None) -> int:

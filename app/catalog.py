@@ -1,6 +1,10 @@
 """The catalog: vendors, credentials and models read from configs/*.json, and their combinations.
 
-A combination is one (vendor, credential, model) the router may send a request to. The catalog is
+A combination is one (vendor, credential, model) the router may send a request to, with a weight
+(model weight x credential weight). Models carry their public aliases, their type (chat or
+embedding) and what they support (images, video, tools, streaming). The models file is a list of
+entries, or the Go router's later (v3) object form with its own vendors. Without a credentials
+file, keys come from ``<VENDOR>_API_KEY[_N]`` environment variables. The catalog is
 built once at start-up and never changes while a worker runs; SIGHUP starts new workers that read
 the files again. Every problem in a file is reported as one ``ConfigError`` that names the file
 and the entry, and never a credential's value.
@@ -9,6 +13,7 @@ and the entry, and never a credential's value.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -20,12 +25,17 @@ from app.settings import Settings
 
 __all__ = [
     "BUILTIN_VENDORS",
+    "CAPABILITIES",
+    "ENV_KEY_SLOTS",
+    "MODEL_TYPES",
     "Catalog",
     "Combination",
     "ConfigError",
     "Credential",
     "Model",
     "Vendor",
+    "env_name_for_api_key",
+    "env_name_for_base_url",
     "load_catalog",
 ]
 
@@ -35,8 +45,19 @@ BUILTIN_VENDORS: dict[str, str] = {
     "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
 }
 
+# What a request may need from a model; a models entry's "config" says which it supports.
+CAPABILITIES: frozenset[str] = frozenset({"image", "video", "tools", "streaming"})
+_CONFIG_KEYS = {f"support_{name}": name for name in ("image", "video", "tools", "streaming")}
+MODEL_TYPES = ("chat", "embedding")
+# <VENDOR>_API_KEY_1 .. _20 are read besides <VENDOR>_API_KEY when there is no credentials file.
+ENV_KEY_SLOTS = 20
+
 _VENDOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# Names clients send as "model": what vendors use for model ids (gpt-4o, models/x, a:b@c), and no
+# longer than the request schema accepts.
+_ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}\Z")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+_MODEL_KEYS = {"weight", "aliases", "type", "config"}
 
 
 class ConfigError(ValueError):
@@ -45,7 +66,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Vendor:
-    """An OpenAI-compatible API: a name and the base URL that ``/chat/completions`` is appended to."""
+    """An OpenAI-compatible API: a name and the base URL its endpoint paths are appended to."""
 
     name: str
     base_url: str
@@ -53,6 +74,10 @@ class Vendor:
     @property
     def chat_url(self) -> str:
         return f"{self.base_url}/chat/completions"
+
+    @property
+    def embeddings_url(self) -> str:
+        return f"{self.base_url}/embeddings"
 
 
 @dataclass(frozen=True)
@@ -62,6 +87,8 @@ class Credential:
     vendor: str
     label: str
     secret: str = field(repr=False)
+    # Relative share of traffic, e.g. 3 for a key with three times the rate limit of the others.
+    weight: float = 1.0
 
     def masked(self) -> str:
         """The key with all but its last four characters hidden (for ``check-config``)."""
@@ -70,8 +97,14 @@ class Credential:
 
 @dataclass(frozen=True)
 class Model:
+    """One model of one vendor, with the public names, traffic share and abilities it was given."""
+
     vendor: str
     id: str
+    weight: float = 1.0
+    aliases: tuple[str, ...] = ()
+    type: str = "chat"
+    capabilities: frozenset[str] = CAPABILITIES
 
 
 @dataclass(frozen=True)
@@ -84,9 +117,11 @@ class Combination:
     # A stable name for logs, metrics and cooldown state, free of secrets; built once, since the
     # selector reads it for every candidate of every attempt.
     key: str = field(init=False, repr=False)
+    weight: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.credential.label}/{self.model.id}")
+        object.__setattr__(self, "weight", self.model.weight * self.credential.weight)
 
     def describe(self, problem: str) -> str:
         """An error message naming this vendor and model (never the key): "Vendor X (model Y) <problem>."."""
@@ -109,6 +144,11 @@ class Catalog:
     vendors_without_credentials: tuple[str, ...] = ()
     credentials_file_missing: bool = False
     warnings: tuple[str, ...] = ()
+    # Public model names: alias -> the models that share it, in config order.
+    aliases: Mapping[str, tuple[Model, ...]] = field(default_factory=dict)
+    # <VENDOR>_API_KEY variables the credentials came from (names only), when there is no file.
+    env_key_variables: tuple[str, ...] = ()
+    models_format: str = "v1"
 
     def model_vendors(self) -> tuple[str, ...]:
         """Vendors that have at least one configured model, in config order."""
@@ -116,26 +156,47 @@ class Catalog:
 
 
 def load_catalog(settings: Settings, environ: Mapping[str, str] | None = None) -> Catalog:
-    """Read and check the three config files named by ``settings``; raise ConfigError if wrong."""
+    """Read and check the three config files named by ``settings``; raise ConfigError if wrong.
+
+    Without a credentials file, keys come from ``<VENDOR>_API_KEY`` and ``<VENDOR>_API_KEY_1..20``
+    of every vendor that has models; a credentials file that exists is the only source of keys.
+    """
     env = os.environ if environ is None else environ
-    vendors = _load_vendors(settings.vendors_file, env)
-    models = _load_models(settings.models_file, vendors)
+    models_path = settings.models_file
+    if not os.path.exists(models_path):
+        raise ConfigError(f"{models_path}: models file not found (set MODELS_FILE or create it)")
+    entries, file_vendors, models_format = _models_document(models_path, _read_json(models_path))
+    vendors = _load_vendors(settings.vendors_file, file_vendors, env)
+    models = _load_models(models_path, entries, vendors)
+    aliases = _alias_groups(models_path, models)
+
     credentials_missing = not os.path.exists(settings.credentials_file)
-    credentials = () if credentials_missing else _load_credentials(settings.credentials_file, vendors, env)
+    env_variables: tuple[str, ...] = ()
+    warnings: list[str] = []
+    if credentials_missing:
+        credentials, env_variables = _credentials_from_env(models, env)
+    else:
+        credentials, referenced = _load_credentials(settings.credentials_file, vendors, env)
+        unread = [name for _, name in _env_key_variables(models, env) if name not in referenced]
+        if unread:
+            warnings.append(
+                f"{settings.credentials_file} exists, so it alone supplies the keys: "
+                f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} set but not read"
+            )
 
     credentialed = {credential.vendor for credential in credentials}
     uncovered = tuple(dict.fromkeys(m.vendor for m in models if m.vendor not in credentialed))
     if uncovered and not credentials_missing:
         model = next(m for m in models if m.vendor == uncovered[0])
         raise ConfigError(
-            f"{settings.models_file}: model {model.id!r} of vendor {model.vendor!r} has no credential "
+            f"{models_path}: model {model.id!r} of vendor {model.vendor!r} has no credential "
             f'in {settings.credentials_file}; add a {{"platform": "{model.vendor}", ...}} entry there '
             f"or remove the model"
         )
 
     model_vendors = {m.vendor for m in models}
-    warnings = tuple(
-        f"{settings.credentials_file}: credential {c.label} has no model in {settings.models_file}; it is unused"
+    warnings.extend(
+        f"{settings.credentials_file}: credential {c.label} has no model in {models_path}; it is unused"
         for c in credentials
         if c.vendor not in model_vendors
     )
@@ -150,15 +211,45 @@ def load_catalog(settings: Settings, environ: Mapping[str, str] | None = None) -
         models=models,
         credentials=credentials,
         combinations=combinations,
-        models_created=int(os.path.getmtime(settings.models_file)),
+        models_created=int(os.path.getmtime(models_path)),
         vendors_without_credentials=uncovered,
         credentials_file_missing=credentials_missing,
-        warnings=warnings,
+        warnings=tuple(warnings),
+        aliases=aliases,
+        env_key_variables=env_variables,
+        models_format=models_format,
     )
 
 
-def _load_vendors(path: str, env: Mapping[str, str]) -> dict[str, Vendor]:
-    """Built-in vendors, overridden by vendors.json, overridden by <VENDOR>_BASE_URL."""
+def _models_document(path: str, document: Any) -> tuple[list[Any], dict[str, str], str]:
+    """The model entries, the vendors the file itself names, and which format it is in.
+
+    v1 is a list of entries; v3 (the Go router's later form) is an object holding
+    ``models`` and an optional ``vendors`` name -> base URL object.
+    """
+    if isinstance(document, list):
+        return document, {}, "v1"
+    if not isinstance(document, dict) or "models" not in document:
+        raise ConfigError(
+            f'{path}: expected a list of {{"vendor", "model"}} objects, or an object with "models" '
+            '(and optionally "vendors")'
+        )
+    _check_keys(document, path, required={"models"}, optional={"vendors"})
+    entries = document["models"]
+    if not isinstance(entries, list):
+        raise ConfigError(f'{path}: \'models\' must be a list of {{"vendor", "model"}} objects')
+    file_vendors = document.get("vendors", {})
+    if not isinstance(file_vendors, dict):
+        raise ConfigError(f"{path}: 'vendors' must be an object of vendor name -> base URL")
+    checked: dict[str, str] = {}
+    for name, url in file_vendors.items():
+        where = f"{path}: vendors.{name}"
+        checked[_vendor_name(name, where)] = _base_url(url, where)
+    return entries, checked, "v3"
+
+
+def _load_vendors(path: str, file_vendors: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Vendor]:
+    """Built-in vendors, overridden by vendors.json, by the models file's own, by <VENDOR>_BASE_URL."""
     base_urls: dict[str, str] = dict(BUILTIN_VENDORS)
     if os.path.exists(path):
         document = _read_json(path)
@@ -177,6 +268,7 @@ def _load_vendors(path: str, env: Mapping[str, str]) -> dict[str, Vendor]:
                 raise ConfigError(f"{where}: vendor {name!r} is listed twice")
             seen.add(name)
             base_urls[name] = _base_url(entry["base_url"], f"{where} ({name})")
+    base_urls.update(file_vendors)
     vendors: dict[str, Vendor] = {}
     for name in base_urls:
         variable = env_name_for_base_url(name)
@@ -188,20 +280,24 @@ def _load_vendors(path: str, env: Mapping[str, str]) -> dict[str, Vendor]:
 
 def env_name_for_base_url(vendor: str) -> str:
     """The environment variable that overrides a vendor's base URL, e.g. OPENAI_BASE_URL."""
-    return re.sub(r"[^A-Z0-9]", "_", vendor.upper()) + "_BASE_URL"
+    return _env_prefix(vendor) + "_BASE_URL"
 
 
-def _load_models(path: str, vendors: dict[str, Vendor]) -> tuple[Model, ...]:
-    if not os.path.exists(path):
-        raise ConfigError(f"{path}: models file not found (set MODELS_FILE or create it)")
-    document = _read_json(path)
-    if not isinstance(document, list):
-        raise ConfigError(f'{path}: expected a list of {{"vendor", "model"}} objects')
+def env_name_for_api_key(vendor: str, slot: int = 0) -> str:
+    """The variable holding a vendor's key without a credentials file: OPENAI_API_KEY, OPENAI_API_KEY_2."""
+    return _env_prefix(vendor) + ("_API_KEY" if slot == 0 else f"_API_KEY_{slot}")
+
+
+def _env_prefix(vendor: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", vendor.upper())
+
+
+def _load_models(path: str, entries: list[Any], vendors: dict[str, Vendor]) -> tuple[Model, ...]:
     models: list[Model] = []
     seen: set[tuple[str, str]] = set()
-    for number, entry in enumerate(document, start=1):
+    for number, entry in enumerate(entries, start=1):
         where = f"{path}: entry {number}"
-        _check_keys(entry, where, required={"vendor", "model"})
+        _check_keys(entry, where, required={"vendor", "model"}, optional=_MODEL_KEYS)
         vendor = _vendor_name(entry["vendor"], where)
         model_id = entry["model"]
         if not isinstance(model_id, str) or not model_id.strip() or model_id != model_id.strip():
@@ -215,22 +311,105 @@ def _load_models(path: str, vendors: dict[str, Vendor]) -> tuple[Model, ...]:
         if (vendor, model_id) in seen:
             raise ConfigError(f"{where}: listed twice")
         seen.add((vendor, model_id))
-        models.append(Model(vendor, model_id))
+        model_type = entry.get("type", "chat")
+        if model_type not in MODEL_TYPES:
+            raise ConfigError(f'{where}: \'type\' must be "chat" or "embedding"; got {model_type!r}')
+        models.append(
+            Model(
+                vendor,
+                model_id,
+                weight=_weight(entry, where),
+                aliases=_aliases(entry, where),
+                type=model_type,
+                capabilities=_capabilities(entry, where),
+            )
+        )
     if not models:
         raise ConfigError(f"{path}: no models configured; the router would have nothing to route to")
     return tuple(models)
 
 
-def _load_credentials(path: str, vendors: dict[str, Vendor], env: Mapping[str, str]) -> tuple[Credential, ...]:
+def _weight(entry: dict[str, Any], where: str) -> float:
+    """An entry's optional ``weight``: a finite number > 0 (default 1); true/false are not numbers."""
+    value = entry.get("weight", 1)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{where}: 'weight' must be a number greater than 0; got {value!r}")
+    return float(value)
+
+
+def _aliases(entry: dict[str, Any], where: str) -> tuple[str, ...]:
+    value = entry.get("aliases", [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: 'aliases' must be a list of names; got {value!r}")
+    for alias in value:
+        if not isinstance(alias, str) or not _ALIAS_NAME.match(alias):
+            raise ConfigError(
+                f"{where}: alias {alias!r} must be 1-256 letters, digits or . _ : / @ + - "
+                "and start with a letter or digit"
+            )
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: 'aliases' lists a name twice")
+    return tuple(value)
+
+
+def _capabilities(entry: dict[str, Any], where: str) -> frozenset[str]:
+    """What the entry's ``config`` says the model supports; no ``config`` means everything."""
+    if "config" not in entry:
+        return CAPABILITIES
+    config = entry["config"]
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: 'config' must be an object of support_* flags")
+    unknown = sorted(config.keys() - _CONFIG_KEYS.keys())
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown capability {', '.join(repr(k) for k in unknown)} in 'config'; "
+            f"known: {', '.join(_CONFIG_KEYS)}"
+        )
+    for key, flag in config.items():
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{where}: 'config.{key}' must be true or false; got {flag!r}")
+    # A flag left out of a config is false, as in the Go router: the config lists what works.
+    return frozenset(name for key, name in _CONFIG_KEYS.items() if config.get(key) is True)
+
+
+def _alias_groups(path: str, models: tuple[Model, ...]) -> dict[str, tuple[Model, ...]]:
+    """alias -> its models; an alias may not shadow another entry's model id nor mix model types."""
+    groups: dict[str, list[Model]] = {}
+    for model in models:
+        for alias in model.aliases:
+            groups.setdefault(alias, []).append(model)
+    for number, model in enumerate(models, start=1):
+        for alias in model.aliases:
+            where = f"{path}: entry {number} ({model.vendor}/{model.id})"
+            shadowed = next((m for m in models if m.id == alias and m is not model), None)
+            if shadowed is not None:
+                raise ConfigError(
+                    f"{where}: alias {alias!r} is the model id of another entry ({shadowed.vendor}/{shadowed.id}); "
+                    "clients naming it would not know which they get"
+                )
+            first = groups[alias][0]
+            if first.type != model.type:
+                raise ConfigError(
+                    f"{where}: alias {alias!r} joins a {model.type} model to the {first.type} model "
+                    f"{first.vendor}/{first.id}; an alias groups models of one type"
+                )
+    return {alias: tuple(members) for alias, members in groups.items()}
+
+
+def _load_credentials(
+    path: str, vendors: dict[str, Vendor], env: Mapping[str, str]
+) -> tuple[tuple[Credential, ...], set[str]]:
+    """The file's credentials, and the environment variables its ``${NAME}`` values referenced."""
     document = _read_json(path)
     if not isinstance(document, list):
         raise ConfigError(f'{path}: expected a list of {{"platform", "type", "value"}} objects')
     credentials: list[Credential] = []
+    referenced: set[str] = set()
     first_entry_of_secret: dict[tuple[str, str], int] = {}
     count_per_vendor: dict[str, int] = {}
     for number, entry in enumerate(document, start=1):
         where = f"{path}: entry {number}"
-        _check_keys(entry, where, required={"platform", "value"}, optional={"type"})
+        _check_keys(entry, where, required={"platform", "value"}, optional={"type", "weight"})
         vendor = _vendor_name(entry["platform"], where)
         where = f"{where} (platform {vendor})"
         if vendor not in vendors:
@@ -238,29 +417,79 @@ def _load_credentials(path: str, vendors: dict[str, Vendor], env: Mapping[str, s
         kind = entry.get("type", "api-key")
         if kind != "api-key":
             raise ConfigError(f"{where}: 'type' must be \"api-key\"; got {kind!r}")
-        secret = _secret(entry["value"], where, env)
+        secret, variable = _secret(entry["value"], where, env)
+        if variable:
+            referenced.add(variable)
         if (vendor, secret) in first_entry_of_secret:
             raise ConfigError(f"{where}: same key as entry {first_entry_of_secret[vendor, secret]}; remove one")
         first_entry_of_secret[vendor, secret] = number
         count_per_vendor[vendor] = count_per_vendor.get(vendor, 0) + 1
+        credentials.append(Credential(vendor, f"{vendor}#{count_per_vendor[vendor]}", secret, _weight(entry, where)))
+    return tuple(credentials), referenced
+
+
+def _env_key_variables(models: tuple[Model, ...], env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(vendor, variable) for every non-empty <VENDOR>_API_KEY[_N] of a vendor with models, in slot order."""
+    return [
+        (vendor, name)
+        for vendor in dict.fromkeys(model.vendor for model in models)
+        for name in (env_name_for_api_key(vendor, slot) for slot in range(ENV_KEY_SLOTS + 1))
+        if env.get(name, "").strip()
+    ]
+
+
+def _credentials_from_env(
+    models: tuple[Model, ...], env: Mapping[str, str]
+) -> tuple[tuple[Credential, ...], tuple[str, ...]]:
+    """Credentials from <VENDOR>_API_KEY and <VENDOR>_API_KEY_1..20, and the variables used."""
+    credentials: list[Credential] = []
+    variable_of_secret: dict[tuple[str, str], str] = {}
+    count_per_vendor: dict[str, int] = {}
+    used = _env_key_variables(models, env)
+    for vendor, variable in used:
+        secret = _header_safe(env[variable].strip(), f"environment variable {variable}")
+        if (vendor, secret) in variable_of_secret:
+            first = variable_of_secret[vendor, secret]
+            raise ConfigError(f"environment variable {variable}: same key as {first}; unset one")
+        variable_of_secret[vendor, secret] = variable
+        count_per_vendor[vendor] = count_per_vendor.get(vendor, 0) + 1
         credentials.append(Credential(vendor, f"{vendor}#{count_per_vendor[vendor]}", secret))
-    return tuple(credentials)
+    return tuple(credentials), tuple(variable for _, variable in used)
 
 
-def _secret(value: Any, where: str, env: Mapping[str, str]) -> str:
-    """A credential's key, resolving ``${NAME}`` from the environment. Never echoes the value."""
+def _secret(value: Any, where: str, env: Mapping[str, str]) -> tuple[str, str | None]:
+    """A credential's key, resolving ``${NAME}`` from the environment, and NAME if it was one."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: 'value' must be a non-empty string")
     reference = _ENV_REFERENCE.match(value.strip())
+    name = None
     if reference:
         name = reference.group(1)
         value = env.get(name, "")
         if not value.strip():
             raise ConfigError(f"{where}: environment variable {name} is not set or empty")
-    secret = value.strip()
-    # A key is sent in an HTTP header: a line break would split the header.
-    if any(ch in secret for ch in "\r\n\0"):
-        raise ConfigError(f"{where}: the key contains a line break or NUL character")
+        where = f"{where}, environment variable {name}"
+    return _header_safe(value.strip(), where), name
+
+
+def _header_safe(secret: str, where: str) -> str:
+    """``secret`` if it can travel in an Authorization header; else an error that does not show it.
+
+    HTTP header values are Latin-1 bytes without control characters: anything else either cannot
+    be encoded (the request fails) or splits or corrupts the header.
+    """
+    for position, char in enumerate(secret, start=1):
+        code = ord(char)
+        if code > 0xFF:
+            problem = f"a character that is not Latin-1 (U+{code:04X}, e.g. a typographic quote or dash)"
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            problem = f"a control character (U+{code:04X})"
+        else:
+            continue
+        raise ConfigError(
+            f"{where}: the key contains {problem} at position {position}, which cannot be sent in an "
+            "HTTP header; copy the key again"
+        )
     return secret
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "RouterError",
     "ServiceUnavailable",
     "UnsupportedMediaType",
@@ -119,6 +120,14 @@ class UpstreamError(RouterError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class RequestTimeout(RouterError):
+    """REQUEST_TIMEOUT ran out before any attempt answered."""
+
+    status = 504
+    type = "timeout_error"
+    code = "request_timeout"
 
 
 class VendorError(RouterError):

@@ -24,7 +24,7 @@ from redis.retry import Retry
 from app.auth import client_identity
 from app.errors import RateLimited
 from app.http import error_response
-from app.redact import register_secrets
+from app.redact import register_secrets, without_password
 from app.settings import Settings, SettingsError
 
 __all__ = ["install_rate_limits"]
@@ -45,7 +45,7 @@ def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Bluepr
     if not settings.rate_limit:
         return
     storage = settings.rate_limit_storage
-    where = _describe(storage)
+    where = without_password(storage)
     parts = urlsplit(storage)
     password, scheme = parts.password, parts.scheme
     if password:
@@ -154,11 +154,3 @@ class _StorageLog(logging.Filter):
         else:
             return record.levelno >= logging.getLogger().getEffectiveLevel()
         return True
-
-
-def _describe(storage: str) -> str:
-    """The storage URI without its password, for logs."""
-    parts = urlsplit(storage)
-    if parts.password is None:
-        return storage
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

@@ -9,8 +9,11 @@ status class, phase): nothing a client sends can create a new time series.
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flask import Flask, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,7 +36,8 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.upstream_requests = Counter(
             "router_upstream_requests",
-            "Calls to vendors, by outcome (ok, vendor_error, timeout, network, bad_answer) and status class.",
+            "Calls to vendors, by outcome (ok, vendor_error, timeout, network, bad_answer, cancelled: a hedge's "
+            "loser or a call whose client left) and status class.",
             ["vendor", "model", "outcome", "status_class"],
             registry=registry,
         )
@@ -76,9 +80,16 @@ class RouterMetrics:
             buckets=(1, 2, 3, 4, 5, 8),
             registry=registry,
         )
+        self.hedges = Counter(
+            "router_hedges",
+            "Requests that started a hedge (a second attempt while the first was still waiting), by whether "
+            "the hedge's answer was used (won) or not (lost).",
+            ["result"],
+            registry=registry,
+        )
         self.cooling = Gauge(
             "router_cooling_combinations",
-            "Combinations the selector skips now after a failure (the highest count among live workers).",
+            "Combinations the selector skips now after a failure, shared ones included (highest among live workers).",
             registry=registry,
             multiprocess_mode="livemax",
         )
@@ -135,6 +146,31 @@ class RouterMetrics:
         for vendor, count in Tally(combination.vendor.name for combination in combinations).items():
             self.vendor_combinations.labels(vendor).set(count)
             self.vendor_cooling.labels(vendor).set(0)
+
+    def follow_cooling(self, count: Callable[[], int], every: float = 1.0) -> None:
+        """Keep ``router_cooling_combinations`` at ``count()``, read in the background every ``every`` s.
+
+        Cooldowns end, and other workers' start, while this worker serves nothing: a value written
+        only when a request passes would go stale. ``count`` must be a bound method; the thread (a
+        greenlet under gevent) ends once its object is garbage, so apps built by tests leave none.
+        """
+        source = weakref.WeakMethod(count)
+        gauge = self.cooling
+
+        def follow() -> None:
+            shown = -1
+            while True:
+                method = source()
+                if method is None:
+                    return
+                value = method()
+                del method  # hold no reference while asleep
+                if value != shown:  # a gauge write is wasted when nothing changed
+                    gauge.set(value)
+                    shown = value
+                time.sleep(every)
+
+        threading.Thread(target=follow, name="cooling-gauge", daemon=True).start()
 
     def selected(self, combination: Combination) -> None:
         self.selections.labels(combination.vendor.name, combination.model.id, combination.credential.label).inc()

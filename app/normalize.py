@@ -2,7 +2,8 @@
 
 What is changed, and only this: ``model`` becomes the name the client asked for; ``id``,
 ``object`` and ``created`` are always present (one id and created per stream); every tool call has
-an id and an index (in a stream on the call's first delta, one id per call, as OpenAI sends it);
+an id and an index (in a stream on the call's first delta, one id per call, as OpenAI sends it;
+calls sent whole under one index or none, as Gemini does, each get their own index and id);
 ``finish_reason`` "stop" on a choice that called tools becomes "tool_calls" (Gemini); vendor error
 bodies become OpenAI error objects (Gemini sends a JSON array). Nothing is invented beyond that:
 no usage, no fingerprints.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from app.redact import redact
@@ -73,8 +75,10 @@ class StreamNormalizer:
         self._model = requested_model
         self._id: str | None = None
         self._created: int = 0
-        # (choice index, tool-call index) -> the id every delta of that call carries.
-        self._tool_call_ids: dict[tuple[int, int], str] = {}
+        # (choice index, the vendor's index for a call) -> the call now at that vendor index.
+        self._tool_calls: dict[tuple[int, int], _ToolCall] = {}
+        # choice index -> how many tool calls it has started: the next call's index.
+        self._tool_call_counts: dict[int, int] = {}
         self._choices_with_tools: set[int] = set()
         # Whether any choice reported a finish_reason: a stream that ends before one was cut off.
         self.finish_seen = False
@@ -119,27 +123,53 @@ class StreamNormalizer:
                 choice["finish_reason"] = "tool_calls"
 
     def _fix_tool_calls(self, choice_index: int, tool_calls: list[Any]) -> None:
-        used_here: set[int] = set()
+        claimed: set[int] = set()
         for position, call in enumerate(tool_calls):
             if not isinstance(call, dict):
                 continue
-            index = call.get("index")
-            if not _is_int(index) or index in used_here:
+            key = call.get("index")
+            if not _is_int(key) or key in claimed:
                 # No index, or two calls of one delta claiming the same one: the call's place in
                 # the delta is the only identity it has.
-                index = position if position not in used_here else max(used_here) + 1
-            used_here.add(index)
-            call["index"] = index
-            key = (choice_index, index)
-            known = self._tool_call_ids.get(key)
-            if known is None:
-                vendor_id = call.get("id")
-                known = vendor_id if isinstance(vendor_id, str) and vendor_id else new_tool_call_id()
-                self._tool_call_ids[key] = known
-                call["id"] = known
+                key = position if position not in claimed else max(claimed) + 1
+            claimed.add(key)
+            vendor_id = call.get("id") if isinstance(call.get("id"), str) else ""
+            function = call.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            known = self._tool_calls.get((choice_index, key))
+            if known is None or known.started_by(vendor_id, bool(name)):
+                # Indexes are dense and in order of appearance: clients accumulate calls in a
+                # list by index. Gemini sends every call whole under one index (or none).
+                index = self._tool_call_counts.get(choice_index, 0)
+                self._tool_call_counts[choice_index] = index + 1
+                known = _ToolCall(index, vendor_id or new_tool_call_id(), vendor_id)
+                self._tool_calls[(choice_index, key)] = known
+                call["id"] = known.id
                 call.setdefault("type", "function")
             elif "id" in call:
-                call["id"] = known
+                call["id"] = known.id
+            known.named = known.named or bool(name)
+            call["index"] = known.index
+
+
+@dataclass
+class _ToolCall:
+    """One tool call of a stream as the client sees it."""
+
+    index: int
+    id: str
+    vendor_id: str
+    named: bool = False
+
+    def started_by(self, vendor_id: str, named: bool) -> bool:
+        """Whether a delta at this call's vendor index is really the start of another call.
+
+        It is when it names a function though this call already has its name (a repeated name
+        under this call's own id is not), or carries a different non-empty id.
+        """
+        same_id = bool(vendor_id) and vendor_id == self.vendor_id
+        other_id = bool(vendor_id) and bool(self.vendor_id) and vendor_id != self.vendor_id
+        return other_id or (named and self.named and not same_id)
 
 
 def vendor_error(status: int, document: Any, text: str = "") -> dict[str, Any]:

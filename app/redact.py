@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
-__all__ = ["redact", "register_secrets"]
+__all__ = ["redact", "register_secrets", "without_password"]
 
 REDACTED = "[REDACTED]"
 
@@ -42,3 +43,11 @@ def redact(text: str) -> str:
     if "sk-" in text or "AIza" in text or "earer" in text or "EARER" in text:
         text = _KEY_SHAPES.sub(REDACTED, text)
     return text
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

@@ -46,9 +46,31 @@ class Settings:
     cooldown_seconds: float = 30.0
     # A vendor's Retry-After longer than cooldown_seconds wins, but never beyond this.
     max_cooldown_seconds: float = 300.0
+    # memory:// keeps cooldowns in each worker process; redis://host:port/db shares them with every
+    # worker and instance pointed at it (app/cooldowns.py: learned in the background, never waited on).
+    cooldown_storage: str = "memory://"
     # An SSE comment is sent when a committed stream has been silent this long; it keeps
     # proxies from cutting the stream and reveals clients that went away.
     stream_keepalive_seconds: float = 15.0
+    # The longest a request waits, across all its attempts, for its answer to start (a whole
+    # answer: to be complete); then 504. Each attempt gets what is left. Keep nginx's
+    # proxy_read_timeout above it, or nginx answers its own 504 first.
+    request_timeout: float = 300.0
+    # Streams: the longest wait from sending a request to its first content, tool-call or finish
+    # event (SSE comments and role-only chunks do not count); then the next combination is
+    # tried. None: off (only UPSTREAM_READ_TIMEOUT and REQUEST_TIMEOUT apply).
+    first_token_timeout: float | None = None
+    # When the first attempt has no answer (stream: no first event) after this long, a second
+    # attempt starts on another combination and the first to succeed wins. None: off. A hedge
+    # may cost a second prompt's input tokens; it buys a bounded wait.
+    hedge_after_seconds: float | None = None
+    # A stream whose client accepts no bytes this long is closed (and its vendor request), so a
+    # client that stopped reading cannot hold a vendor connection and its buffers forever.
+    client_send_timeout: float = 60.0
+    # The certificate authorities vendor TLS is checked against (REQUESTS_CA_BUNDLE, else
+    # SSL_CERT_FILE); None: the bundle that ships with requests. Behind a TLS-inspecting egress
+    # proxy the proxy's CA is the only way to reach a vendor.
+    ca_bundle: str | None = None
 
     max_body_bytes: int = 10 * 1024 * 1024
 
@@ -93,7 +115,13 @@ class Settings:
             max_attempts=reader.integer("MAX_ATTEMPTS", cls.max_attempts, minimum=1),
             cooldown_seconds=reader.number("COOLDOWN_SECONDS", cls.cooldown_seconds, minimum=0),
             max_cooldown_seconds=reader.number("MAX_COOLDOWN_SECONDS", cls.max_cooldown_seconds, minimum=0),
+            cooldown_storage=_read_cooldown_storage(reader),
             stream_keepalive_seconds=reader.number("STREAM_KEEPALIVE_SECONDS", cls.stream_keepalive_seconds),
+            request_timeout=reader.number("REQUEST_TIMEOUT", cls.request_timeout),
+            first_token_timeout=reader.optional_number("FIRST_TOKEN_TIMEOUT"),
+            hedge_after_seconds=reader.optional_number("HEDGE_AFTER_SECONDS"),
+            client_send_timeout=reader.number("CLIENT_SEND_TIMEOUT", cls.client_send_timeout),
+            ca_bundle=_read_ca_bundle(reader),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
             api_keys=_read_api_keys(reader),
             metrics_require_key=reader.boolean("METRICS_REQUIRE_KEY", cls.metrics_require_key),
@@ -120,6 +148,17 @@ def _read_api_keys(reader: _Reader) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def _read_ca_bundle(reader: _Reader) -> str | None:
+    """REQUESTS_CA_BUNDLE (what requests itself reads), else SSL_CERT_FILE (what OpenSSL reads)."""
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        path = reader.text(name, "")
+        if path:
+            if not os.path.isfile(path):
+                raise SettingsError(f"{name}: no certificate file at {path}")
+            return path
+    return None
+
+
 def _read_rate_limit(reader: _Reader) -> str:
     """RATE_LIMIT, checked now with the parser flask-limiter uses, so a typo stops start-up."""
     from limits import parse_many
@@ -133,6 +172,25 @@ def _read_rate_limit(reader: _Reader) -> str:
         raise SettingsError(f"RATE_LIMIT must look like 60/minute or 10/second;1000/hour; got {value!r}") from None
     if any(item.amount < 1 for item in items):
         raise SettingsError(f"RATE_LIMIT amounts must be at least 1; got {value!r}")
+    return value
+
+
+def _read_cooldown_storage(reader: _Reader) -> str:
+    """COOLDOWN_STORAGE: memory://, or a Redis URL checked now with redis-py's own parser."""
+    from redis.connection import parse_url
+
+    from app.redact import without_password
+
+    value = reader.text("COOLDOWN_STORAGE", "memory://")
+    if value == "memory://":
+        return value
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise SettingsError(
+            f"COOLDOWN_STORAGE must be memory:// or like redis://[:password@]host:6379/0 (rediss://, unix://); "
+            f"got {without_password(value)!r}: {exc}"
+        ) from None
     return value
 
 
@@ -178,6 +236,10 @@ class _Reader:
         if not value >= minimum or value == float("inf"):
             raise SettingsError(f"{name} must be a finite number >= {minimum}; got {raw!r}")
         return value
+
+    def optional_number(self, name: str) -> float | None:
+        """A number of seconds, or None when the variable is unset or empty (the feature is off)."""
+        return self.number(name, 0.0) if self.text(name, "") else None
 
     def integer(self, name: str, default: int, minimum: int) -> int:
         raw = self.text(name, "")

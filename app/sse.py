@@ -72,14 +72,15 @@ class EventSplitter:
         self._pending = bytearray(rest)
         return [event for event in map(_parse, blocks) if event is not None]
 
+    def flush(self) -> list[Event]:
+        """At the end of the body: the last event, if its closing blank line never came."""
+        block, self._pending = bytes(self._pending), bytearray()
+        event = _parse(block.rstrip(b"\n"))
+        return [event] if event is not None else []
+
     def _check_size(self) -> None:
         if len(self._pending) > MAX_EVENT_BYTES:
             raise FramingError(f"no event boundary in {len(self._pending)} bytes")
-
-    @property
-    def has_partial_event(self) -> bool:
-        """Whether bytes of an unfinished event are waiting (at EOF: the stream was cut)."""
-        return bool(self._pending.strip(b"\n"))
 
 
 def _parse(block: bytes) -> Event | None:

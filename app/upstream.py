@@ -1,14 +1,19 @@
-"""The vendor HTTP client: one pooled requests transport adapter per worker, timeouts, auth, error mapping.
+"""The vendor HTTP client: one pooled requests transport adapter per worker, timeouts, auth.
 
-Nothing Flask lives here. Every failure is raised as an ``UpstreamError`` (or ``UpstreamTimeout``)
-whose message names the vendor and model and never a key or URL: requests' own exception text
-contains the full URL, so it is never passed on.
+Nothing Flask lives here, and nothing above this module touches ``requests``: a call returns a
+``VendorResponse`` that owns the HTTP response, and every transport failure, when sending or
+reading, is mapped in one place (``_mapped``) to an ``UpstreamError`` or ``UpstreamTimeout``
+whose message names the vendor and model and never a key or URL (requests' own exception text
+contains the full URL, so it is never passed on).
 """
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 
 import requests
 import urllib3
@@ -19,7 +24,7 @@ from requests.utils import get_environ_proxies
 from app.catalog import Combination, Credential, Vendor
 from app.errors import UpstreamError, UpstreamTimeout
 
-__all__ = ["USER_AGENT", "Upstream"]
+__all__ = ["USER_AGENT", "Upstream", "VendorResponse"]
 
 USER_AGENT = "generative-api-router/1.0"
 # Bytes asked of the socket per stream read: one read returns whatever has arrived, up to this.
@@ -30,8 +35,55 @@ MAX_ERROR_BODY = 64 * 1024
 log = logging.getLogger(__name__)
 
 
+class VendorResponse:
+    """A vendor's answer to one call: status and headers at once, the body when asked; ``close`` frees it."""
+
+    def __init__(self, combination: Combination, response: requests.Response, read_timeout: float) -> None:
+        self.combination = combination
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self._response = response
+        self._read_timeout = read_timeout
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds from the Retry-After header (a number of seconds or an HTTP date), if any."""
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+    def read_all(self) -> bytes:
+        """The whole body; the connection goes back to the pool."""
+        try:
+            with self._mapped("mid-answer"):
+                # raw.read, not .content: one read instead of a generator of 10 kB pieces. Read to
+                # the end, urllib3 hands the connection back to the pool by itself.
+                return self._response.raw.read(decode_content=True)
+        finally:
+            self._response.close()
+
+    def read_error(self) -> bytes:
+        """Up to MAX_ERROR_BODY bytes of an error answer's body (b"" if it breaks off); closes it."""
+        try:
+            return self._response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            return b""  # the status alone still says what went wrong
+        finally:
+            self._response.close()
+
+    def read_some(self) -> bytes:
+        """The next bytes of a streamed body as soon as any arrive; b"" at its end."""
+        with self._mapped("mid-stream"):
+            return self._response.raw.read1(READ_SIZE, decode_content=True)
+
+    def close(self) -> None:
+        """Close the connection (a vendor mid-answer sees it closed). Idempotent."""
+        self._response.close()
+
+    def _mapped(self, where: str) -> contextlib.AbstractContextManager[None]:
+        return _mapped(self.combination, where, self._read_timeout)
+
+
 class Upstream:
-    """Sends chat requests to vendors and reads their answers."""
+    """Sends requests to vendors; each call returns a ``VendorResponse`` with its body unread."""
 
     def __init__(
         self,
@@ -39,38 +91,52 @@ class Upstream:
         connect_timeout: float,
         read_timeout: float,
         pool_size: int,
+        ca_bundle: str | None = None,
     ) -> None:
         # requests' transport adapter, called directly with a ready request: Session.request would
         # merge settings, prepare, run hooks and extract cookies on every call (~80 us each), and
         # its shared cookie jar would carry one tenant's Set-Cookie into the next tenant's call.
         # The adapter keeps no cookies and never follows redirects.
         self._adapter = HTTPAdapter(pool_connections=max(len(vendors), 1), pool_maxsize=pool_size, max_retries=0)
-        self._timeout = (connect_timeout, read_timeout)
+        self._connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        # The adapter alone ignores REQUESTS_CA_BUNDLE (a Session would read it): behind a
+        # TLS-inspecting egress proxy the operator's CA bundle is the only way to reach a vendor.
+        self._verify: bool | str = ca_bundle or True
         # Proxy variables (HTTPS_PROXY, NO_PROXY) are read once per vendor, not on every call.
-        self._proxies = {name: get_environ_proxies(vendor.chat_url) for name, vendor in vendors.items()}
+        self._proxies = {name: get_environ_proxies(vendor.base_url + "/") for name, vendor in vendors.items()}
         self._headers: dict[tuple[str, bool], dict[str, str]] = {}
 
-    def post(self, combination: Combination, body: bytes, *, stream: bool) -> requests.Response:
-        """POST ``body`` to the combination's vendor; the answer's body is left unread."""
-        vendor = combination.vendor
+    def post(
+        self,
+        combination: Combination,
+        url: str,
+        body: bytes,
+        *,
+        stream: bool,
+        read_timeout: float | None = None,
+    ) -> VendorResponse:
+        """POST ``body`` to ``url`` of the combination's vendor; the answer's body is left unread.
+
+        ``read_timeout`` (default: the configured one) bounds the wait for the answer's first
+        byte and every later gap between bytes.
+        """
+        read_timeout = self.read_timeout if read_timeout is None else read_timeout
         request = requests.PreparedRequest()
         request.method = "POST"
-        request.url = vendor.chat_url
+        request.url = url
         request.headers = CaseInsensitiveDict(self._headers_for(combination.credential, stream))
         request.headers["Content-Length"] = str(len(body))
         request.body = body
-        try:
-            return self._adapter.send(request, stream=True, timeout=self._timeout, proxies=self._proxies[vendor.name])
-        except requests.exceptions.ConnectTimeout:
-            raise UpstreamTimeout(combination.describe(f"could not be reached within {self._timeout[0]:g} s")) from None
-        except requests.exceptions.ReadTimeout:
-            raise UpstreamTimeout(combination.describe(f"sent no answer within {self._timeout[1]:g} s")) from None
-        except requests.exceptions.SSLError:
-            raise UpstreamError(combination.describe("failed the TLS handshake")) from None
-        except requests.exceptions.ConnectionError as exc:
-            raise UpstreamError(combination.describe(_connection_problem(exc))) from None
-        except requests.exceptions.RequestException as exc:
-            raise UpstreamError(combination.describe(f"could not be called ({type(exc).__name__})")) from None
+        with _mapped(combination, "before answering", read_timeout, self._connect_timeout):
+            response = self._adapter.send(
+                request,
+                stream=True,
+                timeout=(self._connect_timeout, read_timeout),
+                verify=self._verify,
+                proxies=self._proxies[combination.vendor.name],
+            )
+        return VendorResponse(combination, response, read_timeout)
 
     def _headers_for(self, credential: Credential, stream: bool) -> dict[str, str]:
         """The router's own headers for one key (built once): never anything from the client."""
@@ -88,39 +154,50 @@ class Upstream:
             self._headers[key] = headers
         return headers
 
-    def read_all(self, combination: Combination, response: requests.Response) -> bytes:
-        """The whole body of a non-stream answer; its connection goes back to the pool."""
-        try:
-            # raw.read, not .content: one read instead of a generator of 10 kB pieces. Read to the
-            # end, urllib3 hands the connection back to the pool by itself.
-            return response.raw.read(decode_content=True)
-        except urllib3.exceptions.ReadTimeoutError:
-            problem = f"went silent for {self._timeout[1]:g} s mid-answer"
-            raise UpstreamTimeout(combination.describe(problem)) from None
-        except (urllib3.exceptions.HTTPError, OSError):
-            raise UpstreamError(combination.describe("dropped the connection mid-answer")) from None
-        finally:
-            response.close()
 
-    def read_error(self, combination: Combination, response: requests.Response) -> bytes:
-        """Up to MAX_ERROR_BODY bytes of an error answer's body (b"" if it breaks off); closes it."""
-        try:
-            return response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
-        except (urllib3.exceptions.HTTPError, OSError, ValueError):
-            return b""  # the status alone still says what went wrong
-        finally:
-            response.close()
+@contextlib.contextmanager
+def _mapped(
+    combination: Combination,
+    where: str,
+    read_timeout: float,
+    connect_timeout: float | None = None,
+) -> Iterator[None]:
+    """The one translation of transport failures, when sending or reading, into the router's errors."""
+    try:
+        yield
+    except requests.exceptions.ConnectTimeout:
+        raise UpstreamTimeout(combination.describe(f"could not be reached within {connect_timeout:g} s")) from None
+    except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
+        silent = "sent no answer within" if where == "before answering" else "went silent for"
+        raise UpstreamTimeout(combination.describe(f"{silent} {read_timeout:g} s{_suffix(where)}")) from None
+    except requests.exceptions.SSLError:
+        raise UpstreamError(combination.describe("failed the TLS handshake")) from None
+    except requests.exceptions.ConnectionError as exc:
+        raise UpstreamError(combination.describe(_connection_problem(exc))) from None
+    except requests.exceptions.RequestException as exc:
+        raise UpstreamError(combination.describe(f"could not be called ({type(exc).__name__})")) from None
+    except (urllib3.exceptions.HTTPError, OSError, ValueError):
+        # Reading a body: ProtocolError (connection dropped, broken chunk framing), DecodeError,
+        # and ValueError from reading a response that another greenlet just closed.
+        raise UpstreamError(combination.describe(f"dropped the connection {where}")) from None
 
-    def read_some(self, combination: Combination, response: requests.Response) -> bytes:
-        """The next bytes of a streamed body as soon as any arrive; b"" at its end."""
+
+def _suffix(where: str) -> str:
+    return "" if where == "before answering" else f" {where}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number of seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
         try:
-            return response.raw.read1(READ_SIZE, decode_content=True)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise UpstreamTimeout(combination.describe(f"went silent for {self._timeout[1]:g} s mid-stream")) from None
-        except (urllib3.exceptions.HTTPError, OSError, ValueError):
-            # ProtocolError (connection dropped, broken chunk framing), DecodeError, and
-            # ValueError from reading a response that another greenlet just closed.
-            raise UpstreamError(combination.describe("dropped the connection mid-stream")) from None
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return max(seconds, 0.0) if seconds == seconds and seconds != float("inf") else None
 
 
 def _connection_problem(exc: requests.exceptions.ConnectionError) -> str:

@@ -1,4 +1,4 @@
-"""A fake OpenAI-compatible chat-completions vendor that misbehaves on demand.
+"""A fake OpenAI-compatible vendor (chat completions, embeddings) that misbehaves on demand.
 
 Integration tests, the benchmark and ``make demo`` start it as a subprocess and point the router
 at it. It is a real HTTP/1.1 server (gevent ``StreamServer`` + a small hand-written parser), so
@@ -7,9 +7,11 @@ bodies, stalls, resets and split reads.
 
 Process
 -------
-``python -m tests.fake_vendor [--host 127.0.0.1] [--port 0]`` (from the project root). Port 0
-picks a free port. When listening it prints exactly one line ``FAKE_VENDOR_LISTENING <port>``
-to stdout. SIGTERM / SIGINT exit at once, even with streams open.
+``python -m tests.fake_vendor [--host 127.0.0.1] [--port 0] [--tls-cert CHAIN --tls-key KEY]``
+(from the project root). Port 0 picks a free port. With ``--tls-cert``/``--tls-key`` (PEM files,
+e.g. from ``tests.certs``) it serves HTTPS instead of HTTP (gevent's ssl wrap), control API
+included. When listening it prints exactly one line ``FAKE_VENDOR_LISTENING <port>`` to stdout.
+SIGTERM / SIGINT exit at once, even with streams open.
 
 HTTP: request line, headers and a ``Content-Length`` body; anything else it cannot parse
 (including a chunked *request* body) gets 400 and a close. Keep-alive by default for HTTP/1.1
@@ -21,6 +23,19 @@ Routes
 ``POST /<vendor>/.../chat/completions``
     The vendor is the FIRST path segment: base URL ``http://127.0.0.1:P/gemini/v1beta/openai``
     means vendor ``gemini``. Any name works. At least three segments are needed.
+``POST /<vendor>/.../embeddings``
+    OpenAI's embeddings answer: ``{"object": "list", "data": [{"object": "embedding", "index",
+    "embedding"}], "model", "usage": {"prompt_tokens", "total_tokens"}}``. ``input`` is a string,
+    a list of strings, a list of token ints or a list of such lists (else 400); one item per
+    string / token list. Each vector is derived from a hash of its item (the same item, the same
+    vector), has unit length and ``dimensions`` values (default 8), rounded to float32;
+    ``encoding_format: "base64"`` sends base64 of the little-endian float32 values instead.
+    Usage: a token list counts its length, a string 1 + len / 4. Of the behaviour keys below,
+    these apply: status (with everything about errors, 1xx and 3xx), delay,
+    drop_before_headers, drop_after (half the body), error_in_200, usage.
+``GET|POST /<vendor>/redirected``
+    Where 3xx answers point. Recorded (endpoint "redirected"), answered 404: a request here
+    means a client followed a redirect.
 ``GET /health``
     200 ``OK``.
 ``PUT /_control/vendors/<vendor>``
@@ -31,18 +46,20 @@ Routes
 ``POST /_control/reset``
     Clear behaviours, recorded requests and recorded streams.
 ``GET /_control/requests[?vendor=X]``
-    Recorded chat requests, oldest first (the last 20,000): ``{"vendor", "path", "method",
-    "headers": {lower-cased name: value}, "body": parsed JSON or null, "raw": body text (only
-    when not valid JSON), "received_at": time.time(), "connection": the number of the TCP
-    connection it came on (1, 2, ...), "client_closed_at": time.time() when the
-    client went away while the fake was still delaying / streaming this answer, else null}``.
+    Recorded requests, oldest first (the last 20,000): ``{"vendor", "endpoint": "chat" |
+    "embeddings" | "redirected", "path", "method", "headers": {lower-cased name: value}, "body":
+    parsed JSON or null, "raw": body text (only when not valid JSON), "received_at": time.time(),
+    "connection": the number of the TCP connection it came on (1, 2, ...), "client_closed_at":
+    time.time() when the client went away while the fake was still delaying / streaming this
+    answer, else null}``.
 ``GET /_control/streams[?vendor=X]``
     One record per streamed answer (the last 20,000): ``{"vendor", "path", "started_at",
-    "ended_at", "events_sent", "outcome", "client_closed_at"}``. ``outcome`` is "streaming" or
-    "stalled" while running, then "completed", "client_closed" or "dropped". Waits (delay,
-    first_delay, interval, stall, split_delay) are spent blocked on the socket being readable,
-    so a client close is noticed at once (EOF or ECONNRESET) and ``client_closed_at`` is the
-    time.time() it was noticed; a failed write counts too.
+    "ended_at", "events_sent", "comments_sent", "outcome", "client_closed_at"}``.
+    ``events_sent`` counts SSE events, not comments. ``outcome`` is "streaming" or "stalled" while
+    running, then "completed", "error_event", "client_closed" or "dropped". Waits (delay,
+    first_delay, content_delay, interval, stall, split_delay) are spent blocked on the socket
+    being readable, so a client close is noticed at once (EOF or ECONNRESET) and
+    ``client_closed_at`` is the time.time() it was noticed; a failed write counts too.
 
 Behaviour
 ---------
@@ -51,8 +68,12 @@ vendor name starting with ``gemini`` gets ``{"quirks": "gemini"}``), updated by 
 body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins). An unknown
 ``x_fake`` key answers 400. Keys:
 
-``status`` (int, 200)
-    Any other value: answer that status with an error body instead of a completion.
+``status`` (int 100-599, 200)
+    4xx / 5xx (and 2xx other than 200): that status with an error body instead of a completion.
+    3xx: that status with a ``Location: /<vendor>/redirected`` header and the error body (none
+    for 304). 1xx: an interim head ``HTTP/1.1 <status> <phrase>`` with a ``Link`` header and no
+    body, sent at once, THEN the final answer exactly as with status 200 (so a client that takes
+    the 1xx for the answer finds the 200 answer left unread on the connection).
 ``error_format`` ("openai" | "gemini" | "html" | "text"; null = "gemini" under gemini quirks,
     else "openai")
     openai: ``{"error": {"message", "type", "param": null, "code"}}``; gemini: a JSON ARRAY
@@ -61,6 +82,9 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
 ``error_message`` (str | null): replaces the error message.
 ``retry_after`` (number | null): adds a ``Retry-After`` header to the error.
 ``delay`` (s, 0): wait before the response headers (a stall before the first byte).
+``error_in_200`` (object | null): answer 200, ``application/json``, body
+    ``{"error": <this object>}`` -- for a stream request too (a JSON body, not a stream).
+``no_choices`` (bool, false): a whole answer's chat.completion has no ``choices`` key.
 ``drop_before_headers`` (bool, false): read the request, then close without answering.
 ``content`` (str | null): the assistant text; default ``"Hello from <vendor>! You said: <last
     user message text, first 200 chars>"``.
@@ -68,7 +92,11 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
     multi-byte UTF-8); their concatenation is the whole answer's content unless ``content`` is
     set. Otherwise the content is cut into ``chunks`` (int, 5) pieces.
 ``interval`` (s, 0): pause between stream events. ``first_delay`` (s, 0): pause after the
-    headers before the first event.
+    headers before the first event. ``content_delay`` (s, 0): pause after the role chunk before
+    the first content event (a slow first token), on top of ``interval``.
+``comment_every`` (s | null): during every wait of a stream (first_delay, content_delay,
+    interval, stall) send an SSE comment ``: ping<le><le>`` this often (at every, 2 x every, ...
+    while the wait lasts). Comments are not content events and not counted in ``events_sent``.
 ``drop_after`` (int | null): stream: after N content events close the socket (FIN, no final
     zero chunk, no [DONE]); whole answer: headers with the full Content-Length, half the body,
     close. N larger than the number of content events never fires.
@@ -76,7 +104,18 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
     ``stall`` seconds (still noticing a client close), then continue.
 ``malformed_after`` (int | null): after N content events send ``data: {"this is not json``
     plus two line endings, then continue.
+``error_event_after`` (int | null) + ``error_event`` (object | null): after N content events
+    send ``data: {"error": <error_event>}`` and end the stream there, cleanly (the chunked body
+    is terminated; no finish chunk, no usage, no [DONE]). Default error: ``{"message", "type":
+    "server_error", "param": null, "code": 500}``.
+``error_with_first`` (bool, false): the error event goes out in the SAME write and HTTP chunk
+    as the first content event, then the stream ends (as ``error_event_after: 1``, but a
+    reader gets both events in one read).
 ``done`` (bool, true): end the stream with ``data: [DONE]``.
+``final_blank_line`` (bool, true): false = the stream's last event (``[DONE]``; with done false
+    the last chunk; or the error event) ends with ONE line ending, no blank line, and the body
+    ends there. ``final_line_ending`` (bool, true): false = that last event has no line ending
+    at all (whatever ``final_blank_line`` says).
 ``framing`` ("chunked" | "close", "chunked"): chunked = ``Transfer-Encoding: chunked``, each
     SSE event its own chunk, written when due; close = no length, ``Connection: close``, the
     body ends when the socket closes.
@@ -94,32 +133,40 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
     {}). ``parallel`` (int, 1) calls. OpenAI stream: a header delta per call ``{"index", "id":
     "call_...", "type": "function", "function": {"name", "arguments": ""}}`` then argument
     fragments (``chunks`` pieces) ``{"index", "function": {"arguments"}}``, then
-    finish_reason "tool_calls".
+    finish_reason "tool_calls". Gemini stream: see ``quirks`` and ``tool_call_index``.
+``tool_call_index`` ("absent" | "zero" | "sequential" | null): gemini quirks only. The ``index``
+    of the streamed tool calls: no ``index`` key / 0 for every call / 0, 1, 2... Null = "absent"
+    with ``parallel`` > 1 and 0 for a single call.
 ``usage`` (bool, true): whole answers carry ``usage``; a stream has a final usage chunk
     (``"choices": []``) only when the request asked ``stream_options.include_usage`` (and then,
     like OpenAI, every other chunk carries ``"usage": null``).
 ``quirks`` ("openai" | "gemini"): gemini imitates Gemini's OpenAI-compatible endpoint: tool
-    call ``id`` is "" (whole and streamed); a streamed tool call arrives whole in one delta
-    (with ``index``); finish_reason is "stop" even with tool calls; every stream chunk has a
-    different ``id`` and the current ``created``; errors default to the gemini format; no
-    ``system_fingerprint``.
+    call ``id`` is "" (whole and streamed); each streamed tool call arrives whole in a delta
+    (and chunk) of its own (``index`` per ``tool_call_index``); finish_reason is "stop" even
+    with tool calls; every stream chunk has a different ``id`` and the current ``created``;
+    errors default to the gemini format; no ``system_fingerprint``.
 
-Content events (counted by drop_after / stall_after / malformed_after, N=0 meaning right after
-the first role chunk) are the content deltas, or the tool-argument deltas (gemini: the whole
-tool-call deltas). A stream is: role delta, content deltas, a finish chunk with an empty delta,
-the optional usage chunk, ``data: [DONE]``. A body that is not a JSON object answers 400.
+Content events (counted by drop_after / stall_after / malformed_after / error_event_after, N=0
+meaning right after the first role chunk) are the content deltas, or the tool-argument deltas
+(gemini: the whole tool-call deltas); SSE comments never count. A stream is: role delta,
+content deltas, a finish chunk with an empty delta, the optional usage chunk, ``data: [DONE]``.
+A body that is not a JSON object answers 400.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
 import html
 import itertools
 import json
+import math
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -127,7 +174,7 @@ from collections import deque
 from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any, NoReturn
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import gevent
 import orjson
@@ -167,6 +214,16 @@ DEFAULTS: dict[str, Any] = {
     "parallel": 1,
     "usage": True,
     "quirks": "openai",
+    "error_in_200": None,
+    "no_choices": False,
+    "error_event_after": None,
+    "error_event": None,
+    "error_with_first": False,
+    "tool_call_index": None,
+    "content_delay": 0.0,
+    "comment_every": None,
+    "final_blank_line": True,
+    "final_line_ending": True,
 }
 
 _NONE = type(None)
@@ -197,6 +254,16 @@ _SPEC: dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None, float | None]] 
     "parallel": ((int,), None, 1),
     "usage": ((bool,), None, None),
     "quirks": ((str,), ("openai", "gemini"), None),
+    "error_in_200": ((dict, _NONE), None, None),
+    "no_choices": ((bool,), None, None),
+    "error_event_after": ((int, _NONE), None, 0),
+    "error_event": ((dict, _NONE), None, None),
+    "error_with_first": ((bool,), None, None),
+    "tool_call_index": ((str, _NONE), ("absent", "zero", "sequential", None), None),
+    "content_delay": (_NUM, None, 0),
+    "comment_every": ((*_NUM, _NONE), None, 0.001),
+    "final_blank_line": ((bool,), None, None),
+    "final_line_ending": ((bool,), None, None),
 }
 assert _SPEC.keys() == DEFAULTS.keys()
 
@@ -224,6 +291,8 @@ def validate_behaviour(obj: Any) -> str | None:
             return f"behaviour key {key!r} must be one of {choices!r}"
         if minimum is not None and value is not None and value < minimum:
             return f"behaviour key {key!r} must be >= {minimum}"
+        if key == "status" and value > 599:
+            return "behaviour key 'status' must be <= 599"
         if (
             key == "content_chunks"
             and value is not None
@@ -491,6 +560,85 @@ def error_body(fmt: str, status: int, message: str) -> tuple[bytes, bytes]:
 # --------------------------------------------------------------------------------------------
 # Answer content
 
+# Where a 3xx answer points (``/<vendor>/redirected``): a client that follows it is recorded there.
+REDIRECT_TARGET = "redirected"
+
+
+def new_record(conn: Connection, req: Request, vendor: str, endpoint: str) -> dict[str, Any]:
+    """The /_control/requests record of one request; ``body`` is filled in once parsed."""
+    return {
+        "vendor": vendor,
+        "endpoint": endpoint,
+        "path": req.path,
+        "method": req.method,
+        "headers": req.headers,
+        "body": None,
+        "received_at": time.time(),
+        "client_closed_at": None,
+        "connection": conn.number,
+    }
+
+
+def _is_tokens(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
+def embedding_items(value: Any) -> list[str | list[int]] | None:
+    """The items of an embeddings ``input`` (a string, strings, tokens or token lists), else None."""
+    if isinstance(value, str) or _is_tokens(value):
+        return [value]
+    many = isinstance(value, list) and bool(value)
+    if many and (all(isinstance(v, str) for v in value) or all(_is_tokens(v) for v in value)):
+        return value
+    return None
+
+
+def embeddings_problem(body: dict[str, Any]) -> str | None:
+    """Why an embeddings request is refused (OpenAI answers these 400), or None."""
+    if embedding_items(body.get("input")) is None:
+        return "'input' must be a string, a list of strings, a list of integers or a list of integer lists."
+    dims = body.get("dimensions")
+    if dims is not None and (type(dims) is not int or dims < 1):
+        return "'dimensions' must be a positive integer."
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        return "'encoding_format' must be 'float' or 'base64'."
+    return None
+
+
+def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
+    """A unit-length vector derived from a hash of ``item``: the same item, the same vector.
+
+    Values are rounded to float32, so the float and the base64 forms carry the same numbers.
+    """
+    seed = orjson.dumps(item)
+    raw = hashlib.shake_256(seed).digest(4 * dimensions)
+    ints = struct.unpack(f"<{dimensions}I", raw)
+    values = [i / 2**31 - 1 for i in ints]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    packed = struct.pack(f"<{dimensions}f", *(v / norm for v in values))
+    return list(struct.unpack(f"<{dimensions}f", packed))
+
+
+def embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI embeddings answer for a valid request (see ``embeddings_problem``)."""
+    items = embedding_items(body["input"]) or []
+    dims = body.get("dimensions") or 8
+    base64_wanted = body.get("encoding_format") == "base64"
+    data = []
+    tokens = 0
+    for i, item in enumerate(items):
+        vector: Any = embedding_vector(item, dims)
+        if base64_wanted:
+            vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+        tokens += len(item) if isinstance(item, list) else 1 + len(item) // 4
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
 
 def message_text(content: Any) -> str:
     if isinstance(content, str):
@@ -622,12 +770,23 @@ class FakeVendor:
     def dispatch(self, conn: Connection, req: Request) -> bool:
         """Answer one request; return whether the connection stays open."""
         path, method = req.path, req.method
-        if path.endswith("/chat/completions") and not path.startswith("/_control/"):
+        if not path.startswith("/_control/"):
             segments = path.split("/")
-            if len(segments) >= 4 and segments[1]:
+            endpoint = None
+            if path.endswith("/chat/completions") and len(segments) >= 4:
+                endpoint = "chat"
+            elif path.endswith("/embeddings") and len(segments) >= 3:
+                endpoint = "embeddings"
+            elif len(segments) == 3 and segments[2] == REDIRECT_TARGET:
+                endpoint = REDIRECT_TARGET
+            if endpoint is not None and segments[1]:
+                vendor = unquote(segments[1])
+                if endpoint == REDIRECT_TARGET:
+                    self.requests.append(new_record(conn, req, vendor, endpoint))
+                    return self.send_error(conn, 404, "a redirect from the fake was followed", req.keep_alive)
                 if method != "POST":
                     return self.send_error(conn, 405, "use POST", req.keep_alive)
-                return self.chat(conn, req, unquote(segments[1]))
+                return self.chat(conn, req, vendor, endpoint)
         if path == "/health" and method == "GET":
             conn.write(_HEALTH_KA if req.keep_alive else _HEALTH_CLOSE)
             return req.keep_alive
@@ -710,17 +869,9 @@ class FakeVendor:
             **self.behaviours.get(vendor, {}),
         }
 
-    def chat(self, conn: Connection, req: Request, vendor: str) -> bool:
-        record: dict[str, Any] = {
-            "vendor": vendor,
-            "path": req.path,
-            "method": req.method,
-            "headers": req.headers,
-            "body": None,
-            "received_at": time.time(),
-            "client_closed_at": None,
-            "connection": conn.number,
-        }
+    def chat(self, conn: Connection, req: Request, vendor: str, endpoint: str) -> bool:
+        """Answer a chat-completions or an embeddings request, as the behaviour says."""
+        record = new_record(conn, req, vendor, endpoint)
         self.requests.append(record)
         ka = req.keep_alive
         try:
@@ -740,8 +891,12 @@ class FakeVendor:
             if problem:
                 return self.send_error(conn, 400, f"x_fake: {problem}", ka)
         b = self.behaviour_for(vendor, x_fake)
+        if endpoint == "embeddings":
+            problem = embeddings_problem(body)
+            if problem:
+                return self.send_error(conn, 400, problem, ka)
         try:
-            return self.answer(conn, req, vendor, body, b, record)
+            return self.answer(conn, req, vendor, body, b, endpoint)
         except ClientGone:
             record["client_closed_at"] = conn.gone_at
             raise
@@ -753,16 +908,20 @@ class FakeVendor:
         vendor: str,
         body: dict[str, Any],
         b: dict[str, Any],
-        record: dict[str, Any],
+        endpoint: str,
     ) -> bool:
         ka = req.keep_alive
         if b["drop_before_headers"]:
             conn.abort()
             return False
         gemini = b["quirks"] == "gemini"
-        if b["status"] != 200:
+        status = b["status"]
+        if status < 200:
+            # An interim answer (no body), then the final answer as if status were 200.
+            conn.write(status_line(status) + b"Link: </fake>; rel=preload\r\n\r\n")
+            conn.flush()
+        elif status != 200:
             conn.pause(b["delay"])
-            status = b["status"]
             fmt = b["error_format"] or ("gemini" if gemini else "openai")
             message = b["error_message"] or f"The fake {vendor} vendor answers {status} as told."
             extra = b""
@@ -770,11 +929,22 @@ class FakeVendor:
                 ra = b["retry_after"]
                 text = str(int(ra)) if float(ra).is_integer() else str(ra)
                 extra = f"Retry-After: {text}\r\n".encode()
+            if 300 <= status < 400:
+                extra += f"Location: /{quote(vendor)}/{REDIRECT_TARGET}\r\n".encode()
+                if status == 304:  # may carry no body
+                    conn.write(response_head(status, CT_TEXT, 0, ka, extra))
+                    return ka
             return self.send_error(conn, status, message, ka, fmt, extra)
-        if body.get("stream") is True:
+        if b["error_in_200"] is not None:
+            conn.pause(b["delay"])
+            return self.send_json(conn, 200, {"error": b["error_in_200"]}, ka)
+        if endpoint == "chat" and body.get("stream") is True:
             return self.stream(conn, req, vendor, body, b)
         conn.pause(b["delay"])
-        data = orjson.dumps(self.whole(vendor, body, b))
+        answer = self.whole(vendor, body, b) if endpoint == "chat" else embeddings(body)
+        if endpoint == "embeddings" and not b["usage"]:
+            del answer["usage"]
+        data = orjson.dumps(answer)
         if b["drop_after"] is not None:
             conn.write(response_head(200, CT_JSON, len(data), True) + data[: len(data) // 2])
             conn.abort()
@@ -821,7 +991,8 @@ class FakeVendor:
         }
         if not gemini:
             answer["system_fingerprint"] = "fp_fake"
-        answer["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
+        if not b["no_choices"]:
+            answer["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
         if b["usage"]:
             answer["usage"] = usage_of(body, text)
         return answer
@@ -861,9 +1032,12 @@ class FakeVendor:
         else:
             text = "".join(args for _, args in calls)
             yield chunk({"role": "assistant", "content": None}), False
+            index_style = b["tool_call_index"] or ("absent" if len(calls) > 1 else "zero")
             for i, (name, args) in enumerate(calls):
-                if gemini:  # the whole call in one delta, with an empty id
-                    call = {"index": i, "id": "", "type": "function"}
+                if gemini:  # the whole call in one delta of its own, with an empty id
+                    call: dict[str, Any] = {"id": "", "type": "function"}
+                    if index_style != "absent":
+                        call = {"index": i if index_style == "sequential" else 0, **call}
                     call["function"] = {"name": name, "arguments": args}
                     yield chunk({"tool_calls": [call]}), True
                     continue
@@ -902,13 +1076,14 @@ class FakeVendor:
             "started_at": time.time(),
             "ended_at": None,
             "events_sent": 0,
+            "comments_sent": 0,
             "outcome": "streaming",
             "client_closed_at": None,
         }
         self.streams.append(rec)
         try:
             keep = self._stream(conn, req, vendor, body, b, rec)
-            if rec["outcome"] == "streaming":  # not "dropped"
+            if rec["outcome"] == "streaming":  # not "dropped" or "error_event"
                 rec["outcome"] = "completed"
             return keep
         except ClientGone:
@@ -930,39 +1105,82 @@ class FakeVendor:
         chunked = b["framing"] == "chunked"
         ka = req.keep_alive and chunked
         split = b["split"]
-        end = b["line_ending"].encode() * 2
+        le = b["line_ending"].encode()
+        end = le * 2
+        # How the stream's very last event ends: normally a blank line, on demand less.
+        last_end = end if b["final_blank_line"] else le
+        if not b["final_line_ending"]:
+            last_end = b""
 
-        def emit(event: bytes) -> None:
-            pieces = [event[i : i + split] for i in range(0, len(event), split)] if split else [event]
+        def emit(data: bytes, events: int = 1) -> None:
+            pieces = [data[i : i + split] for i in range(0, len(data), split)] if split else [data]
             for n, piece in enumerate(pieces):
                 if n:
                     conn.pause(b["split_delay"])
                 conn.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 if split:
                     conn.flush()  # each piece its own send, even without split_delay
-            rec["events_sent"] += 1
+            rec["events_sent"] += events
+
+        def wait(seconds: float) -> None:
+            """Pause, sending an SSE comment every ``comment_every`` seconds meanwhile."""
+            every = b["comment_every"]
+            if not every:
+                conn.pause(seconds)
+                return
+            deadline = time.monotonic() + seconds
+            due = time.monotonic() + every
+            while due < deadline:
+                conn.pause(due - time.monotonic())
+                emit(b": ping" + end, events=0)
+                rec["comments_sent"] += 1
+                due += every
+            conn.pause(deadline - time.monotonic())
+
+        def error_event(ending: bytes) -> bytes:
+            error = b["error_event"] or {
+                "message": f"The fake {vendor} vendor failed mid-stream as told.",
+                "type": "server_error",
+                "param": None,
+                "code": 500,
+            }
+            return b"data: " + orjson.dumps({"error": error}) + ending
 
         conn.pause(b["delay"])
         extra = b"Cache-Control: no-cache\r\n"
         if chunked:
             extra += b"Transfer-Encoding: chunked\r\n"
         conn.write(response_head(200, CT_SSE, None, ka, extra))
-        conn.pause(b["first_delay"])
+        wait(b["first_delay"])
         content_events = 0
-        for index, (payload, is_content) in enumerate(self.events(vendor, body, b)):
-            if index:
-                conn.pause(b["interval"])
-            emit(b"data: " + payload + end)
+        error_after = 1 if b["error_with_first"] else b["error_event_after"]
+        for index, ((payload, is_content), last) in enumerate(mark_last(self.events(vendor, body, b))):
+            pause = b["interval"] if index else 0.0
+            if is_content and not content_events:
+                pause += b["content_delay"]
+            wait(pause)
+            content_events += is_content
             # The "after N content events" actions fire right after the N-th content
             # event, or after the first (role) event for N = 0.
-            if not is_content and index:
+            fires = is_content or not index
+            if fires and error_after == content_events:
+                event = b"data: " + payload + end
+                if b["error_with_first"]:  # one HTTP chunk, one send: the router reads both at once
+                    emit(event + error_event(last_end), events=2)
+                else:
+                    emit(event)
+                    wait(b["interval"])
+                    emit(error_event(last_end))
+                rec["outcome"] = "error_event"
+                break
+            emit(b"data: " + payload + (last_end if last else end))
+            if not fires:
                 continue
-            content_events += is_content
             if b["malformed_after"] == content_events:
                 emit(b'data: {"this is not json' + end)
             if b["stall_after"] == content_events:
                 rec["outcome"] = "stalled"
-                conn.pause(b["stall"])
+                wait(b["stall"])
                 rec["outcome"] = "streaming"
             if b["drop_after"] == content_events:
                 rec["outcome"] = "dropped"
@@ -976,6 +1194,17 @@ class FakeVendor:
         return ka
 
 
+def mark_last(items: Iterator[Any]) -> Iterator[tuple[Any, bool]]:
+    """(item, whether it is the last one), looking one item ahead."""
+    previous = sentinel = object()
+    for item in items:
+        if previous is not sentinel:
+            yield previous, False
+        previous = item
+    if previous is not sentinel:
+        yield previous, True
+
+
 _HEALTH_KA = response_head(200, CT_TEXT, 2, True) + b"OK"
 _HEALTH_CLOSE = response_head(200, CT_TEXT, 2, False) + b"OK"
 
@@ -987,7 +1216,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     try:  # 1,000+ concurrent streams need more descriptors than the usual soft limit of 1024
         import resource
 
@@ -995,7 +1228,8 @@ def main(argv: list[str] | None = None) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ImportError, ValueError, OSError):
         pass
-    server = StreamServer((args.host, args.port), FakeVendor().handle, backlog=4096)
+    tls = {"certfile": args.tls_cert, "keyfile": args.tls_key} if args.tls_cert else {}
+    server = StreamServer((args.host, args.port), FakeVendor().handle, backlog=4096, **tls)
     server.start()
 
     def stop() -> None:

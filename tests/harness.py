@@ -61,20 +61,30 @@ def terminate(process: subprocess.Popen, grace: float = 5) -> None:
 class FakeVendor:
     """The fake vendor (tests/fake_vendor.py) in a subprocess, with its control API as methods."""
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_vendor", "--port", "0"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+    def __init__(self, tls: tuple[str | Path, str | Path] | None = None, ca: str | Path | None = None) -> None:
+        """``tls`` = (certificate chain, key) PEM files: serve HTTPS on ``https://localhost:P``.
+
+        ``ca`` is the certificate authority that signed it (see ``tests.certs``); the control
+        calls below trust it, and only it.
+        """
+        if (tls is None) != (ca is None):
+            raise ValueError("tls and ca go together")
+        command = [sys.executable, "-m", "tests.fake_vendor", "--port", "0"]
+        if tls is not None:
+            command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line.startswith("FAKE_VENDOR_LISTENING"):
             self.process.kill()
             raise RuntimeError(f"fake vendor did not start: {line!r}")
         self.port = int(line.split()[1])
-        self.base = f"http://127.0.0.1:{self.port}"
+        # A certificate names a host; "localhost" is the one tests.certs puts in it.
+        self.base = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
         self._session = requests.Session()
+        if ca is not None:
+            self._session.verify = str(ca)
+            # Otherwise REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment override verify.
+            self._session.trust_env = False
 
     def url(self, vendor: str) -> str:
         """The base URL under which the fake plays ``vendor``."""
@@ -88,7 +98,7 @@ class FakeVendor:
         self._session.post(f"{self.base}/_control/reset").raise_for_status()
 
     def requests(self, vendor: str | None = None) -> list[dict[str, Any]]:
-        """Chat requests the fake received, oldest first."""
+        """Requests the fake received (chat, embeddings, followed redirects), oldest first."""
         params = {"vendor": vendor} if vendor else {}
         return self._session.get(f"{self.base}/_control/requests", params=params).json()
 
@@ -152,7 +162,12 @@ class Router:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "ROUTER_", "RATE_"))},
+            # Vendor keys from the developer's shell would become credentials when a test has no file.
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("PROMETHEUS_", "ROUTER_", "RATE_")) and "_API_KEY" not in k
+            },
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),
             "PYTHONUNBUFFERED": "1",

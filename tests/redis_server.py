@@ -22,13 +22,14 @@ REDIS_SERVER = shutil.which("redis-server") or (
 class RedisServer:
     """``redis-server`` in a subprocess on a free port, in ``directory``; ``kill`` it to simulate an outage.
 
-    ``url`` is what RATE_LIMIT_STORAGE takes (with the password, when one is required).
+    ``url`` is what RATE_LIMIT_STORAGE takes (with the password, when one is required). Pass the
+    ``port`` of a killed server to start it again where its clients look for it.
     """
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(self, directory: Path, password: str | None = None, port: int | None = None) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(

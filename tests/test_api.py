@@ -62,6 +62,49 @@ def test_model_retrieval(client):
     assert_openai_error(client.get("/v1/models/nope"), 404, param="model")
 
 
+def test_models_lists_aliases_after_models_owned_by_the_router(make_app):
+    models = [
+        {"vendor": "openai", "model": "gpt-4o", "aliases": ["smart"]},
+        {"vendor": "gemini", "model": "gemini-2.0-flash", "aliases": ["fast"]},
+        {"vendor": "openai", "model": "gpt-4o-mini", "aliases": ["fast"]},
+        {"vendor": "openai", "model": "text-embedding-3-small", "type": "embedding"},
+    ]
+    client = make_app(models=models).test_client()
+    listed = [(m["id"], m["owned_by"]) for m in client.get("/v1/models").get_json()["data"]]
+    assert listed == [
+        ("gpt-4o", "openai"),
+        ("gemini-2.0-flash", "gemini"),
+        ("gpt-4o-mini", "openai"),
+        ("text-embedding-3-small", "openai"),
+        ("smart", "router"),
+        ("fast", "router"),
+    ]
+    gemini = [m["id"] for m in client.get("/v1/models?vendor=gemini").get_json()["data"]]
+    assert gemini == ["gemini-2.0-flash", "fast"]
+    alias = client.get("/v1/models/fast").get_json()
+    assert alias == {"id": "fast", "object": "model", "created": alias["created"], "owned_by": "router"}
+
+
+@responses.activate
+def test_image_request_skips_models_without_image_support(make_app):
+    models = [
+        {"vendor": "openai", "model": "gpt-4o"},
+        {"vendor": "gemini", "model": "gemini-2.0-flash", "config": {"support_streaming": True}},
+    ]
+    client = make_app(models=models).test_client()
+    responses.post(OPENAI_URL, json=completion())
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    for _ in range(10):
+        response = client.post("/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": image}]))
+        assert response.headers["X-Model-Source"] == "gpt-4o"
+    refused = client.post(
+        "/v1/chat/completions?vendor=gemini", json=chat_body(messages=[{"role": "user", "content": image}])
+    )
+    error = assert_openai_error(refused, 400, param="messages")
+    assert error["message"] == "No configured model of vendor gemini supports images"
+    assert error["type"] == "invalid_request_error"
+
+
 @responses.activate
 def test_chat_forwards_with_vendor_key_and_answers_requested_model(client):
     responses.post(OPENAI_URL, json=completion())
@@ -240,16 +283,15 @@ def test_error_event_before_any_content_fails_over_invisibly(client):
 
 
 @responses.activate
-def test_error_event_after_content_is_relayed_as_one_openai_error_event(client):
+def test_error_event_in_the_same_read_as_the_first_content_is_a_failure_before_commit(client):
+    """The client has seen nothing yet, so the error is answered (or failed over), not streamed."""
     failure = {
         "error": {"message": "quota exceeded mid-answer", "type": "insufficient_quota", "code": "insufficient_quota"}
     }
     responses.post(OPENAI_URL, body=sse(CONTENT, failure, CONTENT), content_type="text/event-stream")
     response = client.post("/v1/chat/completions?vendor=openai", json=chat_body(stream=True))
-    assert response.status_code == 200
-    blocks = [b for b in response.get_data(as_text=True).split("\n\n") if b]
-    assert len(blocks) == 2
-    assert json.loads(blocks[1].removeprefix("data: ")) == {
+    assert response.status_code == 502
+    assert response.get_json() == {
         "error": {
             "message": "quota exceeded mid-answer",
             "type": "insufficient_quota",
@@ -257,6 +299,19 @@ def test_error_event_after_content_is_relayed_as_one_openai_error_event(client):
             "code": "insufficient_quota",
         }
     }
+
+
+@responses.activate
+def test_role_only_chunk_then_error_fails_over_invisibly(client):
+    role = {"id": "c", "created": 1, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    overloaded = {"error": {"code": 503, "message": "The model is overloaded"}}
+    responses.post(GEMINI_URL, body=sse(role, overloaded), content_type="text/event-stream")
+    responses.post(OPENAI_URL, body=sse(CONTENT, FINISH), content_type="text/event-stream")
+    for _ in range(4):
+        response = client.post("/v1/chat/completions", json=chat_body(stream=True))
+        assert response.status_code == 200
+        assert response.headers["X-Vendor-Source"] == "openai"
+        assert response.get_data(as_text=True).endswith("data: [DONE]\n\n")
 
 
 @responses.activate
@@ -279,7 +334,7 @@ def test_stream_of_nothing_but_done_is_not_an_answer_and_cools_its_combination(c
     responses.post(OPENAI_URL, body=sse(CONTENT, FINISH), content_type="text/event-stream")
     response = client.post("/v1/chat/completions", json=chat_body(model="gemini-2.0-flash", stream=True))
     assert response.status_code == 502
-    assert "ended the stream without an event" in response.get_json()["error"]["message"]
+    assert "ended the stream without an answer" in response.get_json()["error"]["message"]
     for _ in range(5):  # gemini cools down after the bad answer: the router's own choice avoids it
         response = client.post("/v1/chat/completions", json=chat_body(stream=True))
         assert response.status_code == 200

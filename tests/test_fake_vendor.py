@@ -5,11 +5,13 @@ The fake runs as a subprocess, exactly as the integration tests and the benchmar
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -19,6 +21,9 @@ from typing import Any, BinaryIO
 
 import pytest
 import requests
+
+from tests.certs import TestCertificates, make_certificates, openssl_available
+from tests.harness import FakeVendor as HarnessFakeVendor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,9 +56,9 @@ TIME_TOOL = {
 }
 
 
-def start_fake() -> tuple[subprocess.Popen[str], int]:
+def start_fake(*args: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_vendor", "--port", "0"],
+        [sys.executable, "-m", "tests.fake_vendor", "--port", "0", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -621,3 +626,296 @@ def test_sigterm_exits_promptly_with_streams_open() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# Faults a real vendor shows now and then
+
+
+def test_error_in_200_answers_200_whose_body_is_the_error(port: int, http: requests.Session) -> None:
+    error = {"message": "quota", "code": 429, "status": "RESOURCE_EXHAUSTED"}
+    for stream in (False, True):
+        answer = chat(http, port, stream=stream, x_fake={"error_in_200": error})
+        assert answer.status_code == 200
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.json() == {"error": error}
+
+
+def test_no_choices_answers_a_completion_without_choices(port: int, http: requests.Session) -> None:
+    body = chat(http, port, x_fake={"no_choices": True}).json()
+    assert body["object"] == "chat.completion"
+    assert "choices" not in body
+    assert body["usage"]["total_tokens"] > 0
+
+
+@pytest.mark.parametrize("after", [0, 2])
+def test_error_event_after_n_content_events_ends_the_stream(port: int, http: requests.Session, after: int) -> None:
+    answer = chat(http, port, stream=True, x_fake={"error_event_after": after})
+    payloads = data_lines(answer.text)  # a complete chunked body: the stream ended, not broke
+    assert len(payloads) == 1 + after + 1  # role, N content deltas, the error; no finish, no [DONE]
+    assert json.loads(payloads[-1]) == {
+        "error": {
+            "message": "The fake openai vendor failed mid-stream as told.",
+            "type": "server_error",
+            "param": None,
+            "code": 500,
+        }
+    }
+    assert all("choices" in json.loads(p) for p in payloads[:-1])
+    (stream,) = control(http, port, "streams")
+    assert (stream["outcome"], stream["events_sent"]) == ("error_event", after + 2)
+
+
+def test_error_event_sends_the_given_error_object(port: int, http: requests.Session) -> None:
+    error = {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}
+    behaviour = {"error_event_after": 1, "error_event": error}
+    payloads = data_lines(chat(http, port, "gemini", stream=True, x_fake=behaviour).text)
+    assert json.loads(payloads[-1]) == {"error": error}
+
+
+def test_error_with_first_shares_one_http_chunk_with_the_first_content(port: int) -> None:
+    body = {"messages": MESSAGES, "stream": True, "x_fake": {"error_with_first": True}}
+    _, _, _, pieces = raw_exchange(port, raw_request(port, body))
+    assert len(pieces) == 2  # the role chunk; the first content event and the error together
+    events = pieces[1].split(b"\n\n")
+    assert events[-1] == b""
+    first, error = (json.loads(e[len(b"data: ") :]) for e in events[:-1])
+    assert first["choices"][0]["delta"]["content"]
+    assert error["error"]["code"] == 500
+
+
+@pytest.mark.parametrize(
+    ("style", "indices"),
+    [(None, [None, None, None]), ("absent", [None, None, None]), ("zero", [0, 0, 0]), ("sequential", [0, 1, 2])],
+)
+def test_gemini_parallel_tool_calls_arrive_whole_each_in_its_own_chunk(
+    port: int, http: requests.Session, style: str | None, indices: list[int | None]
+) -> None:
+    behaviour = {"parallel": 3, "tool_call_index": style}
+    answer = chat(http, port, "gemini", stream=True, tools=[WEATHER_TOOL, TIME_TOOL], x_fake=behaviour)
+    chunks = chunks_of(answer.text)
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-1]]
+    assert all(len(d["tool_calls"]) == 1 for d in deltas)
+    calls = [d["tool_calls"][0] for d in deltas]
+    assert [c.get("index") for c in calls] == indices
+    assert [c["id"] for c in calls] == ["", "", ""]
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("get_weather", {"location": "example"}),
+        ("get_time", {"zone": "UTC", "days": 1}),
+        ("get_weather", {"location": "example"}),
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def arrival_times(answer: requests.Response) -> list[tuple[float, bytes]]:
+    """(seconds since the call, line) for every SSE line, as the bytes arrive."""
+    start = time.monotonic()
+    lines: list[tuple[float, bytes]] = []
+    pending = b""
+    for piece in answer.iter_content(chunk_size=None):
+        pending += piece
+        *complete, pending = pending.split(b"\n")
+        lines += [(time.monotonic() - start, line) for line in complete if line]
+    return lines
+
+
+def test_content_delay_holds_back_the_first_content_after_the_role(port: int, http: requests.Session) -> None:
+    answer = chat(http, port, stream=True, x_fake={"content_delay": 0.6, "chunks": 2})
+    lines = arrival_times(answer)
+    role, first = lines[0][0], lines[1][0]
+    assert b'"role"' in lines[0][1] and b'"content":"Hello' in lines[1][1]
+    assert first - role >= 0.55
+
+
+def test_comment_every_pings_during_every_wait_without_counting_as_content(port: int, http: requests.Session) -> None:
+    behaviour = {
+        "first_delay": 0.35,
+        "content_delay": 0.35,
+        "interval": 0.05,
+        "stall_after": 1,
+        "stall": 0.35,
+        "comment_every": 0.1,
+        "drop_after": 2,  # counted in content events: comments must not bring it forward
+        "chunks": 3,
+    }
+    answer = chat(http, port, stream=True, x_fake=behaviour)
+    received = b""
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        for piece in answer.iter_content(chunk_size=None):
+            received += piece
+    events = [e for e in received.split(b"\n\n") if e]
+    kinds = ["ping" if e == b": ping" else "data" for e in events]
+    # 3 pings in each 0.35 s wait (first_delay; content_delay; stall), none in a 0.05 s interval
+    assert kinds == ["ping"] * 3 + ["data"] + ["ping"] * 3 + ["data"] + ["ping"] * 3 + ["data"]
+    (stream,) = control(http, port, "streams")
+    assert (stream["events_sent"], stream["comments_sent"], stream["outcome"]) == (3, 9, "dropped")
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "tail"),
+    [
+        ({"final_blank_line": False}, b"\ndata: [DONE]\n"),
+        ({"final_blank_line": False, "final_line_ending": False}, b"\ndata: [DONE]"),
+        ({"final_blank_line": False, "line_ending": "\r\n"}, b"\r\ndata: [DONE]\r\n"),
+        ({"final_blank_line": False, "done": False}, b'"finish_reason":"stop"}]}\n'),
+        ({"final_blank_line": False, "framing": "close"}, b"\ndata: [DONE]\n"),
+    ],
+    ids=["done", "no-line-ending", "crlf", "no-done", "close-framing"],
+)
+def test_final_blank_line_false_ends_the_body_right_after_the_last_event(
+    port: int, behaviour: dict[str, Any], tail: bytes
+) -> None:
+    body = raw_exchange(port, raw_request(port, {"messages": MESSAGES, "stream": True, "x_fake": behaviour}))[2]
+    assert body.endswith(tail)
+    assert not body.endswith(tail + tail[-1:])
+    le = behaviour.get("line_ending", "\n").encode()
+    assert body.count(le * 2) == (6 if behaviour.get("done") is False else 7)  # every other event
+
+
+def test_status_302_redirects_and_a_followed_redirect_is_recorded(port: int, http: requests.Session) -> None:
+    url = f"http://127.0.0.1:{port}/openai/chat/completions"
+    payload = {"messages": MESSAGES, "x_fake": {"status": 302}}
+    answer = http.post(url, json=payload, allow_redirects=False)
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == "/openai/redirected"
+    followed = http.post(url, json=payload)  # requests follows a 302 with a GET
+    assert followed.status_code == 404
+    records = control(http, port, "requests")
+    assert [(r["endpoint"], r["method"]) for r in records] == [
+        ("chat", "POST"),
+        ("chat", "POST"),
+        ("redirected", "GET"),
+    ]
+
+
+def test_status_103_sends_an_interim_head_then_the_final_answer(port: int, http: requests.Session) -> None:
+    request = raw_request(port, {"messages": MESSAGES, "x_fake": {"status": 103}})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        with sock.makefile("rb") as f:
+            assert f.readline() == b"HTTP/1.1 103 Early Hints\r\n"
+            interim = []
+            while (line := f.readline()) != b"\r\n":
+                interim.append(line.decode().lower())
+            assert not any(h.startswith(("content-length", "transfer-encoding")) for h in interim)
+            status, _, body, _ = read_response(f)
+    assert status == 200
+    assert json.loads(body)["object"] == "chat.completion"
+    assert control(http, port, "requests")[0]["body"]["x_fake"] == {"status": 103}
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings
+
+
+def embed(http: requests.Session, port: int, vendor: str = "openai", **body: Any) -> requests.Response:
+    path = "/gemini/v1beta/openai" if vendor == "gemini" else f"/{vendor}/v1"
+    return http.post(f"http://127.0.0.1:{port}{path}/embeddings", json={"model": "e-1", **body}, timeout=10)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["hello", ["hello", "world"], [1, 2, 3], [[1, 2], [3]]],
+    ids=["string", "strings", "tokens", "token-lists"],
+)
+def test_embeddings_answer_like_openai_for_every_input_shape(port: int, http: requests.Session, value: Any) -> None:
+    answer = embed(http, port, input=value)
+    assert answer.status_code == 200
+    body = answer.json()
+    count = 1 if isinstance(value, str) or isinstance(value[0], int) else len(value)
+    assert body["object"] == "list" and body["model"] == "e-1"
+    assert [(d["object"], d["index"]) for d in body["data"]] == [("embedding", i) for i in range(count)]
+    for item in body["data"]:
+        assert len(item["embedding"]) == 8
+        assert abs(sum(v * v for v in item["embedding"]) - 1) < 1e-5
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == usage["total_tokens"] > 0
+    assert set(usage) == {"prompt_tokens", "total_tokens"}
+
+
+def test_embeddings_are_deterministic_per_item_with_the_asked_dimensions(port: int, http: requests.Session) -> None:
+    first = embed(http, port, input=["a", "b"], dimensions=5).json()["data"]
+    again = embed(http, port, input="b", dimensions=5).json()["data"]
+    assert again[0]["embedding"] == first[1]["embedding"]
+    assert first[0]["embedding"] != first[1]["embedding"]
+    assert len(first[0]["embedding"]) == 5
+
+
+def test_embeddings_base64_is_little_endian_float32_of_the_same_vector(port: int, http: requests.Session) -> None:
+    floats = embed(http, port, input="same").json()["data"][0]["embedding"]
+    encoded = embed(http, port, input="same", encoding_format="base64").json()["data"][0]["embedding"]
+    assert list(struct.unpack("<8f", base64.b64decode(encoded))) == floats
+
+
+def test_embeddings_are_recorded_and_take_the_error_behaviours(port: int, http: requests.Session) -> None:
+    http.put(
+        f"http://127.0.0.1:{port}/_control/vendors/gemini",
+        json={"status": 429, "retry_after": 3, "delay": 0.2},
+    ).raise_for_status()
+    start = time.monotonic()
+    answer = embed(http, port, "gemini", input="x")
+    assert time.monotonic() - start >= 0.2
+    assert (answer.status_code, answer.headers["Retry-After"]) == (429, "3")
+    assert answer.json()[0]["error"]["status"] == "RESOURCE_EXHAUSTED"
+    chat(http, port)
+    records = control(http, port, "requests")
+    assert [(r["vendor"], r["endpoint"]) for r in records] == [("gemini", "embeddings"), ("openai", "chat")]
+    assert records[0]["path"] == "/gemini/v1beta/openai/embeddings"
+    with pytest.raises(requests.exceptions.ConnectionError):
+        embed(http, port, input="x", x_fake={"drop_before_headers": True})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"input": []}, {"input": [1, "a"]}, {"input": "x", "dimensions": 0}, {"input": "x", "encoding_format": "hex"}],
+    ids=["missing", "empty", "mixed", "dimensions", "encoding"],
+)
+def test_embeddings_refuse_bad_input_with_400(port: int, http: requests.Session, body: dict[str, Any]) -> None:
+    answer = embed(http, port, **body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+# --------------------------------------------------------------------------------------------
+# TLS
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> TestCertificates:
+    if not openssl_available():
+        pytest.skip("the openssl command-line tool is not installed")
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+def test_tls_fake_is_trusted_only_with_its_ca(certificates: TestCertificates) -> None:
+    proc, tls_port = start_fake("--tls-cert", str(certificates.cert), "--tls-key", str(certificates.key))
+    try:
+        url = f"https://localhost:{tls_port}/openai/chat/completions"
+        answer = requests.post(url, json={"messages": MESSAGES}, verify=str(certificates.ca), timeout=10)
+        assert answer.json()["choices"][0]["message"]["content"].startswith("Hello from openai!")
+        stream = requests.post(
+            url, json={"messages": MESSAGES, "stream": True}, verify=str(certificates.ca), timeout=10
+        )
+        assert stream.text.endswith("data: [DONE]\n\n")
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.post(url, json={"messages": MESSAGES}, timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def test_harness_fake_vendor_with_tls_serves_https_on_localhost(certificates: TestCertificates) -> None:
+    fake = HarnessFakeVendor(tls=(certificates.cert, certificates.key), ca=certificates.ca)
+    try:
+        assert fake.url("openai") == f"https://localhost:{fake.port}/openai"
+        fake.behave("openai", content="over TLS")
+        answer = requests.post(
+            fake.url("openai") + "/chat/completions",
+            json={"messages": MESSAGES},
+            verify=str(certificates.ca),
+            timeout=10,
+        )
+        assert answer.json()["choices"][0]["message"]["content"] == "over TLS"
+        assert [r["endpoint"] for r in fake.requests()] == ["chat"]
+    finally:
+        fake.stop()

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import threading
+
+from prometheus_client import CollectorRegistry
+
+from app.metrics import RouterMetrics
+from tests.harness import wait_until
 from tests.prometheus import parse
 
 
@@ -26,3 +33,36 @@ def test_routes_not_raw_paths_label_the_request_metrics(client):
     metrics = parse(client.get("/metrics").get_data(as_text=True))
     assert metrics.label_values("url_rule") == {"/v1/models/<path:model_id>", "None"}
     assert metrics.value("flask_http_request_duration_seconds_count", url_rule="/v1/models/<path:model_id>") == 2
+
+
+class _Cooling:
+    """Stands in for the selector as the source of the count: the gauge's follower is under test."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def count(self) -> int:
+        return self.value
+
+
+def test_cooling_gauge_follows_the_count_with_no_traffic_and_stops_when_its_source_is_gone():
+    registry = CollectorRegistry()
+    metrics = RouterMetrics(registry)
+    source = _Cooling()
+    before = set(threading.enumerate())
+    metrics.follow_cooling(source.count, every=0.05)
+    (follower,) = {t for t in threading.enumerate() if t.name == "cooling-gauge"} - before
+
+    def shown() -> float | None:
+        return registry.get_sample_value("router_cooling_combinations")
+
+    wait_until(lambda: shown() == 0, timeout=5)
+    source.value = 3  # e.g. learned from another worker: no request passes here
+    wait_until(lambda: shown() == 3, timeout=5)
+    source.value = 0  # the cooldowns ended
+    wait_until(lambda: shown() == 0, timeout=5)
+
+    del source
+    gc.collect()
+    follower.join(timeout=5)
+    assert not follower.is_alive()

@@ -1,3 +1,7 @@
+import copy
+
+import pytest
+
 from app.normalize import StreamNormalizer, normalize_completion, vendor_error
 
 
@@ -94,6 +98,120 @@ def test_stream_tool_calls_without_index_get_their_position():
     calls = out["choices"][0]["delta"]["tool_calls"]
     assert [c["index"] for c in calls] == [0, 1]
     assert calls[0]["id"] != calls[1]["id"]
+
+
+def whole_call(name, arguments, **fields):
+    """A tool call sent whole in one delta, Gemini style: an empty id, and ``fields`` (index)."""
+    return {**fields, "id": "", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def accumulated(normalizer, deltas):
+    """Feed one chunk per list of tool-call deltas; return the calls as a client accumulates them.
+
+    [(id, name, arguments)] in index order; like the SDK, by ``index`` only.
+    """
+    calls = {}
+    for tool_calls in deltas:
+        out = normalizer.chunk(chunk(tool_calls=tool_calls))
+        for call in out["choices"][0]["delta"]["tool_calls"]:
+            known = calls.setdefault(call["index"], {"id": None, "name": "", "arguments": ""})
+            known["id"] = known["id"] or call.get("id")
+            function = call.get("function", {})
+            known["name"] += function.get("name") or ""
+            known["arguments"] += function.get("arguments") or ""
+    assert sorted(calls) == list(range(len(calls))), "indexes must be dense: clients index a list"
+    return [(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())]
+
+
+GENERATED = "generated"  # expected id: one the router made up (call_...), distinct from all others
+
+
+@pytest.mark.parametrize(
+    ("deltas", "expected"),
+    [
+        pytest.param(
+            [[whole_call("a", '{"x":1}')], [whole_call("b", '{"y":2}')], [whole_call("a", '{"x":3}')]],
+            [(GENERATED, "a", '{"x":1}'), (GENERATED, "b", '{"y":2}'), (GENERATED, "a", '{"x":3}')],
+            id="gemini-no-index",
+        ),
+        pytest.param(
+            [[whole_call("a", '{"x":1}', index=0)], [whole_call("b", '{"y":2}', index=0)]],
+            [(GENERATED, "a", '{"x":1}'), (GENERATED, "b", '{"y":2}')],
+            id="gemini-index-zero-every-time",
+        ),
+        pytest.param(
+            [[whole_call("a", "{}", index=0)], [whole_call("b", "{}", index=1)], [whole_call("c", "{}", index=2)]],
+            [(GENERATED, "a", "{}"), (GENERATED, "b", "{}"), (GENERATED, "c", "{}")],
+            id="gemini-sequential-index",
+        ),
+        pytest.param(
+            [[whole_call("a", "{}"), whole_call("b", "{}")], [whole_call("c", "{}")]],
+            [(GENERATED, "a", "{}"), (GENERATED, "b", "{}"), (GENERATED, "c", "{}")],
+            id="two-in-one-delta-then-one",
+        ),
+        pytest.param(
+            [
+                [{"index": 0, "id": "call_a", "function": {"name": "f", "arguments": '{"a":'}}],
+                [{"index": 0, "id": "call_b", "function": {"arguments": "1}"}}],
+            ],
+            [("call_a", "f", '{"a":'), ("call_b", "", "1}")],
+            id="a-different-id-is-a-new-call",
+        ),
+        pytest.param(
+            [
+                [{"index": 0, "id": "call_a", "function": {"name": "f", "arguments": '{"a":'}}],
+                [{"index": 0, "id": "call_a", "function": {"name": "f", "arguments": "1}"}}],
+            ],
+            [("call_a", "ff", '{"a":1}')],
+            id="a-repeated-name-under-the-same-id-is-the-same-call",
+        ),
+        pytest.param(
+            [
+                [{"index": 0, "id": "", "function": {"name": "f", "arguments": ""}}],
+                [{"index": 0, "function": {"arguments": '{"a":'}}],
+                [{"index": 0, "function": {"arguments": "1}"}}],
+            ],
+            [(GENERATED, "f", '{"a":1}')],
+            id="fragments-without-a-name-continue-the-call",
+        ),
+    ],
+)
+def test_stream_tool_calls_each_keep_their_own_index_id_and_arguments(deltas, expected):
+    calls = accumulated(StreamNormalizer("m"), deltas)
+    assert [(name, arguments) for _, name, arguments in calls] == [(n, a) for _, n, a in expected]
+    for (got, _, _), (want, _, _) in zip(calls, expected, strict=True):
+        assert got.startswith("call_") if want == GENERATED else got == want
+    assert len({got for got, _, _ in calls}) == len(calls)
+
+
+def test_stream_openai_indexed_tool_calls_pass_unchanged():
+    def header(index, call_id, name):
+        return {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+
+    def fragment(index, arguments):
+        return {"index": index, "function": {"arguments": arguments}}
+
+    deltas = [
+        [header(0, "call_a", "get_time")],
+        [fragment(0, '{"zone":')],
+        [fragment(0, '"UTC"}')],
+        [header(1, "call_b", "get_weather")],
+        [fragment(1, "{}")],
+    ]
+    normalizer = StreamNormalizer("m")
+    for tool_calls in deltas:
+        sent = copy.deepcopy(tool_calls)
+        assert normalizer.chunk(chunk(tool_calls=tool_calls))["choices"][0]["delta"]["tool_calls"] == sent
+
+
+def test_stream_tool_call_indexes_count_per_choice():
+    normalizer = StreamNormalizer("m")
+    first = accumulated(normalizer, [[whole_call("a", "{}")], [whole_call("b", "{}")]])
+    second = normalizer.chunk(
+        {"choices": [{"index": 1, "delta": {"tool_calls": [whole_call("c", "{}")]}, "finish_reason": None}]}
+    )
+    assert len(first) == 2
+    assert second["choices"][0]["delta"]["tool_calls"][0]["index"] == 0
 
 
 def test_stream_stop_after_tool_calls_becomes_tool_calls():

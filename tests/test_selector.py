@@ -5,7 +5,7 @@ import pytest
 
 from app.catalog import load_catalog
 from app.errors import InvalidRequest, NotFound, ServiceUnavailable
-from app.selector import Selector
+from app.selector import Selector, share, share_pools
 
 MODELS = [
     {"vendor": "openai", "model": "gpt-4o"},
@@ -133,3 +133,159 @@ def test_refused_credential_cools_every_combination_using_it(selector):
     chosen = {selector.choose(candidates).credential for _ in range(100)}
     assert chosen == {candidates[-1].credential}
     assert selector.cooling_count() == 2
+
+
+def chi_square(counts, expected):
+    return sum((counts[key] - share) ** 2 / share for key, share in expected.items())
+
+
+def routing_selector(write_config, models, credentials=CREDENTIALS, seed=11):
+    catalog = load_catalog(write_config(models=models, credentials=credentials), environ={})
+    return Selector(catalog, cooldown_seconds=30, max_cooldown_seconds=300, clock=Clock(), rng=random.Random(seed))
+
+
+ROUTED_MODELS = [
+    {"vendor": "openai", "model": "gpt-4o-mini", "weight": 3, "aliases": ["fast"]},
+    {"vendor": "openai", "model": "gpt-4o", "aliases": ["smart"], "config": {"support_tools": True}},
+    {"vendor": "gemini", "model": "gemini-2.0-flash", "aliases": ["fast"], "config": {"support_streaming": True}},
+    {"vendor": "openai", "model": "text-embedding-3-small", "type": "embedding", "aliases": ["embed"]},
+]
+ONE_KEY_EACH = [
+    {"platform": "openai", "value": "sk-first-key-aaaaaaaa"},
+    {"platform": "gemini", "value": "gemini-key-cccccccccc"},
+]
+
+
+def test_weights_three_to_one_split_traffic_seventy_five_twenty_five(write_config):
+    models = [{"vendor": "openai", "model": "gpt-4o-mini", "weight": 3}, {"vendor": "openai", "model": "gpt-4o"}]
+    selector = routing_selector(write_config, models, ONE_KEY_EACH)
+    candidates = selector.candidates(None, "any-model")
+    draws = 8000
+    counts = Counter(selector.choose(candidates).model.id for _ in range(draws))
+    # 1 degree of freedom: 10.83 is the 0.999 quantile; an even split would score ~2,700.
+    assert chi_square(counts, {"gpt-4o-mini": draws * 0.75, "gpt-4o": draws * 0.25}) < 10.83, counts
+
+
+def test_credential_weight_multiplies_into_its_combinations(write_config):
+    credentials = [
+        {"platform": "openai", "value": "sk-tier-high-aaaaaaaa", "weight": 4},
+        {"platform": "openai", "value": "sk-tier-low-bbbbbbbbb"},
+    ]
+    selector = routing_selector(write_config, [{"vendor": "openai", "model": "gpt-4o"}], credentials)
+    candidates = selector.candidates(None, None)
+    assert [c.weight for c in candidates] == [4.0, 1.0]
+    draws = 5000
+    counts = Counter(selector.choose(candidates).credential.label for _ in range(draws))
+    assert chi_square(counts, {"openai#1": draws * 0.8, "openai#2": draws * 0.2}) < 10.83, counts
+
+
+def test_cooling_combination_drops_out_and_the_rest_keep_their_proportions(write_config):
+    models = [
+        {"vendor": "openai", "model": "a", "weight": 5},
+        {"vendor": "openai", "model": "b", "weight": 3},
+        {"vendor": "openai", "model": "c"},
+    ]
+    selector = routing_selector(write_config, models, ONE_KEY_EACH)
+    candidates = selector.candidates(None, None)
+    selector.cool_down(candidates[0])
+    draws = 4000
+    counts = Counter(selector.choose(candidates).model.id for _ in range(draws))
+    assert "a" not in counts
+    assert chi_square(counts, {"b": draws * 0.75, "c": draws * 0.25}) < 10.83, counts
+    counts = Counter(selector.choose(candidates, {candidates[1].key}).model.id for _ in range(100))
+    assert counts == {"c": 100}
+
+
+def test_share_is_the_percent_of_weight_among_candidates(write_config):
+    selector = routing_selector(write_config, ROUTED_MODELS, ONE_KEY_EACH)
+    mini, big, flash = selector.candidates(None, "any-model")
+    assert share(mini, (mini, big, flash)) == 60.0
+    assert share(big, selector.candidates(None, "any-model")) == 20.0
+    assert share(mini, selector.candidates(None, "fast")) == 75.0
+
+
+def test_alias_resolves_to_its_group_only(write_config):
+    selector = routing_selector(write_config, ROUTED_MODELS, ONE_KEY_EACH)
+    assert [c.model.id for c in selector.candidates(None, "fast")] == ["gpt-4o-mini", "gemini-2.0-flash"]
+    assert [c.model.id for c in selector.candidates(None, "smart")] == ["gpt-4o"]
+    assert [c.model.id for c in selector.candidates("gemini", "fast")] == ["gemini-2.0-flash"]
+    with pytest.raises(InvalidRequest, match="Alias 'smart' has no model of vendor 'gemini'") as caught:
+        selector.candidates("gemini", "smart")
+    assert caught.value.param == "model"
+
+
+def test_unknown_name_chooses_among_models_of_the_request_type(write_config):
+    selector = routing_selector(write_config, ROUTED_MODELS, ONE_KEY_EACH)
+    chat = {c.model.id for c in selector.candidates(None, "any-model")}
+    assert chat == {"gpt-4o-mini", "gpt-4o", "gemini-2.0-flash"}
+    assert [c.model.id for c in selector.candidates(None, "any-model", kind="embedding")] == ["text-embedding-3-small"]
+    assert [c.model.id for c in selector.candidates(None, "embed", kind="embedding")] == ["text-embedding-3-small"]
+    with pytest.raises(InvalidRequest, match="No embedding model of vendor gemini is configured"):
+        selector.candidates("gemini", None, kind="embedding")
+
+
+def test_a_model_or_alias_of_the_other_type_is_a_400_pointing_to_the_right_endpoint(write_config):
+    selector = routing_selector(write_config, ROUTED_MODELS, ONE_KEY_EACH)
+    with pytest.raises(
+        InvalidRequest, match=r"'text-embedding-3-small' has type 'embedding'; send it to /v1/embeddings"
+    ):
+        selector.candidates(None, "text-embedding-3-small")
+    with pytest.raises(InvalidRequest, match=r"Alias 'fast' stands for models of type 'chat'; send it to /v1/chat"):
+        selector.candidates(None, "fast", kind="embedding")
+
+
+def test_requests_go_only_to_models_that_support_what_they_need(write_config):
+    selector = routing_selector(write_config, ROUTED_MODELS, ONE_KEY_EACH)
+    images = selector.candidates(None, None, needs=frozenset({"image"}))
+    assert [c.model.id for c in images] == ["gpt-4o-mini"]
+    tools = selector.candidates(None, None, needs=frozenset({"tools"}))
+    assert [c.model.id for c in tools] == ["gpt-4o-mini", "gpt-4o"]
+    streams = selector.candidates(None, "fast", needs=frozenset({"streaming"}))
+    assert [c.model.id for c in streams] == ["gpt-4o-mini", "gemini-2.0-flash"]
+
+
+NO_FIT = {
+    "vendor filter": ("gemini", None, {"image"}, "messages", "No configured model of vendor gemini supports images"),
+    "alias": (None, "smart", {"streaming"}, "stream", "No configured model in alias 'smart' supports streaming"),
+    "model": (
+        None,
+        "gemini-2.0-flash",
+        {"tools"},
+        "tools",
+        "No configured model named 'gemini-2.0-flash' supports tools",
+    ),
+    "vendor and alias": ("gemini", "fast", {"video"}, "messages", "of vendor gemini in alias 'fast' supports video"),
+    "each exists, not together": (
+        None,
+        "any-model",
+        {"tools", "streaming"},
+        "tools",
+        "No configured model supports tools and streaming together",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_FIT))
+def test_no_model_fitting_the_request_is_a_400_naming_capability_and_filter(write_config, case):
+    models = [*ROUTED_MODELS[1:], {"vendor": "openai", "model": "o1", "config": {"support_streaming": True}}]
+    selector = routing_selector(write_config, models, ONE_KEY_EACH)
+    vendor, model, needs, param, message = NO_FIT[case]
+    with pytest.raises(InvalidRequest, match=message) as caught:
+        selector.candidates(vendor, model, needs=frozenset(needs))
+    assert caught.value.param == param
+    assert caught.value.code == "capability_not_supported"
+
+
+def test_candidates_are_cached_per_filter_and_unknown_names_share_one_entry(write_config):
+    selector = routing_selector(write_config, ROUTED_MODELS, ONE_KEY_EACH)
+    assert selector.candidates(None, "claude-9") is selector.candidates(None, "anything-else")
+    assert selector.candidates(None, "fast") is selector.candidates(None, "fast")
+    needs = frozenset({"tools"})
+    assert selector.candidates(None, None, needs=needs) is selector.candidates(None, "x", needs=frozenset({"tools"}))
+
+
+def test_share_pools_cover_each_type_and_each_alias(write_config):
+    pools = share_pools(load_catalog(write_config(models=ROUTED_MODELS, credentials=ONE_KEY_EACH), environ={}))
+    assert list(pools) == ["chat", "embedding", "alias fast", "alias smart", "alias embed"]
+    assert [round(share(c, pools["chat"]), 1) for c in pools["chat"]] == [60.0, 20.0, 20.0]
+    assert [share(c, pools["alias fast"]) for c in pools["alias fast"]] == [75.0, 25.0]

@@ -20,7 +20,7 @@ def split_every(data: bytes, size: int) -> list[Event]:
     events = []
     for start in range(0, len(data), size):
         events.extend(splitter.feed(data[start : start + size]))
-    assert not splitter.has_partial_event
+    assert splitter.flush() == []
     return events
 
 
@@ -52,10 +52,17 @@ def test_done_inside_content_is_just_content():
     assert EventSplitter().feed(chunk) == [Event(b'{"choices":[{"delta":{"content":"data: [DONE]"}}]}')]
 
 
-def test_partial_event_at_end_is_reported():
+def test_last_event_without_its_blank_line_is_flushed_at_the_end():
+    splitter = EventSplitter()
+    assert splitter.feed(b'data: {"a": 1}\n\ndata: [DONE]\n') == [Event(b'{"a": 1}')]
+    assert splitter.flush() == [Event(b"[DONE]")]
+    assert splitter.flush() == []
+
+
+def test_cut_event_is_flushed_as_it_is_for_the_reader_to_judge():
     splitter = EventSplitter()
     splitter.feed(b'data: {"cut": ')
-    assert splitter.has_partial_event
+    assert splitter.flush() == [Event(b'{"cut": ')]
 
 
 def test_endless_event_without_boundary_is_a_framing_error():

@@ -23,8 +23,8 @@ def upstream():
 @responses.activate
 def test_post_sends_only_the_routers_own_headers(upstream):
     responses.post(VENDOR.chat_url, json={"ok": True})
-    response = upstream.post(COMBINATION, b'{"model":"gpt-4o"}', stream=False)
-    assert upstream.read_all(COMBINATION, response) == b'{"ok": true}'
+    response = upstream.post(COMBINATION, VENDOR.chat_url, b'{"model":"gpt-4o"}', stream=False)
+    assert response.read_all() == b'{"ok": true}'
     headers = responses.calls[0].request.headers
     assert headers["Authorization"] == f"Bearer {SECRET}"
     assert headers["Content-Type"] == "application/json"
@@ -36,8 +36,8 @@ def test_post_sends_only_the_routers_own_headers(upstream):
 @responses.activate
 def test_stream_asks_for_event_stream_uncompressed(upstream):
     responses.post(VENDOR.chat_url, body="data: [DONE]\n\n", content_type="text/event-stream")
-    response = upstream.post(COMBINATION, b"{}", stream=True)
-    assert upstream.read_some(COMBINATION, response) == b"data: [DONE]\n\n"
+    response = upstream.post(COMBINATION, VENDOR.chat_url, b"{}", stream=True)
+    assert response.read_some() == b"data: [DONE]\n\n"
     headers = responses.calls[0].request.headers
     assert headers["Accept"] == "text/event-stream"
     assert headers["Accept-Encoding"] == "identity"
@@ -46,15 +46,15 @@ def test_stream_asks_for_event_stream_uncompressed(upstream):
 @responses.activate
 def test_cookies_from_one_call_never_ride_on_the_next(upstream):
     responses.post(VENDOR.chat_url, json={}, headers={"Set-Cookie": "tenant=a; Path=/"})
-    upstream.read_all(COMBINATION, upstream.post(COMBINATION, b"{}", stream=False))
-    upstream.read_all(COMBINATION, upstream.post(COMBINATION, b"{}", stream=False))
+    upstream.post(COMBINATION, VENDOR.chat_url, b"{}", stream=False).read_all()
+    upstream.post(COMBINATION, VENDOR.chat_url, b"{}", stream=False).read_all()
     assert "Cookie" not in responses.calls[1].request.headers
 
 
 @responses.activate
 def test_redirects_are_not_followed(upstream):
     responses.post(VENDOR.chat_url, status=307, headers={"Location": "http://elsewhere.test/"})
-    assert upstream.post(COMBINATION, b"{}", stream=False).status_code == 307
+    assert upstream.post(COMBINATION, VENDOR.chat_url, b"{}", stream=False).status == 307
     assert len(responses.calls) == 1
 
 
@@ -75,8 +75,22 @@ def test_redirects_are_not_followed(upstream):
 def test_network_failures_name_vendor_and_model_but_no_url_or_key(upstream, failure, kind, words):
     responses.post(VENDOR.chat_url, body=failure)
     with pytest.raises(kind) as caught:
-        upstream.post(COMBINATION, b"{}", stream=False)
+        upstream.post(COMBINATION, VENDOR.chat_url, b"{}", stream=False)
     message = caught.value.message
     assert message.startswith("Vendor openai (model gpt-4o) ")
     assert words in message
     assert "openai.test" not in message and SECRET not in message
+
+
+@responses.activate
+def test_each_call_may_wait_less_than_the_configured_read_timeout(upstream):
+    responses.post(VENDOR.chat_url, body=requests.exceptions.ReadTimeout("http://openai.test/v1"))
+    with pytest.raises(UpstreamTimeout) as caught:
+        upstream.post(COMBINATION, VENDOR.chat_url, b"{}", stream=False, read_timeout=0.25)
+    assert "sent no answer within 0.25 s" in caught.value.message
+
+
+@responses.activate
+def test_retry_after_in_seconds_or_as_an_http_date(upstream):
+    responses.post(VENDOR.chat_url, status=429, headers={"Retry-After": "7"})
+    assert upstream.post(COMBINATION, VENDOR.chat_url, b"{}", stream=False).retry_after == 7.0

@@ -36,8 +36,8 @@ def test_good_config_prints_every_combination_with_its_key_masked(tmp_path):
     result = check_config({**env, "CHECK_GEMINI_KEY": GEMINI_KEY})
 
     assert result.returncode == 0, result.stderr
-    assert "3 combinations:" in result.stdout
-    combinations = [line.split() for line in result.stdout.splitlines() if " key ****" in line]
+    assert "3 combinations;" in result.stdout
+    combinations = [line.split()[:3] for line in result.stdout.splitlines() if " key ****" in line]
     assert combinations == [
         ["openai#1/gpt-4o", "key", "****AAAA"],
         ["openai#2/gpt-4o", "key", "****BBBB"],
@@ -47,11 +47,49 @@ def test_good_config_prints_every_combination_with_its_key_masked(tmp_path):
         assert key[:-4] not in result.stdout + result.stderr
 
 
+def test_routing_config_prints_shares_aliases_types_capabilities_and_key_variables(tmp_path):
+    models = {
+        "models": [
+            {"vendor": "openai", "model": "gpt-4o-mini", "weight": 3, "aliases": ["fast"]},
+            {"vendor": "gemini", "model": "gemini-2.0-flash", "aliases": ["fast"], "config": {"support_tools": True}},
+            {"vendor": "openai", "model": "text-embedding-3-small", "type": "embedding"},
+        ]
+    }
+    env = router_config(tmp_path, None, models=models, credentials="absent")
+    gemini_key = "AIzaCheckEnvGemini0123456789"
+    result = check_config({**env, "OPENAI_API_KEY": OPENAI_KEYS[0], "GEMINI_API_KEY_2": gemini_key})
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "(3, v3 format)" in out
+    assert "missing; keys from environment variables OPENAI_API_KEY, GEMINI_API_KEY_2" in out
+    assert "alias fast: openai/gpt-4o-mini, gemini/gemini-2.0-flash" in out
+    lines = [line.split() for line in out.splitlines()]
+    assert ["openai/text-embedding-3-small", "embedding", "weight", "1"] in lines
+    assert ["supports", "tools"] in lines
+    assert ["supports", "image,", "streaming,", "tools,", "video"] in lines
+    shares = [(line[0], line[-1]) for line in lines if line and line[-2:-1] == ["share"]]
+    assert shares == [
+        ("openai#1/gpt-4o-mini", "75.0%"),  # chat: weights 3 and 1
+        ("gemini#1/gemini-2.0-flash", "25.0%"),
+        ("openai#1/text-embedding-3-small", "100.0%"),  # embedding
+        ("openai#1/gpt-4o-mini", "75.0%"),  # alias fast
+        ("gemini#1/gemini-2.0-flash", "25.0%"),
+    ]
+    assert OPENAI_KEYS[0][:-4] not in out + result.stderr
+    assert gemini_key[:-4] not in out + result.stderr
+
+
 BAD_CONFIGS = {
     "models file is not JSON": ({"models": "[{oops"}, {}),
     "unknown vendor": ({"credentials": [{"platform": "nobody", "type": "api-key", "value": "x" * 20}]}, {}),
     "unset ${VAR}": ({"credentials": [{"platform": "openai", "type": "api-key", "value": "${CHECK_UNSET}"}]}, {}),
     "bad setting": ({}, {"MAX_ATTEMPTS": "none"}),
+    "key not sendable in a header": (
+        {"credentials": [{"platform": "openai", "type": "api-key", "value": "sk-\u201cpasted\u201d-0123456789"}]},
+        {},
+    ),
+    "weight zero": ({"models": '[{"vendor": "openai", "model": "gpt-4o", "weight": 0}]'}, {}),
 }
 
 
@@ -73,4 +111,6 @@ def test_bad_config_exits_1_with_the_message_start_up_gives(tmp_path, case):
     # The real server refuses to start with the same words.
     with pytest.raises(RuntimeError, match=r"did not start|exited"):
         Router(env, tmp_path / "router.log")
-    assert message in (tmp_path / "router.log").read_text()
+    log = (tmp_path / "router.log").read_text()
+    assert message in log
+    assert "pasted" not in result.stderr + log  # the refused key's text is never shown

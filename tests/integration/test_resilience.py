@@ -160,23 +160,53 @@ def test_stream_fails_over_when_the_vendor_is_silent_before_its_first_event(star
         assert response.content.decode().endswith("data: [DONE]\n\n")
 
 
-def test_vendor_refusing_the_key_is_answered_at_once_and_the_key_cooled(start_router, fake):
+def test_vendor_refusing_the_key_fails_over_invisibly_and_the_key_is_cooled(start_router, fake):
     fake.behave(
         "openai", status=401, error_message=f"Incorrect API key provided: {OPENAI_KEY[:8]}****{OPENAI_KEY[-4:]}"
     )
     server = start_router(COOLDOWN_SECONDS="60")
     client = sdk(server)
-    outcomes = []
     for _ in range(20):
+        answer = client.chat.completions.with_raw_response.create(model="any-model", messages=HELLO)
+        assert answer.headers["x-vendor-source"] == "gemini"
+    assert len(fake.requests("openai")) == 1  # the refused key is skipped for the cooldown
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_vendor_refusal_for_a_pinned_model_is_answered_at_once(start_router, fake, status):
+    fake.behave("openai", status=status, error_message=f"Refused: {OPENAI_KEY[:8]}****{OPENAI_KEY[-4:]}")
+    server = start_router(COOLDOWN_SECONDS="60")
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(server).chat.completions.create(model="gpt-4o", messages=HELLO)
+    assert caught.value.status_code == status
+    assert caught.value.response.headers["x-router-attempts"] == "1"
+    assert OPENAI_KEY[:8] not in caught.value.response.text
+    assert len(fake.requests("gemini")) == 0
+
+
+def test_model_unknown_to_one_vendor_fails_over_when_the_router_chose_it(start_router, fake):
+    fake.behave("openai", status=404, error_message="The model does not exist")
+    server = start_router(COOLDOWN_SECONDS="60")
+    client = sdk(server)
+    for _ in range(10):
+        answer = client.chat.completions.with_raw_response.create(model="any-model", messages=HELLO)
+        assert answer.headers["x-vendor-source"] == "gemini"
+    assert len(fake.requests("openai")) == 1
+
+
+def test_bad_request_is_answered_at_once_without_failover_or_cooldown(start_router, fake):
+    fake.behave("openai", status=400, error_message="Unknown name 'foo'")
+    server = start_router(COOLDOWN_SECONDS="60")
+    client = sdk(server)
+    statuses = []
+    for _ in range(10):
         try:
             client.chat.completions.create(model="any-model", messages=HELLO)
-            outcomes.append(200)
-        except openai.AuthenticationError as error:
-            outcomes.append(401)
+            statuses.append(200)
+        except openai.BadRequestError as error:
             assert error.response.headers["x-router-attempts"] == "1"
-            assert OPENAI_KEY[:8] not in error.response.text
-    assert len(fake.requests("openai")) <= 1
-    assert outcomes.count(401) == len(fake.requests("openai"))
+            statuses.append(400)
+    assert statuses.count(400) == len(fake.requests("openai")) >= 2  # no cooldown: chosen again
 
 
 def test_vendor_dropping_mid_stream_ends_it_with_an_error_event(router, fake):
