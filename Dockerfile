@@ -4,7 +4,8 @@
 #     -v "$PWD/configs:/app/configs:ro" generative-api-router
 # Keys never go into the image (.dockerignore drops configs/credentials.json): the mounted
 # credentials.json names them as ${OPENAI_API_KEY}-style references, filled from the environment.
-# docker-compose.yml runs it behind nginx. Checked by reading and by tests/integration/test_docker.py.
+# docker-compose.yml runs it behind nginx. Built with podman and run from the image by
+# tests/integration/test_docker_image.py; read by tests/integration/test_docker.py.
 
 # The Python minor version the tests run on. For reproducible builds pin a digest:
 #   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> .

@@ -12,9 +12,8 @@ import sys
 
 import yaml
 
+from tests.deploy_contract import CONTRACT_CMD, gunicorn_default, referenced_variables, variables_the_router_reads
 from tests.harness import ROOT, free_port
-
-CONTRACT_CMD = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -42,11 +41,6 @@ def dockerignored(path: str) -> bool:
     patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()]
     patterns = [p for p in patterns if p and not p.startswith("#")]
     return any(fnmatch.fnmatch(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns)
-
-
-def gunicorn_default(name: str) -> int:
-    [value] = re.findall(rf'_int\("{name}", (\d+)\)', (ROOT / "gunicorn.conf.py").read_text())
-    return int(value)
 
 
 def test_dockerfile_copies_only_what_exists_and_is_not_ignored():
@@ -109,10 +103,8 @@ def compose() -> dict:
 
 def known_variables() -> set[str]:
     """Every environment variable the router reads, or that its example credentials refer to."""
-    sources = (ROOT / "app" / "settings.py").read_text() + (ROOT / "gunicorn.conf.py").read_text()
-    names = set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', sources))
-    names |= set(re.findall(r"\$\{([A-Z0-9_]+)\}", (ROOT / "configs" / "credentials.json.example").read_text()))
-    return names | {"PROMETHEUS_MULTIPROC_DIR"}
+    example = (ROOT / "configs" / "credentials.json.example").read_text()
+    return variables_the_router_reads() | referenced_variables(example)
 
 
 def test_compose_runs_router_nginx_and_optional_redis_from_files_that_exist():
