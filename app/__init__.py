@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep OpenAI's field order in JSON answers
-    metrics = init_metrics(app)
+    metrics = init_metrics(app, settings.worker_connections, catalog.combinations)
     # Built here, in the worker (never the master: no preload), so a shared book's background
     # link to Redis starts in the process that uses it.
     cooldowns = open_cooldowns(settings.cooldown_storage)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
 
 from flask import Flask, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -93,6 +94,29 @@ class RouterMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # Per vendor, beside the configured count, so an alert can tell "every combination of
+        # this vendor is cooling down" (the vendor is out of rotation) from "some are".
+        self.vendor_cooling = Gauge(
+            "router_vendor_cooling_combinations",
+            "Combinations of a vendor the selector skips now after a failure (the highest count among live workers).",
+            ["vendor"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.vendor_combinations = Gauge(
+            "router_vendor_combinations",
+            "Combinations configured for a vendor (credentials x models).",
+            ["vendor"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        # Summed over live workers it is the server's capacity, the ceiling for open streams.
+        self.connections_limit = Gauge(
+            "router_worker_connections_limit",
+            "Requests (streams included) the live workers may hold at once: WORKER_CONNECTIONS summed over them.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.client_disconnects = Counter(
             "router_client_disconnects",
             "Clients that went away before their answer was complete, by phase (waiting, streaming).",
@@ -122,6 +146,13 @@ class RouterMetrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=registry,
         )
+
+    def configured(self, worker_connections: int, combinations: Iterable[Combination]) -> None:
+        """Publish this worker's capacity and each vendor's combinations (none cooling yet)."""
+        self.connections_limit.set(worker_connections)
+        for vendor, count in Tally(combination.vendor.name for combination in combinations).items():
+            self.vendor_combinations.labels(vendor).set(count)
+            self.vendor_cooling.labels(vendor).set(0)
 
     def follow_cooling(self, count: Callable[[], int], every: float = 1.0) -> None:
         """Keep ``router_cooling_combinations`` at ``count()``, read in the background every ``every`` s.
@@ -172,8 +203,12 @@ class RouterMetrics:
         self.stream_duration.labels(combination.vendor.name, combination.model.id, outcome).observe(seconds)
 
 
-def init_metrics(app: Flask) -> RouterMetrics:
-    """Serve /metrics on ``app`` and return the router's metrics to record into."""
+def init_metrics(app: Flask, worker_connections: int, combinations: Iterable[Combination]) -> RouterMetrics:
+    """Serve /metrics on ``app`` and return the router's metrics to record into.
+
+    ``worker_connections`` and ``combinations`` are published at once, so capacity and the
+    per-vendor series exist before the first request.
+    """
     # A registry per app, not the global one: tests build many apps in one process. Under
     # gunicorn the exporter ignores it and reads every worker's files instead.
     registry = CollectorRegistry(auto_describe=True)
@@ -185,6 +220,7 @@ def init_metrics(app: Flask) -> RouterMetrics:
         buckets=_LATENCY_BUCKETS,
     )
     metrics = RouterMetrics(registry)
+    metrics.configured(worker_connections, combinations)
 
     @app.before_request
     def leave_unknown_methods_out() -> None:
