@@ -151,12 +151,47 @@ def _refusal(exc: BaseException) -> tuple[int, dict] | None:
     return None
 
 
-class JSONErrorGeventWorker(GeventWorker):
-    """gunicorn's gevent worker, except that the answers gunicorn writes itself are OpenAI JSON, not HTML.
+# How often a worker that cannot load the config files tries again.
+_CONFIG_RETRY_SECONDS = 5
+
+
+class RouterWorker(GeventWorker):
+    """gunicorn's gevent worker with two changes: the answers gunicorn writes itself are OpenAI JSON,
+    not HTML; and a worker started after start-up waits for config files that load, rather than
+    stopping the whole server (gunicorn halts when a worker cannot boot).
 
     A class here rather than in app/: importing anything from the app package would import the
     app, Flask and requests into the master, before gevent patches the workers that fork from it.
     """
+
+    def load_wsgi(self) -> None:
+        # Start-up's own workers (the first ``workers`` of them) still fail, so a router whose
+        # config is broken from the start refuses to start. A later one (a restart after a crash
+        # or a watchdog kill, while the files are being edited) keeps the server up and retries.
+        waiting_for = None
+        while True:
+            try:
+                super().load_wsgi()
+            except Exception as exc:
+                if self.age <= self.cfg.workers or not _is_config_error(exc):
+                    raise
+                if str(exc) != waiting_for:
+                    waiting_for = str(exc)
+                    self.log.error("worker %s waits for config files that load: %s", self.pid, exc)
+                self._idle(_CONFIG_RETRY_SECONDS)
+            else:
+                if waiting_for is not None:
+                    self.log.info("worker %s loaded the config files and serves", self.pid)
+                return
+
+    def _idle(self, seconds: float) -> None:
+        """Wait, telling the master this worker is alive; leave if the master says stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self.alive:
+                sys.exit(0)
+            self.notify()
+            time.sleep(min(1.0, seconds))
 
     def handle_error(self, req, client, addr, exc) -> None:
         addr = addr or ("", -1)  # a unix socket has no peer address
@@ -191,7 +226,17 @@ class JSONErrorGeventWorker(GeventWorker):
         self.log.access(response, req, environ, timedelta(0))
 
 
-worker_class = JSONErrorGeventWorker
+worker_class = RouterWorker
+
+
+def _is_config_error(exc: Exception) -> bool:
+    """Whether ``exc`` is the app refusing its config files or settings (as check-config would)."""
+    # Only ever called in a worker, after gevent's patching, where the app is being imported anyway.
+    from app.catalog import ConfigError
+    from app.settings import SettingsError
+
+    return isinstance(exc, (ConfigError, SettingsError))
+
 
 _OWN_METRICS_PREFIX = "router-metrics-"
 # Prometheus multiprocess mode: workers write samples to files in this directory and /metrics
