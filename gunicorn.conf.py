@@ -301,7 +301,9 @@ def _config_problem() -> str | None:
     # master must not import the app.
     command = [sys.executable, "-m", "app", "check-config"]
     try:
-        check = subprocess.run(command, capture_output=True, text=True, timeout=_CHECK_SECONDS)  # noqa: S603 -- fixed argv
+        check = subprocess.run(  # noqa: S603 -- a fixed command line
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=_CHECK_SECONDS
+        )
     except subprocess.TimeoutExpired:
         return f"check-config did not finish within {_CHECK_SECONDS} s"
     if check.returncode == 0:
