@@ -2,7 +2,8 @@
 
 A reload whose config does not load is refused (the running workers keep serving the last good
 config, one error line, ``router_config_reloads_total{result="failed"}``); the next reload with a
-good config is served; start-up with a broken config still fails.
+good config is served; a worker restarting while the files are broken waits for them instead of
+stopping gunicorn; start-up with a broken config still fails.
 """
 
 from __future__ import annotations
