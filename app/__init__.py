@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # link to Redis starts in the process that uses it.
     cooldowns = open_cooldowns(settings.cooldown_storage)
     selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns)
-    metrics.follow_cooling(selector.cooling_count)
+    metrics.follow_cooling(selector.cooling_by_vendor)
     upstream = Upstream(
         catalog.vendors,
         settings.upstream_connect_timeout,

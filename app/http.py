@@ -13,6 +13,7 @@ import time
 
 import orjson
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
 
 from app.clients import client_name
@@ -76,7 +77,14 @@ def read_json_body() -> dict:
     if request.mimetype not in _CHAT_MIMETYPES:
         got = request.mimetype or "none"
         raise UnsupportedMediaType(f"Content-Type must be application/json; got {got}.")
-    raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past MAX_CONTENT_LENGTH
+    try:
+        raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past MAX_CONTENT_LENGTH
+    except ParseException as exc:
+        # A broken chunked body is only found while reading it: the client's fault (gunicorn then
+        # closes the connection, since where a next request would start is unknown).
+        raise InvalidRequest(
+            f"The request body could not be read: {type(exc).__name__}.", code="invalid_body"
+        ) from None
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit:
         # A chunked body (no Content-Length) is cut at the limit by werkzeug, not refused.

@@ -154,27 +154,30 @@ class RouterMetrics:
             self.vendor_combinations.labels(vendor).set(count)
             self.vendor_cooling.labels(vendor).set(0)
 
-    def follow_cooling(self, count: Callable[[], int], every: float = 1.0) -> None:
-        """Keep ``router_cooling_combinations`` at ``count()``, read in the background every ``every`` s.
+    def follow_cooling(self, count: Callable[[], dict[str, int]], every: float = 1.0) -> None:
+        """Keep the cooling gauges at ``count()`` (cooling combinations per vendor), read in the
+        background every ``every`` s.
 
         Cooldowns end, and other workers' start, while this worker serves nothing: a value written
         only when a request passes would go stale. ``count`` must be a bound method; the thread (a
         greenlet under gevent) ends once its object is garbage, so apps built by tests leave none.
         """
         source = weakref.WeakMethod(count)
-        gauge = self.cooling
+        total, per_vendor = self.cooling, self.vendor_cooling
 
         def follow() -> None:
-            shown = -1
+            shown: dict[str, int] | None = None
             while True:
                 method = source()
                 if method is None:
                     return
-                value = method()
+                counts = method()
                 del method  # hold no reference while asleep
-                if value != shown:  # a gauge write is wasted when nothing changed
-                    gauge.set(value)
-                    shown = value
+                if counts != shown:  # a gauge write is wasted when nothing changed
+                    total.set(sum(counts.values()))
+                    for vendor, value in counts.items():
+                        per_vendor.labels(vendor).set(value)
+                    shown = counts
                 time.sleep(every)
 
         threading.Thread(target=follow, name="cooling-gauge", daemon=True).start()

@@ -40,6 +40,12 @@ MALFORMED = {
         501,
         "unsupported_transfer_coding",
     ),
+    "chunked body with a bad chunk size": (
+        b"POST /v1/chat/completions HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        400,
+        "invalid_body",
+    ),
     "expectation that cannot be met": (
         b"POST /v1/chat/completions HTTP/1.1\r\n" + HOST + b"Expect: 200-ok\r\nContent-Length: 2\r\n\r\n{}",
         417,
@@ -86,7 +92,11 @@ def test_malformed_request_gets_an_openai_json_error_and_the_worker_keeps_servin
 
     assert status == expected_status
     assert headers["content-type"] == "application/json"
-    assert headers["connection"] == "close"
+    # gunicorn answers the ones it finds itself with "Connection: close"; a broken body is found by
+    # the app, whose hop-by-hop headers gunicorn drops, but it closes that connection all the same
+    # (send_raw reads until the server closes).
+    if expected_code != "invalid_body":
+        assert headers["connection"] == "close"
     assert int(headers["content-length"]) == len(body)
     error = json.loads(body)["error"]
     assert error["type"] == "invalid_request_error"
