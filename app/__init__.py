@@ -52,18 +52,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     catalog = load_catalog(settings)
-    register_secrets([credential.secret for credential in catalog.credentials] + list(settings.api_keys))
+    register_secrets(
+        [credential.secret for credential in catalog.credentials] + [client.key for client in settings.api_keys]
+    )
     _report(settings, catalog)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep OpenAI's field order in JSON answers
-    metrics = init_metrics(app)
+    metrics = init_metrics(app, settings.worker_connections, catalog.combinations)
     # Built here, in the worker (never the master: no preload), so a shared book's background
     # link to Redis starts in the process that uses it.
     cooldowns = open_cooldowns(settings.cooldown_storage)
     selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns)
-    metrics.follow_cooling(selector.cooling_count)
+    metrics.follow_cooling(selector.cooling_by_vendor)
     upstream = Upstream(
         catalog.vendors,
         settings.upstream_connect_timeout,
@@ -86,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings,
     )
 
-    install_http_edge(app)
+    install_http_edge(app, metrics)
     # Hook order is request order: preflights need no key, and only a proven key is counted.
     install_cors(app, settings.cors_origins)
     install_client_auth(app, settings)

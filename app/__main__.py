@@ -45,11 +45,35 @@ def check_config() -> int:
                 f"    {combination.key:40} key {combination.credential.masked()}  weight {combination.weight:g}  "
                 f"share {share(combination, combinations):.1f}%"
             )
+    print(failure_handling(settings))
     for vendor in catalog.vendors_without_credentials:
         print(f"warning: vendor {vendor} has models but no credentials; its requests would get 503")
     for warning in catalog.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+def failure_handling(settings: Settings) -> str:
+    """The limits that decide what happens when a vendor is slow or fails, one line each."""
+
+    def seconds(value: float | None) -> str:
+        return "off" if value is None else f"{value:g} s"
+
+    return "\n".join(
+        [
+            "failure handling:",
+            f"  attempts per request (MAX_ATTEMPTS)          {settings.max_attempts}",
+            f"  request deadline (REQUEST_TIMEOUT)           {seconds(settings.request_timeout)}",
+            f"  connect / read (UPSTREAM_*_TIMEOUT)          {seconds(settings.upstream_connect_timeout)} / "
+            f"{seconds(settings.upstream_read_timeout)}",
+            f"  first token, streams (FIRST_TOKEN_TIMEOUT)   {seconds(settings.first_token_timeout)}",
+            f"  hedge after (HEDGE_AFTER_SECONDS)            {seconds(settings.hedge_after_seconds)}",
+            f"  cooldown (COOLDOWN_SECONDS, storage)         {seconds(settings.cooldown_seconds)}, "
+            f"{settings.cooldown_storage.split('://')[0]}",
+            f"  silent client (CLIENT_SEND_TIMEOUT)          {seconds(settings.client_send_timeout)}",
+            f"  vendor CAs (REQUESTS_CA_BUNDLE/SSL_CERT_FILE) {settings.ca_bundle or 'built-in bundle'}",
+        ]
+    )
 
 
 def credentials_source(catalog: Catalog) -> str:

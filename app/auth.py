@@ -3,7 +3,9 @@
 With ``ROUTER_API_KEYS`` set, every ``/v1/*`` request (and ``/metrics`` when
 ``METRICS_REQUIRE_KEY``) must carry ``Authorization: Bearer <key>``, which is what the OpenAI SDKs
 send from their ``api_key``. The key is compared in constant time against every configured key;
-the client's identity for rate limits is a hash of the key it proved, never the key itself.
+the client it proves is known by its configured name, and for rate limits by a hash of the key,
+never the key itself. An address that failed the check too often (``AUTH_FAILURE_LIMIT``) is
+refused before its key is even looked at.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import hashlib
 import hmac
 import logging
 
-from flask import Flask, g, request
+from flask import Flask, request
 
-from app.errors import AuthenticationFailed
+from app.clients import Client, remember_client
+from app.errors import AuthenticationFailed, RateLimited
 from app.http import is_api_path
-from app.settings import Settings
+from app.limits import AuthFailureLimit, client_address
+from app.settings import ClientKey, Settings
 
-__all__ = ["ClientKeys", "client_identity", "install_client_auth"]
+__all__ = ["ClientKeys", "install_client_auth"]
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +36,26 @@ def _digest(key: bytes) -> bytes:
 
 
 class ClientKeys:
-    """The configured client keys, kept only as digests, and the rate-limit identity of each."""
+    """The configured client keys, kept only as digests, and the client each one proves."""
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        self._digests = [_digest(key.encode()) for key in keys]
+    def __init__(self, keys: tuple[ClientKey, ...]) -> None:
+        self._digests = [_digest(client.key.encode()) for client in keys]
         # The identity is stored in the rate-limit backend (Redis), so it is a hash of the key,
         # and a different one from the digest compared above.
-        self._identities = [
-            "key:" + hashlib.sha256(b"router-rate-limit\0" + key.encode()).hexdigest()[:32] for key in keys
+        self._clients = [
+            Client(client.name, "key:" + hashlib.sha256(b"router-rate-limit\0" + client.key.encode()).hexdigest()[:32])
+            for client in keys
         ]
 
     def __bool__(self) -> bool:
         return bool(self._digests)
 
-    def identify(self, presented: bytes) -> str | None:
-        """The identity of the configured key equal to ``presented``, or None; constant time per key."""
+    def identify(self, presented: bytes) -> Client | None:
+        """The client whose configured key equals ``presented``, or None; constant time per key."""
         given = _digest(presented)
         # Every configured key is compared, whichever matches: no early exit.
         matches = [hmac.compare_digest(given, digest) for digest in self._digests]
-        return self._identities[matches.index(True)] if any(matches) else None
+        return self._clients[matches.index(True)] if any(matches) else None
 
 
 def install_client_auth(app: Flask, settings: Settings) -> None:
@@ -62,10 +67,13 @@ def install_client_auth(app: Flask, settings: Settings) -> None:
             "the vendor keys it holds; set ROUTER_API_KEYS or ROUTER_API_KEYS_FILE"
         )
         return
+    failures = AuthFailureLimit(settings.auth_failure_limit, settings.rate_limit_storage)
     log.info(
-        "client keys required on /v1/*%s (%d keys)",
+        "client keys required on /v1/*%s (%d clients: %s); at most %s failed key checks per client address",
         " and /metrics" if settings.metrics_require_key else "",
         len(settings.api_keys),
+        ", ".join(client.name for client in settings.api_keys),
+        settings.auth_failure_limit,
     )
 
     def protected(path: str) -> bool:
@@ -76,25 +84,26 @@ def install_client_auth(app: Flask, settings: Settings) -> None:
         # holds no data; requiring a key would only break browsers.
         if request.method == "OPTIONS" or not protected(request.path):
             return
+        address = client_address()
+        # Refused before the key is looked at: a guesser learns nothing, not even from a right guess.
+        wait = failures.wait_seconds(address)
+        if wait is not None:
+            raise RateLimited(
+                f"Too many failed API key checks from this address. Try again in {wait} s.",
+                headers={"Retry-After": str(wait)},
+            )
         scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
+            failures.failed(address)
             raise AuthenticationFailed(
                 "Missing API key. Send it in the header 'Authorization: Bearer <key>'.", headers=_CHALLENGE
             )
         # Header values reach WSGI as latin-1 text; encoding back gives the bytes the client sent.
-        identity = keys.identify(presented.encode("latin-1", errors="replace"))
-        if identity is None:
+        client = keys.identify(presented.encode("latin-1", errors="replace"))
+        if client is None:
+            failures.failed(address)
             raise AuthenticationFailed("Incorrect API key provided.", headers=_CHALLENGE)
-        g.client_identity = identity
+        remember_client(client)
 
     app.before_request(check_key)
-
-
-def client_identity() -> str:
-    """Who is calling: the hash of the proven client key, else the client's address."""
-    identity = g.get("client_identity")
-    if identity:
-        return identity
-    # Behind trusted proxies ProxyFix has already put the real client address here.
-    return "ip:" + (request.remote_addr or "unknown")

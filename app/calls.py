@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from app.settings import ANONYMOUS_CLIENT
+
 __all__ = ["DEFAULT_MODEL_NAME", "ClientCall"]
 
 # A client that names no model gets the router's choice, reported under this name.
@@ -17,7 +19,7 @@ class ClientCall:
 
     body: dict[str, Any]
     vendor: str | None = None
-    client: str = "anonymous"
+    client: str = ANONYMOUS_CLIENT  # the configured name of the client whose key was proven
 
     @property
     def requested_model(self) -> str:

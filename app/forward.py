@@ -184,7 +184,7 @@ class Forwarder:
         self._metrics.streams_in_flight.dec()
         seconds = time.perf_counter() - answer.started
         self._metrics.stream_ended(combination, answer.outcome, seconds)
-        self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage)
+        self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage, client)
         outcome = answer.outcome
         if outcome == "client_gone":
             self._metrics.client_disconnects.labels("streaming").inc()
@@ -396,7 +396,7 @@ class _Request:
             answer = call.exchange.answer(document)
         except UnusableAnswer as problem:
             raise _bad_answer(combination, str(problem)) from None
-        self._f._metrics.counted_tokens(combination, document.get("usage"))
+        self._f._metrics.counted_tokens(combination, document.get("usage"), call.client)
         return WholeAnswer(answer)
 
     def _stream_attempt(self, attempt: _Attempt, body: bytes) -> StreamAnswer:

@@ -1,4 +1,4 @@
-"""The HTTP edge shared by every route: request ids, the access log line, and JSON errors.
+"""The HTTP edge shared by every route: request ids, the access log line, requests per client, JSON errors.
 
 Every error leaves as OpenAI-shaped JSON: the router's own (RouterError), Flask's and Werkzeug's
 (404, 405, 413, ... which are HTML by default) and any unexpected exception (500, logged).
@@ -13,8 +13,10 @@ import time
 
 import orjson
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
 
+from app.clients import client_name
 from app.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -25,6 +27,7 @@ from app.errors import (
     error_body,
 )
 from app.logs import request_id_var
+from app.metrics import RouterMetrics
 
 __all__ = ["error_response", "install_http_edge", "read_json_body"]
 
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 # and headers, so nothing that could forge a log line or a header is accepted.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
 _CHAT_MIMETYPES = frozenset({"application/json"})
-_ACCESS_FIELDS = ("method", "path", "status", "vendor", "model", "attempts", "duration_ms", "ttfb_ms")
+_ACCESS_FIELDS = ("method", "path", "status", "client", "vendor", "model", "attempts", "duration_ms", "ttfb_ms")
 _ACCESS_FORMAT = " ".join(f"{field}=%s" for field in _ACCESS_FIELDS)
 
 
@@ -44,10 +47,19 @@ def is_api_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
-def install_http_edge(app: Flask) -> None:
-    """Register the request-id hooks, the access log and the JSON error handlers on ``app``."""
+def install_http_edge(app: Flask, metrics: RouterMetrics) -> None:
+    """Register the request-id hooks, the access log, the per-client count and the JSON error handlers."""
     app.before_request(_begin)
     app.after_request(_end)
+
+    @app.after_request
+    def count_client_request(response: Response) -> Response:
+        # Every /v1 request once, errors included (401s and 429s too, as the anonymous client).
+        if is_api_path(request.path):
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.client_requests.labels(client_name(), route, f"{response.status_code // 100}xx").inc()
+        return response
+
     app.register_error_handler(RouterError, error_response)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(Exception, _unexpected)
@@ -65,7 +77,14 @@ def read_json_body() -> dict:
     if request.mimetype not in _CHAT_MIMETYPES:
         got = request.mimetype or "none"
         raise UnsupportedMediaType(f"Content-Type must be application/json; got {got}.")
-    raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past MAX_CONTENT_LENGTH
+    try:
+        raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past MAX_CONTENT_LENGTH
+    except ParseException as exc:
+        # A broken chunked body is only found while reading it: the client's fault (gunicorn then
+        # closes the connection, since where a next request would start is unknown).
+        raise InvalidRequest(
+            f"The request body could not be read: {type(exc).__name__}.", code="invalid_body"
+        ) from None
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit:
         # A chunked body (no Content-Length) is cut at the limit by werkzeug, not refused.
@@ -96,7 +115,7 @@ def _end(response: Response) -> Response:
     started = g.get("started", time.perf_counter())
     ttfb = time.perf_counter() - started
     method, path, status = request.method, request.path, response.status_code
-    request_id = g.get("request_id", "-")
+    request_id, client = g.get("request_id", "-"), client_name()
 
     def log_line() -> None:
         headers = response.headers
@@ -104,6 +123,7 @@ def _end(response: Response) -> Response:
             "method": method,
             "path": path,
             "status": status,
+            "client": client,
             "vendor": headers.get("X-Vendor-Source"),
             "model": headers.get("X-Model-Source"),
             "attempts": int(headers.get("X-Router-Attempts", 0)),

@@ -1,10 +1,12 @@
-"""Rate limits per client with flask-limiter, counted in memory or shared through Redis.
+"""Rate limits per client with flask-limiter, and a limit on failed key checks per address.
 
 ``RATE_LIMIT`` (flask-limiter syntax, e.g. ``60/minute;1000/hour``) is one budget per client, the
-client being its key (a hash of it) or, with keys off, its address. The chat, Responses, embeddings
-and models routes draw from the same budget; /health and /metrics never do. When the shared
-storage (Redis) cannot be reached the router keeps serving: flask-limiter falls back to counting
-in each worker's memory and goes back to the storage once it answers again.
+client being its key (a hash of it) or, with keys off, its address; a named client's
+``RATE_LIMIT_<NAME>`` replaces it for that client. The chat, Responses, embeddings and models
+routes draw from the same budget; /health and /metrics never do. ``AUTH_FAILURE_LIMIT`` counts
+failed key checks per client address, so nobody can guess keys at speed. When the shared storage
+(Redis) cannot be reached the router keeps serving: both count in each worker's memory and go
+back to the storage once it answers again.
 """
 
 from __future__ import annotations
@@ -13,21 +15,25 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, request
 from flask_limiter import Limiter, RateLimitExceeded
+from limits import RateLimitItem, parse_many
 from limits.errors import ConfigurationError
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.auth import client_identity
+from app.clients import client_name, current_client
 from app.errors import RateLimited
 from app.http import error_response
 from app.redact import register_secrets, without_password
 from app.settings import Settings, SettingsError
 
-__all__ = ["install_rate_limits"]
+__all__ = ["AuthFailureLimit", "client_address", "client_identity", "install_rate_limits"]
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +44,24 @@ _REDIS_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry":
 _REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 # All router keys in the storage start with this, apart from other users of the same Redis.
 _KEY_PREFIX = "generative-api-router"
+# While the storage is down, the failed-auth count tries it again this often (each try of a dead
+# Redis costs the request that makes it up to about a second).
+_RETRY_STORAGE_SECONDS = 10.0
+_T = TypeVar("_T")
 
 
 def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Blueprint, ...]) -> None:
-    """Limit requests to ``blueprints`` per client as ``settings.rate_limit`` says (if it says any)."""
-    if not settings.rate_limit:
+    """Limit requests to ``blueprints`` per client as ``RATE_LIMIT`` and ``RATE_LIMIT_<NAME>`` say (if any do)."""
+    own_limits = {client.name: client.rate_limit for client in settings.api_keys if client.rate_limit}
+    if not settings.rate_limit and not own_limits:
         return
     storage = settings.rate_limit_storage
-    where = without_password(storage)
-    parts = urlsplit(storage)
-    password, scheme = parts.password, parts.scheme
-    if password:
-        register_secrets([password])
+    where, scheme = without_password(storage), urlsplit(storage).scheme
+    _register_password(storage)
     limiter = Limiter(
         client_identity,
         storage_uri=storage,
-        storage_options=dict(_REDIS_OPTIONS) if scheme in _REDIS_SCHEMES else {},
+        storage_options=_storage_options(storage),
         # The window starts at a client's first call: fixed windows cost one counter per client.
         strategy="fixed-window",
         key_prefix=_KEY_PREFIX,
@@ -69,9 +77,14 @@ def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Bluepr
     try:
         limiter.init_app(app)
     except ConfigurationError as exc:
-        reason = str(exc).replace(password, "***") if password else str(exc)
-        raise SettingsError(f"RATE_LIMIT_STORAGE {where} cannot be used: {reason}") from None
-    budget = limiter.shared_limit(settings.rate_limit, scope="api")
+        raise SettingsError(f"RATE_LIMIT_STORAGE {where} cannot be used: {_hide(exc, storage)}") from None
+
+    def client_limit() -> str:
+        return own_limits.get(client_name(), settings.rate_limit)
+
+    # Evaluated per request: the limit of whoever proved their key (RATE_LIMIT for the others); a
+    # client with neither is not limited at all.
+    budget = limiter.shared_limit(client_limit, scope="api", exempt_when=lambda: not client_limit())
     for blueprint in blueprints:
         budget(blueprint)
 
@@ -83,7 +96,89 @@ def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Bluepr
             "rate-limit storage %s does not answer: limits count per worker process, in memory, until it does",
             where,
         )
-    log.info("rate limit %s per client, counted in %s", settings.rate_limit, where)
+    log.info(
+        "rate limit %s per client%s, counted in %s",
+        settings.rate_limit or "none",
+        "".join(f"; {name}: {limit}" for name, limit in own_limits.items()),
+        where,
+    )
+
+
+def client_identity() -> str:
+    """Who is calling, for rate limits: the hash of the proven client key, else the client's address."""
+    client = current_client()
+    if client is not None:
+        return client.identity
+    return "ip:" + client_address()
+
+
+def client_address() -> str:
+    # Behind trusted proxies ProxyFix has already put the real client address here.
+    return request.remote_addr or "unknown"
+
+
+class AuthFailureLimit:
+    """Failed client-key checks per client address; an address over the limit is refused outright.
+
+    Counted in the rate-limit storage, so with Redis every worker and instance sees one count.
+    While that storage is unreachable each worker counts in its own memory and tries the storage
+    again every ``_RETRY_STORAGE_SECONDS``.
+    """
+
+    def __init__(self, limit: str, storage: str) -> None:
+        self._items: list[RateLimitItem] = parse_many(limit)
+        self._where = without_password(storage)
+        _register_password(storage)
+        try:
+            shared = storage_from_string(storage, **_storage_options(storage))
+        except ConfigurationError as exc:
+            raise SettingsError(f"RATE_LIMIT_STORAGE {self._where} cannot be used: {_hide(exc, storage)}") from None
+        self._shared = FixedWindowRateLimiter(shared)
+        self._memory = FixedWindowRateLimiter(MemoryStorage())
+        self._shared_down_since: float | None = None
+
+    def wait_seconds(self, address: str) -> int | None:
+        """Seconds until ``address`` may try a key again, or None if it is not over the limit."""
+        return self._counting(lambda counter: self._wait(counter, address))
+
+    def failed(self, address: str) -> None:
+        """Count one failed key check from ``address``."""
+        self._counting(lambda counter: self._hit(counter, address))
+
+    def _wait(self, counter: FixedWindowRateLimiter, address: str) -> int | None:
+        exhausted = [item for item in self._items if not counter.test(item, *self._ids(address))]
+        if not exhausted:
+            return None
+        reset_at = max(counter.get_window_stats(item, *self._ids(address)).reset_time for item in exhausted)
+        return max(math.ceil(reset_at - time.time()), 1)
+
+    def _hit(self, counter: FixedWindowRateLimiter, address: str) -> None:
+        for item in self._items:
+            counter.hit(item, *self._ids(address))
+
+    @staticmethod
+    def _ids(address: str) -> tuple[str, ...]:
+        return (_KEY_PREFIX, "auth-failures", address)
+
+    def _counting(self, action: Callable[[FixedWindowRateLimiter], _T]) -> _T:
+        """``action`` on the shared counter, or on this worker's own while the shared one is down."""
+        down_since = self._shared_down_since
+        if down_since is not None and time.monotonic() - down_since < _RETRY_STORAGE_SECONDS:
+            return action(self._memory)
+        try:
+            result = action(self._shared)
+        except Exception:
+            if down_since is None:
+                log.error(
+                    "auth-failure storage %s unreachable: failed key checks now count per worker process in memory",
+                    self._where,
+                )
+            self._shared_down_since = time.monotonic()
+            return action(self._memory)
+        if down_since is not None:
+            self._shared_down_since = None
+            log.warning("auth-failure storage %s answers again: failed key checks are counted there again", self._where)
+        return result
 
 
 def _too_many_requests(limiter: Limiter) -> Callable[[RateLimitExceeded], Response]:
@@ -154,3 +249,19 @@ class _StorageLog(logging.Filter):
         else:
             return record.levelno >= logging.getLogger().getEffectiveLevel()
         return True
+
+
+def _storage_options(storage: str) -> dict[str, object]:
+    return dict(_REDIS_OPTIONS) if urlsplit(storage).scheme in _REDIS_SCHEMES else {}
+
+
+def _register_password(storage: str) -> None:
+    """Register the storage URL's password as a secret, so no log line can show it."""
+    password = urlsplit(storage).password
+    if password:
+        register_secrets([password])
+
+
+def _hide(exc: Exception, storage: str) -> str:
+    password = urlsplit(storage).password
+    return str(exc).replace(password, "***") if password else str(exc)

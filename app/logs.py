@@ -1,13 +1,16 @@
 """Logging: one format for the whole process, the request id on every line, secrets redacted.
 
 The request id lives in a context variable, which greenlets keep apart, so every line logged while
-serving a request carries that request's id without passing it around.
+serving a request carries that request's id without passing it around. A log line is one line:
+control characters that reach a message from outside (a path with %0A, a vendor's error text) are
+written as escapes, so nobody can forge a line or drive a terminal through the router's logs.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 
@@ -15,11 +18,27 @@ import orjson
 
 from app.redact import redact
 
-__all__ = ["configure_logging", "request_id_var"]
+__all__ = ["JSONFormatter", "TextFormatter", "configure_logging", "escape_controls", "request_id_var"]
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+# C0 controls (CR, LF, ESC, ...), DEL, C1 controls (NEL, CSI, ...) and the Unicode line and
+# paragraph separators: each ends or rewrites a line in some terminal, viewer or log reader.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# What JSON allows raw inside a string but line-splitting readers still break on.
+_JSON_RAW_CONTROL = re.compile("[\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: every control character written as ``\\n``, ``\\x1b``, ``\\u2028``..."""
+    return _CONTROL.sub(_escaped, text)
 
 
 class _RequestContext(logging.Filter):
@@ -55,13 +74,36 @@ class JSONFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_text:
             entry["exception"] = record.exc_text
-        return orjson.dumps(entry, default=str).decode()
+        # orjson escapes C0 controls; the others are valid raw in JSON, and written as \\u escapes here.
+        return _JSON_RAW_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", orjson.dumps(entry, default=str).decode())
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL [request id] logger: message``, the message on one line whatever it holds.
+
+    A traceback (the router's own text, though it may quote outside text) follows on lines of its
+    own, each indented: a line that starts at the left margin always starts a new record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = escape_controls(self.formatMessage(record))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for block in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if block:
+                text += "".join("\n  " + escape_controls(line) for line in block.split("\n"))
+        return text
 
 
 def configure_logging(level: str, fmt: str) -> None:
     """Send the app's logs (and anything else on the root logger) to stdout in the chosen format."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_RequestContext())
     root = logging.getLogger()
     # Replace, not add: create_app may run more than once in a process (tests, reloads).

@@ -3,8 +3,9 @@
 Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker imports prometheus_client
 (gunicorn.conf.py sees to it), every worker writes its samples to files there, and ``/metrics``
 sums them, so the numbers are the whole server's whatever worker answers the scrape. Labels are
-only ever configured names (vendor, model, credential label) and fixed sets of words (outcome,
-status class, phase): nothing a client sends can create a new time series.
+only ever configured names (vendor, model, credential label, client name), route patterns and
+fixed sets of words (outcome, status class, phase): nothing a client sends can create a new time
+series.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
 
 from flask import Flask, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -92,6 +94,29 @@ class RouterMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # Per vendor, beside the configured count, so an alert can tell "every combination of
+        # this vendor is cooling down" (the vendor is out of rotation) from "some are".
+        self.vendor_cooling = Gauge(
+            "router_vendor_cooling_combinations",
+            "Combinations of a vendor the selector skips now after a failure (the highest count among live workers).",
+            ["vendor"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.vendor_combinations = Gauge(
+            "router_vendor_combinations",
+            "Combinations configured for a vendor (credentials x models).",
+            ["vendor"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        # Summed over live workers it is the server's capacity, the ceiling for open streams.
+        self.connections_limit = Gauge(
+            "router_worker_connections_limit",
+            "Requests (streams included) the live workers may hold at once: WORKER_CONNECTIONS summed over them.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.client_disconnects = Counter(
             "router_client_disconnects",
             "Clients that went away before their answer was complete, by phase (waiting, streaming).",
@@ -100,8 +125,14 @@ class RouterMetrics:
         )
         self.tokens = Counter(
             "router_tokens",
-            "Tokens reported by vendors in usage, by kind (prompt, completion).",
-            ["vendor", "model", "kind"],
+            "Tokens reported by vendors in usage, by kind (prompt, completion) and client.",
+            ["vendor", "model", "kind", "client"],
+            registry=registry,
+        )
+        self.client_requests = Counter(
+            "router_client_requests",
+            "Requests to /v1 by client name (anonymous without a proven key), route pattern and status class.",
+            ["client", "route", "status_class"],
             registry=registry,
         )
         self.unknown_methods = Counter(
@@ -116,27 +147,37 @@ class RouterMetrics:
             registry=registry,
         )
 
-    def follow_cooling(self, count: Callable[[], int], every: float = 1.0) -> None:
-        """Keep ``router_cooling_combinations`` at ``count()``, read in the background every ``every`` s.
+    def configured(self, worker_connections: int, combinations: Iterable[Combination]) -> None:
+        """Publish this worker's capacity and each vendor's combinations (none cooling yet)."""
+        self.connections_limit.set(worker_connections)
+        for vendor, count in Tally(combination.vendor.name for combination in combinations).items():
+            self.vendor_combinations.labels(vendor).set(count)
+            self.vendor_cooling.labels(vendor).set(0)
+
+    def follow_cooling(self, count: Callable[[], dict[str, int]], every: float = 1.0) -> None:
+        """Keep the cooling gauges at ``count()`` (cooling combinations per vendor), read in the
+        background every ``every`` s.
 
         Cooldowns end, and other workers' start, while this worker serves nothing: a value written
         only when a request passes would go stale. ``count`` must be a bound method; the thread (a
         greenlet under gevent) ends once its object is garbage, so apps built by tests leave none.
         """
         source = weakref.WeakMethod(count)
-        gauge = self.cooling
+        total, per_vendor = self.cooling, self.vendor_cooling
 
         def follow() -> None:
-            shown = -1
+            shown: dict[str, int] | None = None
             while True:
                 method = source()
                 if method is None:
                     return
-                value = method()
+                counts = method()
                 del method  # hold no reference while asleep
-                if value != shown:  # a gauge write is wasted when nothing changed
-                    gauge.set(value)
-                    shown = value
+                if counts != shown:  # a gauge write is wasted when nothing changed
+                    total.set(sum(counts.values()))
+                    for vendor, value in counts.items():
+                        per_vendor.labels(vendor).set(value)
+                    shown = counts
                 time.sleep(every)
 
         threading.Thread(target=follow, name="cooling-gauge", daemon=True).start()
@@ -153,20 +194,24 @@ class RouterMetrics:
     def failed_over(self, combination: Combination) -> None:
         self.failovers.labels(combination.vendor.name, combination.model.id).inc()
 
-    def counted_tokens(self, combination: Combination, usage: object) -> None:
+    def counted_tokens(self, combination: Combination, usage: object, client: str) -> None:
         if not isinstance(usage, dict):
             return
         for kind in ("prompt", "completion"):
             value = usage.get(f"{kind}_tokens")
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                self.tokens.labels(combination.vendor.name, combination.model.id, kind).inc(value)
+                self.tokens.labels(combination.vendor.name, combination.model.id, kind, client).inc(value)
 
     def stream_ended(self, combination: Combination, outcome: str, seconds: float) -> None:
         self.stream_duration.labels(combination.vendor.name, combination.model.id, outcome).observe(seconds)
 
 
-def init_metrics(app: Flask) -> RouterMetrics:
-    """Serve /metrics on ``app`` and return the router's metrics to record into."""
+def init_metrics(app: Flask, worker_connections: int, combinations: Iterable[Combination]) -> RouterMetrics:
+    """Serve /metrics on ``app`` and return the router's metrics to record into.
+
+    ``worker_connections`` and ``combinations`` are published at once, so capacity and the
+    per-vendor series exist before the first request.
+    """
     # A registry per app, not the global one: tests build many apps in one process. Under
     # gunicorn the exporter ignores it and reads every worker's files instead.
     registry = CollectorRegistry(auto_describe=True)
@@ -178,6 +223,7 @@ def init_metrics(app: Flask) -> RouterMetrics:
         buckets=_LATENCY_BUCKETS,
     )
     metrics = RouterMetrics(registry)
+    metrics.configured(worker_connections, combinations)
 
     @app.before_request
     def leave_unknown_methods_out() -> None:

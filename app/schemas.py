@@ -24,7 +24,7 @@ MAX_TOOLS = 512
 # total 10 MB of them would hold a worker for seconds.
 MAX_TOOL_CALLS = 4096
 MAX_NAME_LENGTH = 256
-# \Z, not $: "$" would accept a name ending in a newline (STACK.md rule 16).
+# \Z, not $: "$" would accept a name ending in a newline.
 TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}\Z"
 
 

@@ -86,6 +86,7 @@ class Selector:
         # The book and the selector must tell time alike: deadlines are ``clock()`` values.
         self._cooldowns = cooldowns if cooldowns is not None else Cooldowns(clock)
         self._configured_models = {model.id for model in catalog.models}
+        self._vendors_in_use = tuple(dict.fromkeys(c.vendor.name for c in catalog.combinations))
         # Candidate lists are computed once per (vendor filter, model name, kind, needs): a request
         # pays a dict lookup, not a scan of every combination. Names that are neither an alias nor
         # a configured model share one entry, so clients cannot grow the cache.
@@ -144,6 +145,16 @@ class Selector:
     def cooling_count(self) -> int:
         """How many combinations are cooling down now, by this worker's view of the book."""
         return self._cooldowns.cooling_count(self._clock())
+
+    def cooling_by_vendor(self) -> dict[str, int]:
+        """Combinations cooling down now per vendor (every vendor with combinations, zeros included)."""
+        now = self._clock()
+        until = self._cooldowns.until
+        counts = dict.fromkeys(self._vendors_in_use, 0)
+        for combination in self._catalog.combinations:
+            if until(combination.key) > now:
+                counts[combination.vendor.name] += 1
+        return counts
 
     def _draw(self, candidates: Sequence[Combination], fresh: list[Combination]) -> Combination:
         if len(fresh) == 1:

@@ -11,13 +11,31 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["ANONYMOUS_CLIENT", "ClientKey", "Settings", "SettingsError", "rate_limit_variable"]
+
+# What a request that proved no client key is called in logs and metrics (with keys off: everyone).
+ANONYMOUS_CLIENT = "anonymous"
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value the router cannot use."""
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A client key and the name that stands for it in logs, metrics and ``RATE_LIMIT_<NAME>``."""
+
+    name: str
+    key: str = field(repr=False)  # a repr (test output, debugging) must never show the key
+    # This client's own flask-limiter limit instead of RATE_LIMIT; empty: RATE_LIMIT applies.
+    rate_limit: str = ""
+
+
+def rate_limit_variable(name: str) -> str:
+    """The variable holding a client's own limit: ``team.a`` -> ``RATE_LIMIT_TEAM_A``."""
+    return "RATE_LIMIT_" + re.sub(r"[^A-Z0-9_]", "_", name.upper())
 
 
 @dataclass(frozen=True)
@@ -74,13 +92,16 @@ class Settings:
 
     max_body_bytes: int = 10 * 1024 * 1024
 
-    # Client authentication: empty means the router is open (a warning is logged at start).
-    api_keys: tuple[str, ...] = ()
+    # Client authentication: empty means the router is open (a warning is logged at start). A bare
+    # string is a key named like an unnamed ROUTER_API_KEYS entry: key-1, key-2, ...
+    api_keys: tuple[ClientKey | str, ...] = ()
     # Require a client key for /metrics too (off: Prometheus scrapers usually carry no key).
     metrics_require_key: bool = False
 
     # flask-limiter rate limit string, e.g. "60/minute;1000/hour"; empty means no limit.
     rate_limit: str = ""
+    # flask-limiter notation: failed client-key checks allowed per client address, then 429.
+    auth_failure_limit: str = "20/minute"
     # memory:// counts in each worker process; redis://host:port/db is shared by every worker and
     # instance pointed at it (app/limits.py: fails open, per worker, while Redis is down).
     rate_limit_storage: str = "memory://"
@@ -95,6 +116,8 @@ class Settings:
     worker_connections: int = 1000
 
     def __post_init__(self) -> None:
+        keys = _name_bare_keys(self.api_keys)
+        object.__setattr__(self, "api_keys", keys)  # frozen: the one normalisation, at construction
         # Asking for a closed /metrics on an open router would silently leave it open.
         if self.metrics_require_key and not self.api_keys:
             raise SettingsError("METRICS_REQUIRE_KEY needs client keys: set ROUTER_API_KEYS or ROUTER_API_KEYS_FILE")
@@ -123,9 +146,10 @@ class Settings:
             client_send_timeout=reader.number("CLIENT_SEND_TIMEOUT", cls.client_send_timeout),
             ca_bundle=_read_ca_bundle(reader),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
-            api_keys=_read_api_keys(reader),
+            api_keys=_read_client_keys(reader),
             metrics_require_key=reader.boolean("METRICS_REQUIRE_KEY", cls.metrics_require_key),
-            rate_limit=_read_rate_limit(reader),
+            rate_limit=_read_rate_limit(reader, "RATE_LIMIT"),
+            auth_failure_limit=_read_rate_limit(reader, "AUTH_FAILURE_LIMIT") or cls.auth_failure_limit,
             rate_limit_storage=reader.text("RATE_LIMIT_STORAGE", cls.rate_limit_storage),
             trusted_proxies=reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
             cors_origins=_read_origins(reader),
@@ -133,19 +157,104 @@ class Settings:
         )
 
 
-def _read_api_keys(reader: _Reader) -> tuple[str, ...]:
-    """Client keys from ROUTER_API_KEYS and/or the file named by ROUTER_API_KEYS_FILE."""
-    keys = list(reader.items("ROUTER_API_KEYS"))
+def _read_client_keys(reader: _Reader) -> tuple[ClientKey, ...]:
+    """Named client keys from ROUTER_API_KEYS (``key`` or ``name=key``) and ROUTER_API_KEYS_FILE.
+
+    Errors name the variable and the entry's position or the file's line, never the entry itself:
+    a malformed entry may be a key, or hold part of one.
+    """
+    entries: list[tuple[str, str | None, str]] = []  # (where, name or None, key)
+    for position, entry in enumerate(reader.raw("ROUTER_API_KEYS").split(","), 1):
+        entry = entry.strip()
+        if not entry:
+            continue
+        where = f"ROUTER_API_KEYS entry {position}"
+        name, separator, key = entry.partition("=")
+        if not separator:
+            entries.append((where, None, entry))
+        elif not key.strip() or key.startswith("="):
+            # "abc==" is a base64 key's padding, not "name=key": its first part must not become a name.
+            raise SettingsError(f"{where}: expected key or name=key (a key containing '=' needs a name: name=key)")
+        else:
+            entries.append((where, name.strip(), key.strip()))
     path = reader.text("ROUTER_API_KEYS_FILE", "")
     if path:
         try:
             with open(path, encoding="utf-8") as handle:
                 lines = handle.read().splitlines()
-        except OSError as exc:
-            raise SettingsError(f"ROUTER_API_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
-        # One key per line; blank lines and lines starting with '#' are ignored.
-        keys.extend(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
-    return tuple(dict.fromkeys(keys))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SettingsError(f"ROUTER_API_KEYS_FILE: cannot read {path}: {reason}") from None
+        for number, line in enumerate(lines, 1):
+            words = line.split()
+            # Blank lines and lines starting with '#' are ignored.
+            if not words or words[0].startswith("#"):
+                continue
+            where = f"ROUTER_API_KEYS_FILE {path} line {number}"
+            if len(words) > 2:
+                raise SettingsError(f"{where}: expected 'key' or 'name key'")
+            entries.append((where, words[0], words[1]) if len(words) == 2 else (where, None, words[0]))
+    return _named_keys(entries, reader)
+
+
+def _named_keys(entries: list[tuple[str, str | None, str]], reader: _Reader) -> tuple[ClientKey, ...]:
+    """Check names, name the unnamed ones key-1, key-2, ... and attach each client's own limit."""
+    clients: list[ClientKey] = []
+    first_seen: dict[str, str] = {}  # name, key or limit variable -> the entry that used it first
+    unnamed = 0
+    for where, given, key in entries:
+        if given is None:
+            unnamed += 1
+            name = f"key-{unnamed}"
+            where += f" (unnamed, so {name})"
+        else:
+            name = given
+            _check_name(name, where)
+        variable = rate_limit_variable(name)
+        uses = (("name", "name:" + name), ("key", "key:" + key), (f"limit variable {variable}", "var:" + variable))
+        for what, value in uses:
+            if value in first_seen:
+                raise SettingsError(f"{where} has the same {what} as {first_seen[value]}; each must be unique")
+            first_seen[value] = where
+        clients.append(ClientKey(name, key, _read_rate_limit(reader, variable)))
+    return tuple(clients)
+
+
+def _check_name(name: str, where: str) -> None:
+    if not _CLIENT_NAME.match(name):
+        # The name is not quoted: a malformed entry may be (part of) a key.
+        raise SettingsError(f"{where}: a client name must be 1-64 characters of A-Z a-z 0-9 _ . -")
+    if name.lower() == ANONYMOUS_CLIENT:
+        raise SettingsError(f"{where}: the name {ANONYMOUS_CLIENT} is reserved for requests without a key")
+    if rate_limit_variable(name) in _RESERVED_VARIABLES:
+        raise SettingsError(f"{where}: the name {name} is reserved ({rate_limit_variable(name)} is another setting)")
+
+
+def _name_bare_keys(keys: tuple[ClientKey | str, ...]) -> tuple[ClientKey, ...]:
+    unnamed = 0
+    named: list[ClientKey] = []
+    for key in keys:
+        if isinstance(key, str):
+            unnamed += 1
+            key = ClientKey(f"key-{unnamed}", key)
+        named.append(key)
+    return tuple(named)
+
+
+def _read_rate_limit(reader: _Reader, name: str) -> str:
+    """A flask-limiter limit, checked now with the parser flask-limiter uses, so a typo stops start-up."""
+    from limits import parse_many
+
+    value = reader.text(name, "")
+    if not value:
+        return value
+    try:
+        items = parse_many(value)
+    except ValueError:
+        raise SettingsError(f"{name} must look like 60/minute or 10/second;1000/hour; got {value!r}") from None
+    if any(item.amount < 1 for item in items):
+        raise SettingsError(f"{name} amounts must be at least 1; got {value!r}")
+    return value
 
 
 def _read_ca_bundle(reader: _Reader) -> str | None:
@@ -157,22 +266,6 @@ def _read_ca_bundle(reader: _Reader) -> str | None:
                 raise SettingsError(f"{name}: no certificate file at {path}")
             return path
     return None
-
-
-def _read_rate_limit(reader: _Reader) -> str:
-    """RATE_LIMIT, checked now with the parser flask-limiter uses, so a typo stops start-up."""
-    from limits import parse_many
-
-    value = reader.text("RATE_LIMIT", "")
-    if not value:
-        return value
-    try:
-        items = parse_many(value)
-    except ValueError:
-        raise SettingsError(f"RATE_LIMIT must look like 60/minute or 10/second;1000/hour; got {value!r}") from None
-    if any(item.amount < 1 for item in items):
-        raise SettingsError(f"RATE_LIMIT amounts must be at least 1; got {value!r}")
-    return value
 
 
 def _read_cooldown_storage(reader: _Reader) -> str:
@@ -204,6 +297,9 @@ def _read_origins(reader: _Reader) -> tuple[str, ...]:
 
 
 _ORIGIN = re.compile(r"https?://[^/\s]+\Z")
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+# RATE_LIMIT_<NAME> variables that are settings of their own: no client may be named so.
+_RESERVED_VARIABLES = frozenset({"RATE_LIMIT_STORAGE"})
 
 
 class _Reader:
@@ -212,12 +308,15 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
+    def raw(self, name: str) -> str:
+        return self._env.get(name, "")
+
     def text(self, name: str, default: str) -> str:
-        value = self._env.get(name, "").strip()
+        value = self.raw(name).strip()
         return value or default
 
     def items(self, name: str) -> tuple[str, ...]:
-        return tuple(part.strip() for part in self._env.get(name, "").split(",") if part.strip())
+        return tuple(part.strip() for part in self.raw(name).split(",") if part.strip())
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.text(name, default).lower()

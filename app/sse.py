@@ -2,7 +2,7 @@
 
 Why not ``requests.iter_lines``: it invents a blank line when CR and LF arrive in different reads
 (which in SSE ends an event early), and over a close-delimited body it waits for a full chunk
-before yielding anything (STACK.md rules 10 and 11). The splitter here works on whatever bytes a
+before yielding anything. The splitter here works on whatever bytes a
 read returned: line endings CRLF, LF or CR may be split anywhere, and since CR and LF never occur
 inside a multi-byte UTF-8 character or a JSON string, splitting on them never cuts either.
 """

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
 import app.auth
 from app import create_app
 from app.auth import ClientKeys
-from app.settings import Settings, SettingsError
+from app.clients import client_name
+from app.settings import ClientKey, Settings, SettingsError
+from tests.harness import free_port
 from tests.test_api import assert_openai_error
 
 KEY = "rk-team-alpha-0123456789"
@@ -118,7 +121,9 @@ def test_open_router_needs_no_key(client):
 
 
 def test_every_configured_key_is_compared_even_when_the_first_matches(monkeypatch):
-    keys = ClientKeys(("key-one-0123456789", "key-two-0123456789", "key-three-0123456"))
+    keys = ClientKeys(
+        (ClientKey("one", "key-one-0123456789"), ClientKey("two", "key-two-0123456789"), ClientKey("three", "k-3-0123"))
+    )
     compared = []
     real = app.auth.hmac.compare_digest
 
@@ -127,7 +132,7 @@ def test_every_configured_key_is_compared_even_when_the_first_matches(monkeypatc
         return real(a, b)
 
     monkeypatch.setattr(app.auth.hmac, "compare_digest", counting)
-    assert keys.identify(b"key-one-0123456789") is not None
+    assert keys.identify(b"key-one-0123456789").name == "one"
     assert len(compared) == 3
     compared.clear()
     assert keys.identify(b"nobody") is None
@@ -135,8 +140,92 @@ def test_every_configured_key_is_compared_even_when_the_first_matches(monkeypatc
 
 
 def test_identity_is_a_hash_distinct_per_key_and_never_the_key():
-    keys = ClientKeys((KEY, OTHER_KEY))
+    keys = ClientKeys((ClientKey("alpha", KEY), ClientKey("beta", OTHER_KEY)))
     first, second = keys.identify(KEY.encode()), keys.identify(OTHER_KEY.encode())
-    assert first and second and first != second
-    assert KEY not in first and OTHER_KEY not in second
+    assert (first.name, second.name) == ("alpha", "beta")
+    assert first.identity != second.identity
+    assert KEY not in first.identity and OTHER_KEY not in second.identity
     assert keys.identify(KEY.encode()) == first  # stable, so instances sharing Redis agree
+
+
+def test_a_named_key_is_known_by_its_name_and_bare_keys_by_their_position(make_app):
+    flask_app = make_app(api_keys=(ClientKey("team-alpha", KEY), OTHER_KEY))
+    seen = []
+
+    @flask_app.get("/v1/whoami")
+    def whoami():
+        seen.append(client_name())
+        return "ok"
+
+    client = flask_app.test_client()
+    client.get("/v1/whoami", headers=bearer(KEY))
+    client.get("/v1/whoami", headers=bearer(OTHER_KEY))
+    assert seen == ["team-alpha", "key-1"]
+
+
+def test_a_key_never_shows_in_the_repr_of_its_client():
+    assert KEY not in repr(ClientKey("alpha", KEY)) and KEY not in repr(Settings(api_keys=(KEY,)))
+
+
+# -- failed key checks per address (AUTH_FAILURE_LIMIT) -----------------------------------------
+
+
+def test_failed_key_checks_beyond_the_limit_get_429_with_retry_after_even_with_the_right_key(make_app):
+    client = make_app(api_keys=(KEY,), auth_failure_limit="3/minute").test_client()
+    wrong = bearer("rk-guess-0123456789")
+    assert [client.get("/v1/models", headers=wrong).status_code for _ in range(3)] == [401, 401, 401]
+    refused = client.get("/v1/models", headers=wrong)
+    error = assert_openai_error(refused, 429)
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # The right key from the same address is refused too: a guesser cannot tell a hit from a miss.
+    assert_openai_error(client.get("/v1/models", headers=bearer(KEY)), 429)
+    assert_openai_error(client.get("/v1/models"), 429)
+    # Other addresses are not affected.
+    other = {"REMOTE_ADDR": "10.9.9.9"}
+    assert client.get("/v1/models", headers=bearer(KEY), environ_base=other).status_code == 200
+
+
+def test_only_failures_count_towards_the_failed_check_limit(make_app):
+    client = make_app(api_keys=(KEY,), auth_failure_limit="2/minute").test_client()
+    for _ in range(5):
+        assert client.get("/v1/models", headers=bearer(KEY)).status_code == 200
+    # A missing key is a failure as much as a wrong one.
+    assert_openai_error(client.get("/v1/models"), 401)
+    assert_openai_error(client.get("/v1/models", headers=bearer("rk-guess-0123456789")), 401)
+    assert_openai_error(client.get("/v1/models", headers=bearer(KEY)), 429)
+
+
+def test_the_failed_check_limit_leaves_open_routes_alone(make_app):
+    client = make_app(api_keys=(KEY,), auth_failure_limit="1/minute").test_client()
+    assert_openai_error(client.get("/v1/models"), 401)
+    assert_openai_error(client.get("/v1/models"), 429)
+    assert client.get("/health").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert client.options("/v1/models").status_code == 200
+
+
+def test_the_failed_check_limit_window_ends_and_the_right_key_gets_in_again(make_app):
+    client = make_app(api_keys=(KEY,), auth_failure_limit="1/second").test_client()
+    assert_openai_error(client.get("/v1/models"), 401)
+    refused = client.get("/v1/models", headers=bearer(KEY))
+    assert_openai_error(refused, 429)
+    time.sleep(int(refused.headers["Retry-After"]) + 0.1)
+    assert client.get("/v1/models", headers=bearer(KEY)).status_code == 200
+
+
+def test_failed_checks_count_in_memory_while_redis_is_down_and_the_outage_is_logged_once(make_app, caplog):
+    port = free_port()  # nobody listens there
+    storage = f"redis://:hunter2-secret@127.0.0.1:{port}/0"
+    with caplog.at_level(logging.INFO):
+        client = make_app(api_keys=(KEY,), auth_failure_limit="2/minute", rate_limit_storage=storage).test_client()
+        started = time.monotonic()
+        statuses = [client.get("/v1/models").status_code for _ in range(4)]
+    assert statuses == [401, 401, 429, 429]  # still limited, per worker
+    assert time.monotonic() - started < 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        f"auth-failure storage redis://:***@127.0.0.1:{port}/0 unreachable: "
+        "failed key checks now count per worker process in memory"
+    ]
+    assert not any("hunter2-secret" in r.getMessage() for r in caplog.records)

@@ -41,8 +41,8 @@ class _Cooling:
     def __init__(self) -> None:
         self.value = 0
 
-    def count(self) -> int:
-        return self.value
+    def count(self) -> dict[str, int]:
+        return {"openai": self.value, "gemini": 1}
 
 
 def test_cooling_gauge_follows_the_count_with_no_traffic_and_stops_when_its_source_is_gone():
@@ -53,14 +53,16 @@ def test_cooling_gauge_follows_the_count_with_no_traffic_and_stops_when_its_sour
     metrics.follow_cooling(source.count, every=0.05)
     (follower,) = {t for t in threading.enumerate() if t.name == "cooling-gauge"} - before
 
-    def shown() -> float | None:
-        return registry.get_sample_value("router_cooling_combinations")
+    def shown(vendor: str | None = None) -> float | None:
+        if vendor is None:
+            return registry.get_sample_value("router_cooling_combinations")
+        return registry.get_sample_value("router_vendor_cooling_combinations", {"vendor": vendor})
 
-    wait_until(lambda: shown() == 0, timeout=5)
+    wait_until(lambda: shown() == 1, timeout=5)
     source.value = 3  # e.g. learned from another worker: no request passes here
-    wait_until(lambda: shown() == 3, timeout=5)
+    wait_until(lambda: shown() == 4 and shown("openai") == 3 and shown("gemini") == 1, timeout=5)
     source.value = 0  # the cooldowns ended
-    wait_until(lambda: shown() == 0, timeout=5)
+    wait_until(lambda: shown() == 1 and shown("openai") == 0, timeout=5)
 
     del source
     gc.collect()

@@ -8,7 +8,7 @@ import time
 import pytest
 import responses
 
-from app.settings import Settings, SettingsError
+from app.settings import ClientKey, Settings, SettingsError
 from tests.conftest import chat_body
 from tests.harness import free_port
 from tests.test_api import OPENAI_URL, assert_openai_error, completion
@@ -83,6 +83,28 @@ def test_each_client_key_has_its_own_budget(make_app):
     client = make_app(rate_limit="2/minute", api_keys=(KEY, OTHER_KEY)).test_client()
     assert [client.get("/v1/models", headers=bearer(KEY)).status_code for _ in range(3)] == [200, 200, 429]
     assert [client.get("/v1/models", headers=bearer(OTHER_KEY)).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_client_with_its_own_limit_uses_it_and_the_others_use_rate_limit(make_app):
+    keys = (ClientKey("batch", KEY, rate_limit="1/minute"), ClientKey("web", OTHER_KEY))
+    client = make_app(rate_limit="3/minute", api_keys=keys).test_client()
+    batch = [client.get("/v1/models", headers=bearer(KEY)) for _ in range(2)]
+    assert [response.status_code for response in batch] == [200, 429]
+    assert batch[0].headers["X-RateLimit-Limit"] == "1"
+    assert "1 per 1 minute" in assert_openai_error(batch[1], 429)["message"]
+    web = [client.get("/v1/models", headers=bearer(OTHER_KEY)) for _ in range(4)]
+    assert [response.status_code for response in web] == [200, 200, 200, 429]
+    assert web[0].headers["X-RateLimit-Limit"] == "3"
+
+
+def test_a_client_limit_alone_limits_only_that_client(make_app):
+    keys = (ClientKey("batch", KEY, rate_limit="2/minute"), ClientKey("web", OTHER_KEY))
+    client = make_app(api_keys=keys).test_client()
+    assert [client.get("/v1/models", headers=bearer(KEY)).status_code for _ in range(3)] == [200, 200, 429]
+    for _ in range(10):
+        response = client.get("/v1/models", headers=bearer(OTHER_KEY))
+        assert response.status_code == 200
+    assert "X-RateLimit-Limit" not in response.headers
 
 
 def test_wrong_keys_are_refused_before_they_can_use_a_budget(make_app):

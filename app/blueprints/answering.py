@@ -1,6 +1,7 @@
-"""What every endpoint that forwards to vendors shares: watching the client, shaping the answer.
+"""What every endpoint that forwards to vendors shares: reading the call, watching the client,
+shaping the answer.
 
-A view reads its request into a ``ClientCall`` and hands ``answer`` the service call; the client
+A view reads its request with ``client_call`` and hands ``answer`` the service call; the client
 watch, the 499 for a client that left while waiting, and the whole-JSON or SSE response are here.
 """
 
@@ -8,15 +9,23 @@ from collections.abc import Callable
 
 from flask import Response, current_app, request
 
+from app.calls import ClientCall
+from app.clients import client_name
 from app.disconnect import ClientWatch
 from app.errors import ClientDisconnected
 from app.forward import WholeAnswer
+from app.http import read_json_body
 from app.relay import StreamAnswer
 
-__all__ = ["answer", "client_watch"]
+__all__ = ["answer", "client_call", "client_watch"]
 
 # nginx buffers proxied answers unless told not to; SSE must flow event by event.
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def client_call() -> ClientCall:
+    """This request as a service takes it: the JSON body, the ``?vendor=`` filter, the client's name."""
+    return ClientCall(body=read_json_body(), vendor=request.args.get("vendor") or None, client=client_name())
 
 
 def answer(service: Callable[[ClientWatch], WholeAnswer | StreamAnswer]) -> Response:

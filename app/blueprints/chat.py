@@ -1,10 +1,8 @@
 """POST /v1/chat/completions[?vendor=X]: a whole JSON answer, or an SSE stream."""
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
-from app.blueprints.answering import answer
-from app.calls import ClientCall
-from app.http import read_json_body
+from app.blueprints.answering import answer, client_call
 
 bp = Blueprint("chat", __name__)
 
@@ -12,5 +10,5 @@ bp = Blueprint("chat", __name__)
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     chat = current_app.extensions["router"].chat
-    call = ClientCall(body=read_json_body(), vendor=request.args.get("vendor") or None)
+    call = client_call()
     return answer(lambda watch: chat.answer(call, watch))

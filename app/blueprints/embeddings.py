@@ -1,10 +1,8 @@
 """POST /v1/embeddings[?vendor=X]: OpenAI embeddings from the configured embedding models."""
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
-from app.blueprints.answering import answer
-from app.calls import ClientCall
-from app.http import read_json_body
+from app.blueprints.answering import answer, client_call
 
 bp = Blueprint("embeddings", __name__)
 
@@ -12,5 +10,5 @@ bp = Blueprint("embeddings", __name__)
 @bp.post("/v1/embeddings")
 def create_embeddings() -> Response:
     embeddings = current_app.extensions["router"].embeddings
-    call = ClientCall(body=read_json_body(), vendor=request.args.get("vendor") or None)
+    call = client_call()
     return answer(lambda watch: embeddings.answer(call, watch))

@@ -1,11 +1,9 @@
 """POST /v1/responses[?vendor=X]: the Responses API, whole or streamed; GET of a stored response: 404."""
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
-from app.blueprints.answering import answer
-from app.calls import ClientCall
+from app.blueprints.answering import answer, client_call
 from app.errors import NotFound
-from app.http import read_json_body
 
 bp = Blueprint("responses", __name__)
 
@@ -13,7 +11,7 @@ bp = Blueprint("responses", __name__)
 @bp.post("/v1/responses")
 def create_response() -> Response:
     responses = current_app.extensions["router"].responses
-    call = ClientCall(body=read_json_body(), vendor=request.args.get("vendor") or None)
+    call = client_call()
     return answer(lambda watch: responses.answer(call, watch))
 
 

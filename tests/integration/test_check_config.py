@@ -47,6 +47,17 @@ def test_good_config_prints_every_combination_with_its_key_masked(tmp_path):
         assert key[:-4] not in result.stdout + result.stderr
 
 
+def test_failure_handling_settings_are_printed(tmp_path):
+    credentials = [{"platform": "openai", "type": "api-key", "value": OPENAI_KEYS[0]}]
+    env = router_config(tmp_path, None, models=MODELS[:1], credentials=credentials)
+    result = check_config({**env, "REQUEST_TIMEOUT": "45", "HEDGE_AFTER_SECONDS": "1.5", "CLIENT_SEND_TIMEOUT": "20"})
+    assert result.returncode == 0, result.stderr
+    assert "request deadline (REQUEST_TIMEOUT)           45 s" in result.stdout
+    assert "first token, streams (FIRST_TOKEN_TIMEOUT)   off" in result.stdout
+    assert "hedge after (HEDGE_AFTER_SECONDS)            1.5 s" in result.stdout
+    assert "silent client (CLIENT_SEND_TIMEOUT)          20 s" in result.stdout
+
+
 def test_routing_config_prints_shares_aliases_types_capabilities_and_key_variables(tmp_path):
     models = {
         "models": [

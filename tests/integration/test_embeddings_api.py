@@ -200,3 +200,17 @@ def test_a_failing_vendor_is_failed_over_and_its_error_answered_when_pinned(star
 
 def test_models_list_names_embedding_models_too(client, fake):
     assert {model.id for model in client.models.list()} == CHAT_IDS | EMBEDDING_IDS
+
+
+def test_a_named_clients_responses_and_embeddings_tokens_are_counted_under_its_name(start_router, fake):
+    key = "rk-embedding-team-0123456789"
+    server = start_router(models=CHAT_MODELS + EMBEDDING_MODELS, ROUTER_API_KEYS=f"search={key}")
+    client = sdk(server, api_key=key)
+    embedded = client.embeddings.create(model="any-model", input=["one", "two"]).usage
+    answered = client.responses.create(model="any-model", input="Hello").usage
+    metrics = scrape(server.base)
+    prompt = metrics.value("router_tokens_total", client="search", kind="prompt")
+    assert prompt == embedded.prompt_tokens + answered.input_tokens
+    assert metrics.value("router_tokens_total", client="search", kind="completion") == answered.output_tokens
+    for route in ("/v1/embeddings", "/v1/responses"):
+        assert metrics.value("router_client_requests_total", client="search", route=route, status_class="2xx") == 1

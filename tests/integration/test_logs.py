@@ -58,7 +58,7 @@ def test_json_format_makes_every_line_an_object_and_access_lines_carry_the_field
     assert router.stop() == 0
 
     lines = json_lines(router.log_path.read_text())
-    assert {e["logger"] for e in lines} >= {"gunicorn.error", "app.chat", "router.access"}
+    assert {e["logger"] for e in lines} >= {"gunicorn.error", "app.forward", "router.access"}
 
     line = access_line(lines, "whole-1")
     assert set(line) >= ACCESS_FIELDS
@@ -105,7 +105,7 @@ def test_a_request_id_given_is_returned_and_on_every_line_of_that_request(start_
 
     whole = messages(ids["whole"])
     assert len(whole) == 2
-    assert whole[0].startswith("app.chat: Even distribution selected combination") and "ok HTTP 200" in whole[0]
+    assert whole[0].startswith("app.forward: Even distribution selected combination") and "ok HTTP 200" in whole[0]
     assert whole[1].startswith("router.access: method=POST")
 
     failed_lines = messages(ids["failed"])
@@ -115,12 +115,12 @@ def test_a_request_id_given_is_returned_and_on_every_line_of_that_request(start_
     broken = messages(ids["broken_stream"])
     assert len(broken) == 3
     assert "ok HTTP 200" in broken[0]
-    assert broken[1].startswith("app.chat: stream ended with an error event")
+    assert broken[1].startswith("app.forward: stream ended with an error event")
     assert broken[2].startswith("router.access:") and "status=200" in broken[2]
 
     # Nothing logged while serving a request lost its id: the only id-less lines are start-up ones.
     for entry in lines:
-        if entry["logger"].startswith(("app.chat", "app.relay", "app.upstream", "router.access")):
+        if entry["logger"].startswith(("app.forward", "app.relay", "app.upstream", "router.access")):
             assert entry["request_id"] != "-", entry
 
 
@@ -132,4 +132,28 @@ def test_text_format_puts_the_request_id_on_every_line_of_the_request(router, fa
     lines = [line for line in router.logs().splitlines() if request_id in line]
     assert len(lines) == 2
     for line in lines:
-        assert re.match(rf"\S+ \S+ INFO \[{request_id}\] (app\.chat|router\.access): ", line), line
+        assert re.match(rf"\S+ \S+ INFO \[{request_id}\] (app\.forward|router\.access): ", line), line
+
+
+def test_control_characters_from_outside_never_start_a_new_text_log_line(router, fake):
+    request_id = f"forge-{uuid.uuid4().hex[:12]}"
+    # What `curl 'localhost:8082/x%0Aforged'` sends: the router decodes the path to "/x\nforged".
+    missing = requests.get(
+        router.url("/x%0Aforged%0D%1B[2J%C2%85%E2%80%A8end"),
+        headers={"X-Request-ID": request_id, "Connection": "close"},
+        timeout=10,
+    )
+    assert missing.status_code == 404
+    # A vendor's error text reaches the attempt line: it is outside text too.
+    fake.behave("openai", status=400, error_message="bad model\nforged-vendor-line\r")
+    failed = post(router.url(CHAT), request_id, params={"vendor": "openai"})
+    assert failed.status_code == 400
+
+    wait_until(lambda: router.logs().count(f"[{request_id}] router.access") == 2, 10, message="both access lines")
+    lines = router.logs().splitlines()
+    assert not [line for line in lines if line.startswith(("forged", "end", "\x1b"))]
+    mine = [line for line in lines if f"[{request_id}]" in line]
+    assert len(mine) == 3, mine
+    assert r"path=/x\nforged\r\x1b[2J\x85\u2028end status=404" in mine[0]
+    assert r"bad model\nforged-vendor-line\r" in mine[1]
+    assert "path=/v1/chat/completions status=400" in mine[2]

@@ -121,7 +121,8 @@ def test_streams_in_flight_rise_during_a_stream_and_return_to_zero(start_router,
 
     metrics = scrape(router.base)
     assert metrics.value("router_stream_duration_seconds_count", outcome="completed") == 1
-    # The stream's whole duration (about 1.8 s), not the time to its headers (STACK.md rule 14).
+    # The stream's whole duration (about 1.8 s), not the time to its headers (the exporter's own
+    # histogram stops when a streaming view returns).
     assert 1.2 <= metrics.value("router_stream_duration_seconds_sum") <= whole + 0.5
 
 
