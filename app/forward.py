@@ -157,15 +157,19 @@ class Forwarder:
     def forward(self, call: Call, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
         """Answer ``call``; raises RouterError (with trace headers) when no combination can."""
         trace = Trace()
+        request = _Request(self, call, trace)
         watch.arm(_raise_in(gevent.getcurrent(), watch))
         try:
-            answer = _Request(self, call, trace).run()
+            answer = request.run()
             self._metrics.overhead.observe(trace.overhead())
         except ClientDisconnected:
             self._metrics.client_disconnects.labels("waiting").inc()
             raise
         finally:
+            # Disarmed first: a departure noticed while the attempts still running are stopped
+            # must not interrupt that (an answer won meanwhile would be dropped unclosed).
             watch.disarm()
+            request.stop_running()
             self._metrics.attempts.observe(len(trace.attempts))
         answer.headers = trace.headers()
         if isinstance(answer, StreamAnswer):
@@ -182,6 +186,8 @@ class Forwarder:
 
     def _stream_closed(self, answer: StreamAnswer, combination: Combination, client: str) -> None:
         self._metrics.streams_in_flight.dec()
+        if answer.discarded:
+            return  # a hedge's loser that had committed too: nothing was relayed, nothing to count
         seconds = time.perf_counter() - answer.started
         self._metrics.stream_ended(combination, answer.outcome, seconds)
         self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage, client)
@@ -245,34 +251,34 @@ class _Request:
         self._pinned = call.model_pinned
 
     def run(self) -> WholeAnswer | StreamAnswer:
-        try:
-            self._start(hedge=False)
-            while self._running:
-                now = time.perf_counter()
-                wake = self._deadline if self._hedge_at is None else min(self._deadline, self._hedge_at)
-                try:
-                    attempt, outcome = self._results.get(timeout=max(wake - now, 0.0))
-                except gevent.queue.Empty:
-                    if time.perf_counter() >= self._deadline:
-                        raise self._deadline_passed() from None
-                    self._hedge_at = None
-                    self._hedged = True
-                    self._start(hedge=True)
-                    continue
-                self._running.remove(attempt)
-                if isinstance(outcome, BaseException):
-                    raise outcome  # a bug in an attempt: the client gets a 500, the log the traceback
-                if isinstance(outcome, Failure):
-                    self._failed(attempt, outcome)
-                    if not outcome.retryable:
-                        break
-                    if not self._running:
-                        self._start(hedge=False)
-                    continue
-                return self._won(attempt, outcome)
-            raise self._give_up()
-        finally:
-            self._stop_running()
+        """Run attempts until one answers; the caller stops what is still running afterwards."""
+        self._start(hedge=False)
+        while self._running:
+            now = time.perf_counter()
+            wake = self._deadline if self._hedge_at is None else min(self._deadline, self._hedge_at)
+            try:
+                attempt, outcome = self._results.get(timeout=max(wake - now, 0.0))
+            except gevent.queue.Empty:
+                if self._results.qsize():
+                    continue  # an answer arrived as the timer fired: it wins over the timer
+                if time.perf_counter() >= self._deadline:
+                    raise self._deadline_passed() from None
+                self._hedge_at = None
+                # At most one hedge per request, and only if another combination is left.
+                self._hedged = self._start(hedge=True)
+                continue
+            self._running.remove(attempt)
+            if isinstance(outcome, BaseException):
+                raise outcome  # a bug in an attempt: the client gets a 500, the log the traceback
+            if isinstance(outcome, Failure):
+                self._failed(attempt, outcome)
+                if not outcome.retryable:
+                    break
+                if not self._running:
+                    self._start(hedge=False)
+                continue
+            return self._won(attempt, outcome)
+        raise self._give_up()
 
     # -- starting, winning, failing ---------------------------------------------------------------
 
@@ -363,18 +369,25 @@ class _Request:
         running, self._running = self._running, []
         greenlets = [attempt.greenlet for attempt in running if attempt.greenlet is not None]
         if greenlets:
-            gevent.killall(greenlets, block=True, timeout=1)
+            try:
+                gevent.killall(greenlets, block=True, timeout=1)
+            except gevent.Timeout:
+                log.error("%d attempts did not stop within 1 s of being cancelled", len(greenlets))
         return running
 
-    def _stop_running(self) -> None:
+    def stop_running(self) -> None:
         """Cancel what is still running (a hedge's loser, or everything when the client left) and
         close any finished answer nobody will use."""
         for attempt in self._kill_running():
             self._f._metrics.attempted(attempt.combination, "cancelled", None, None)
         while not self._results.empty():
-            _, outcome = self._results.get_nowait()
+            attempt, outcome = self._results.get_nowait()
             if isinstance(outcome, StreamAnswer):
-                outcome.close()
+                outcome.discard()
+            if isinstance(outcome, (StreamAnswer, WholeAnswer)):
+                self._f._metrics.attempted(attempt.combination, "cancelled", None, None)
+            elif isinstance(outcome, Failure):
+                self._failed(attempt, outcome)
 
     # -- one attempt ----------------------------------------------------------------------------
 
@@ -415,6 +428,8 @@ class _Request:
                 first = self._timed(relay.commit)
             except StreamFailure as failure:
                 raise AttemptFailed(_stream_failure(failure, self._pinned)) from None
+            # The request's deadline ends at commit: the stream may now be silent as long as any.
+            response.allow_silence(self._f._upstream.read_timeout)
         except gevent.Timeout as fired:
             if response is not None:
                 response.close()

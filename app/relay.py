@@ -314,17 +314,18 @@ class Pump:
         self.relay.close()
 
     def _read_all(self) -> None:
+        # No end marker when killed: the client side is closing and waits for nothing, and a put
+        # into a full queue would block the kill forever.
         put: Callable[[object], None] = self._queue.put
         try:
             while (out := self.relay.read()) is not None:
                 put(out)
+            put(_Signal.END)
         except StreamFailure as failure:
             put(failure)
         except Exception:
             log.exception("stream relay failed")
             put(StreamFailure(UpstreamError("The router failed while relaying the stream.")))
-        finally:
-            put(_Signal.END)
 
 
 class StreamAnswer:
@@ -341,6 +342,7 @@ class StreamAnswer:
         self._disarm_watch: Callable[[], None] | None = None
         self.started = time.perf_counter()
         self.headers: dict[str, str] = {}  # naming who answers, set once the stream is chosen
+        self.discarded = False
 
     def __iter__(self) -> Iterator[bytes]:
         yield self.first
@@ -364,6 +366,11 @@ class StreamAnswer:
     def close_with(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (e.g. the HTTP response's own close hooks) when the stream closes."""
         self._also_close.append(callback)
+
+    def discard(self) -> None:
+        """Close a stream that was never handed to the client (a hedge's loser that committed too)."""
+        self.discarded = True
+        self.close()
 
     def close(self) -> None:
         if self._closed:

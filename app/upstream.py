@@ -31,6 +31,9 @@ USER_AGENT = "generative-api-router/1.0"
 READ_SIZE = 65536
 # How much of a vendor's error body is read: error bodies are small; a huge one is not an error.
 MAX_ERROR_BODY = 64 * 1024
+# The largest whole answer accepted: a vendor (or what stands in its place) sending without end
+# must not exhaust a worker's memory. Real completions and embeddings are far smaller.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,18 @@ class VendorResponse:
         return parse_retry_after(self.headers.get("Retry-After"))
 
     def read_all(self) -> bytes:
-        """The whole body; the connection goes back to the pool."""
+        """The whole body (at most MAX_ANSWER_BYTES); the connection goes back to the pool."""
         try:
             with self._mapped("mid-answer"):
                 # raw.read, not .content: one read instead of a generator of 10 kB pieces. Read to
                 # the end, urllib3 hands the connection back to the pool by itself.
-                return self._response.raw.read(decode_content=True)
+                body = self._response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
         finally:
             self._response.close()
+        if len(body) > MAX_ANSWER_BYTES:
+            limit = MAX_ANSWER_BYTES // (1024 * 1024)
+            raise UpstreamError(self.combination.describe(f"sent an answer larger than {limit} MiB"))
+        return body
 
     def read_error(self) -> bytes:
         """Up to MAX_ERROR_BODY bytes of an error answer's body (b"" if it breaks off); closes it."""
@@ -73,6 +80,14 @@ class VendorResponse:
         """The next bytes of a streamed body as soon as any arrive; b"" at its end."""
         with self._mapped("mid-stream"):
             return self._response.raw.read1(READ_SIZE, decode_content=True)
+
+    def allow_silence(self, seconds: float) -> None:
+        """From now on, let the vendor be silent up to ``seconds`` between bytes."""
+        connection = getattr(self._response.raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(seconds)
+            self._read_timeout = seconds
 
     def close(self) -> None:
         """Close the connection (a vendor mid-answer sees it closed). Idempotent."""

@@ -190,10 +190,20 @@ def test_client_that_half_closes_after_its_request_gets_its_answer(start_router,
         assert body.endswith(b"data: [DONE]\n\n")
 
 
-def test_client_that_stops_reading_is_cut_off_after_client_send_timeout(start_router, fake):
-    # 100 kB events for 6 s, and a client with a tiny receive window that reads nothing: the
-    # router's socket buffer (a few MB) fills within seconds and its next write stalls.
-    fake.behave("openai", content="x" * 12_000_000, chunks=120, interval=0.05)
+@pytest.mark.parametrize(
+    ("content", "chunks", "interval"),
+    [
+        # 100 kB events for 6 s: the router's socket buffer (a few MB) fills and its write stalls.
+        (12_000_000, 120, 0.05),
+        # 4 kB events every millisecond: the queue between vendor reader and client writer fills
+        # too, so the reader is blocked in it when the stream is closed.
+        (8_000_000, 2000, 0.001),
+    ],
+    ids=["big-events", "full-queue"],
+)
+def test_client_that_stops_reading_is_cut_off_after_client_send_timeout(start_router, fake, content, chunks, interval):
+    # A client with a tiny receive window that reads nothing after the first bytes.
+    fake.behave("openai", content="x" * content, chunks=chunks, interval=interval)
     server = start_router(models=ONE_OPENAI, CLIENT_SEND_TIMEOUT="1")
     payload = json.dumps({"messages": HELLO, "stream": True}).encode()
     sock = socket.socket()
@@ -210,7 +220,7 @@ def test_client_that_stops_reading_is_cut_off_after_client_send_timeout(start_ro
             lambda: [s for s in fake.streams("openai") if s["client_closed_at"]], timeout=20, message="vendor closed"
         )
         assert record["outcome"] == "client_closed"
-        assert record["events_sent"] < 120
+        assert record["events_sent"] < chunks
         samples = wait_until(
             lambda: (
                 (s := scrape(server.base)).value("router_stream_duration_seconds_count", outcome="client_gone") and s
@@ -218,6 +228,7 @@ def test_client_that_stops_reading_is_cut_off_after_client_send_timeout(start_ro
             timeout=5,
         )
         assert samples.value("router_client_disconnects_total", phase="streaming") == 1
+        assert samples.value("router_streams_in_flight") == 0
     finally:
         sock.close()
 
@@ -248,6 +259,13 @@ def test_request_timeout_cuts_the_attempt_in_flight_and_closes_its_connection(st
     assert caught.value.status_code == 504
     [record] = wait_until(lambda: [r for r in fake.requests("openai") if r["client_closed_at"]], timeout=5)
     assert record["client_closed_at"] - record["received_at"] < 3
+
+
+def test_request_timeout_ends_at_commit_so_a_long_pause_mid_stream_is_fine(start_router, fake):
+    fake.behave("openai", chunks=4, stall_after=1, stall=2.5)
+    server = start_router(models=ONE_OPENAI, REQUEST_TIMEOUT="1.5", UPSTREAM_READ_TIMEOUT="30")
+    body = raw_stream(server, {"messages": HELLO}).content.decode()
+    assert body.endswith("data: [DONE]\n\n") and '"error"' not in body
 
 
 def test_first_token_timeout_moves_a_slow_stream_to_the_next_combination(start_router, fake):
@@ -296,6 +314,16 @@ def test_hedged_stream_uses_the_first_to_commit(start_router, fake):
         attempts = int(response.headers["X-Router-Attempts"])
         assert attempts in (1, 2)
         assert response.content.decode().endswith("data: [DONE]\n\n")
+
+
+def test_no_hedge_is_counted_when_no_other_combination_is_left(start_router, fake):
+    fake.behave("openai", delay=0.6)
+    server = start_router(models=ONE_OPENAI, HEDGE_AFTER_SECONDS="0.2")
+    response = requests.post(server.url("/v1/chat/completions"), json={"messages": HELLO}, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["X-Router-Attempts"] == "1"
+    samples = scrape(server.base)
+    assert samples.value("router_hedges_total") == 0
 
 
 def test_no_hedge_when_max_attempts_is_one(start_router, fake):

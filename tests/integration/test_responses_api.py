@@ -165,7 +165,10 @@ def test_stream_text_deltas_arrive_as_the_vendor_sends_them_and_the_final_respon
     assert len(arrivals) == 5
     # Five events 150 ms apart: relayed one by one, they arrive over about 600 ms, not at once.
     assert arrivals[-1] - arrivals[0] >= 0.4
-    assert all(later - earlier >= 0.05 for earlier, later in itertools.pairwise(arrivals))
+    # Spread out as sent (150 ms apart), not bunched at the end; one short gap is allowed for a
+    # busy machine delaying one read.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert sum(gap >= 0.05 for gap in gaps) >= len(gaps) - 1, gaps
     assert types[:4] == [
         "response.created",
         "response.in_progress",
