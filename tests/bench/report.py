@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["goals", "growth", "nonstream_line", "soak_table", "stream_line", "table"]
+__all__ = ["goals", "grid", "growth", "nonstream_line", "soak_table", "stream_line", "table"]
 
 # The issue's reference points, measured on this kind of machine with wrk -t1.
 PEERS = (
@@ -46,7 +46,7 @@ def stream_line(row: dict[str, Any]) -> str:
     )
 
 
-def _grid(headers: list[str], rows: list[list[str]]) -> str:
+def grid(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -122,7 +122,7 @@ def table(result: dict[str, Any]) -> str:
         parts += ["", "Non-stream POST /v1/chat/completions (closed loop, keep-alive)"]
         headers = ["conc", "path", "calls/s", "p50 ms", "p99 ms", "errors", "CPU ms/call", "router CPU"]
         headers += ["vendor CPU", "loadgen CPU", "load1"]
-        parts.append(_grid(headers, rows))
+        parts.append(grid(headers, rows))
         added = added_latency(result, 1)
         parts.append(
             f"added latency at c=1 (router - direct): p50 {_f(added['p50'], 3)} ms, p99 {_f(added['p99'], 3)} ms"
@@ -168,7 +168,7 @@ def table(result: dict[str, Any]) -> str:
         headers = ["K", "path", "ok", "served/open", "TTFC p50", "TTFC p99", "incremental", "stalls/streams"]
         headers += ["max gap ms", "errors", "CPU ms/stream", "router CPU", "vendor CPU", "client CPU", "worker fds"]
         headers += ["load1"]
-        parts.append(_grid(headers, rows))
+        parts.append(grid(headers, rows))
         for k in sorted({row["concurrency"] for row in result["streams"]}):
             added = added_ttfc(result, k)
             parts.append(
@@ -198,7 +198,7 @@ def table(result: dict[str, Any]) -> str:
     parts += [
         "",
         "Goals (issue 6)",
-        _grid(
+        grid(
             ["goal", "target", "measured", "met"],
             [
                 [g["goal"], g["target"], g["measured"], {True: "yes", False: "NO", None: "-"}[g["met"]]]

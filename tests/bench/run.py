@@ -21,20 +21,24 @@ from typing import Any
 
 import requests
 
-from tests.bench import report
+from tests.bench import failstats, report
+from tests.bench.failover import DEFAULT_ENV, FAULT_MODES, run_failover
 from tests.bench.load import LoadGenerator, pick_generator
 from tests.bench.procs import Sampler, cpu_between, cpu_seconds, loadavg, sample_tree
+from tests.bench.servers import HOST, LeanVendor
 from tests.bench.stats import INCREMENTAL_SHARE, STALL_SECONDS
-from tests.harness import ROOT, FakeVendor, Router, router_config, terminate, wait_until
+from tests.harness import ROOT, FakeVendor, Router, router_config, wait_until
 
 __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HOST = "127.0.0.1"
 ROUTER_PATH = "/v1/chat/completions"
 VENDOR, MODEL, KEY = "openai", "gpt-4o", "sk-bench-openai-0123456789abcdef"
-# The vendor's stream: 20 content pieces, one every 20 ms (issue 6).
-STREAM_PIECES = [f"token{i:02d} " for i in range(20)]
+
+
+def stream_pieces(count: int) -> list[str]:
+    """The vendor's stream content: ``count`` pieces, as tests/bench/vendor.py ``--pieces`` makes them."""
+    return [f"token{i:02d} " for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Target:
     path: str
 
 
-def request_body(stream: bool, interval: float) -> bytes:
+def request_body(stream: bool, interval: float, pieces: int) -> bytes:
     """A typical small chat request; the stream variant tells the vendor how to stream."""
     body: dict[str, Any] = {
         "model": "any-model",
@@ -59,7 +63,7 @@ def request_body(stream: bool, interval: float) -> bytes:
     if stream:
         body["stream"] = True
         # Passed through by the router untouched; both vendors (lean and fake) read it.
-        body["x_fake"] = {"content_chunks": STREAM_PIECES, "interval": interval}
+        body["x_fake"] = {"content_chunks": stream_pieces(pieces), "interval": interval}
     return json.dumps(body).encode()
 
 
@@ -74,6 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,16,64", help="non-stream concurrencies")
     parser.add_argument("--streams", default="50,500,1000", help="concurrent stream counts")
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between the vendor's stream events")
+    parser.add_argument("--pieces", type=int, default=20, help="content chunks in each of the vendor's streams")
     parser.add_argument("--ramp", type=float, default=0.0, help="spread each stream burst over this many s")
     parser.add_argument(
         "--no-stream-warmup", action="store_true", help="skip the discarded burst before each stream measurement"
@@ -107,7 +112,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between RSS samples")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (router log, raw outputs)")
     parser.add_argument("--out", type=Path, help="JSON result path (default: tests/bench/results/<time>.json)")
+    failover = parser.add_argument_group(
+        "failover", "--failover: two vendors at constant load, one fails for a while (tests/bench/failover.py)"
+    )
+    failover.add_argument("--failover", action="store_true", help="run the failover benchmark instead")
+    failover.add_argument(
+        "--failover-modes", default=",".join(FAULT_MODES), help="fault modes, one run each (error,stall,drop)"
+    )
+    failover.add_argument("--fault-at", type=float, help="seconds into the load when the fault starts (10)")
+    failover.add_argument("--recover-at", type=float, help="seconds into the load when the vendor recovers (40)")
+    failover.add_argument("--failover-duration", type=float, help="seconds of load per run (50)")
+    failover.add_argument("--failover-whole", type=int, default=12, help="clients sending whole calls")
+    failover.add_argument("--failover-streams", type=int, default=4, help="clients reading streams")
+    failover.add_argument(
+        "--failover-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a router setting for the failover runs, over the defaults "
+        + " ".join(f"{k}={v}" for k, v in DEFAULT_ENV.items())
+        + " (e.g. HEDGE_AFTER_SECONDS=0.2); repeatable",
+    )
     args = parser.parse_args(argv)
+    # --quick shortens the failover timeline too, and its cooldown with it, unless given.
+    timeline = (3.0, 11.0, 15.0) if args.quick else (10.0, 40.0, 50.0)
+    args.fault_at = timeline[0] if args.fault_at is None else args.fault_at
+    args.recover_at = timeline[1] if args.recover_at is None else args.recover_at
+    args.failover_duration = timeline[2] if args.failover_duration is None else args.failover_duration
+    if args.quick and not any(item.startswith("COOLDOWN_SECONDS=") for item in args.failover_env):
+        args.failover_env.insert(0, "COOLDOWN_SECONDS=2")
+    if not 0 < args.fault_at < args.recover_at < args.failover_duration:
+        parser.error("want 0 < --fault-at < --recover-at < --failover-duration")
+    args.failover_modes = [m for m in args.failover_modes.split(",") if m]
+    if unknown := set(args.failover_modes) - set(FAULT_MODES):
+        parser.error(f"unknown fault modes {sorted(unknown)}; choose from {FAULT_MODES}")
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
@@ -116,7 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark (or the soak), print the table, write the JSON."""
+    """Run the benchmark (or the soak, or the failover runs), print the table, write the JSON."""
     args = parse_args(argv)
     if not Path("/proc/self/stat").exists():
         sys.exit("the benchmark reads /proc for memory and CPU: it runs on Linux only")
@@ -128,18 +166,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: open-files limit {hard} < {needed}; large stream counts will fail (raise ulimit -Hn)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    bench = Bench(args, workdir)
+    kind = "failover" if args.failover else "soak" if args.soak else "bench"
     try:
-        result = bench.soak() if args.soak else bench.run()
+        if args.failover:
+            result = failover(args, workdir)
+        else:
+            bench = Bench(args, workdir)
+            try:
+                result = bench.soak() if args.soak else bench.run()
+            finally:
+                bench.stop()
     except BaseException:
         print(f"work directory (router log, raw outputs) kept: {workdir}", file=sys.stderr)
         raise
-    finally:
-        bench.stop()
-    out = args.out or RESULTS / f"{'soak' if args.soak else 'bench'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = args.out or RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2))
-    (RESULTS / f"latest-{'soak' if args.soak else 'bench'}.json").write_text(json.dumps(result, indent=2))
-    print(report.soak_table(result) if args.soak else report.table(result))
+    (RESULTS / f"latest-{kind}.json").write_text(json.dumps(result, indent=2))
+    print({"failover": failstats.table, "soak": report.soak_table, "bench": report.table}[kind](result))
     print(f"\nJSON: {out}")
     if args.keep:
         print(f"work directory (router log, raw outputs): {workdir}")
@@ -147,25 +190,33 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class LeanVendor:
-    """tests/bench/vendor.py in a subprocess, with the part of harness.FakeVendor's face the bench uses."""
+def failover(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The failover runs (tests/bench/failover.py), with what ran where."""
+    meta = machine_meta()
+    bodies = (
+        request_body(stream=False, interval=args.interval, pieces=args.pieces),
+        request_body(stream=True, interval=args.interval, pieces=args.pieces),
+    )
+    result = run_failover(args, workdir, bodies, say)
+    meta["loadavg_end"] = loadavg()
+    return {"meta": meta, **result}
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.vendor", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True
-        )
-        line = self.process.stdout.readline() if self.process.stdout else ""
-        if not line.startswith("BENCH_VENDOR_LISTENING"):
-            self.process.kill()
-            raise RuntimeError(f"the bench vendor did not start: {line!r}")
-        self.port = int(line.split()[1])
-        self.base = f"http://{HOST}:{self.port}"
 
-    def url(self, vendor: str) -> str:
-        return f"{self.base}/{vendor}"
-
-    def stop(self) -> None:
-        terminate(self.process)
+def machine_meta() -> dict[str, Any]:
+    """When, on what machine, with which versions and at which commit a run was made."""
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "versions": {name: _version(name) for name in ("gunicorn", "gevent", "flask", "requests", "orjson")},
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "app_dirty": bool(_git("--no-optional-locks", "status", "--porcelain", "--", "app", "gunicorn.conf.py")),
+        "loadavg_start": loadavg(),
+    }
 
 
 class Bench:
@@ -187,8 +238,8 @@ class Bench:
         # The router calls <OPENAI_BASE_URL>/chat/completions; the direct path is the same URL.
         self.direct = Target("direct", self.vendor.port, f"/{VENDOR}/chat/completions")
         self.via_router = Target("router", self.router_port, ROUTER_PATH)
-        self.whole_body = request_body(stream=False, interval=args.interval)
-        self.stream_body = request_body(stream=True, interval=args.interval)
+        self.whole_body = request_body(stream=False, interval=args.interval, pieces=args.pieces)
+        self.stream_body = request_body(stream=True, interval=args.interval, pieces=args.pieces)
         self.stream_body_file = workdir / "stream-body.json"
         self.stream_body_file.write_bytes(self.stream_body)
 
@@ -238,7 +289,7 @@ class Bench:
         routed = _whole(self.url(self.via_router), self.whole_body)
         if direct["choices"][0]["message"]["content"] != routed["choices"][0]["message"]["content"]:
             raise RuntimeError(f"the router's answer differs from the vendor's: {routed!r} vs {direct!r}")
-        expected = "".join(STREAM_PIECES)
+        expected = "".join(stream_pieces(self.args.pieces))
         counts = []
         for target in (self.direct, self.via_router):
             events, content = _stream(self.url(target), self.stream_body)
@@ -459,16 +510,8 @@ class Bench:
     def meta(self) -> dict[str, Any]:
         args = self.args
         return {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "cpu_model": _cpu_model(),
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-            },
-            "versions": {name: _version(name) for name in ("gunicorn", "gevent", "flask", "requests", "orjson")},
-            "commit": _git("rev-parse", "--short", "HEAD"),
-            "app_dirty": bool(_git("--no-optional-locks", "status", "--porcelain", "--", "app", "gunicorn.conf.py")),
+            **machine_meta(),
+            "loadavg_start": self.loadavg_start,
             "router": {
                 "workers": args.workers,
                 "worker_connections": args.worker_connections or 1000,
@@ -481,13 +524,12 @@ class Bench:
             "warmup_s": args.warmup,
             "stream": {
                 "client": f"tests/bench/streamclient.py --engine {args.stream_client}",
-                "pieces": len(STREAM_PIECES),
+                "pieces": args.pieces,
                 "interval_s": args.interval,
                 "ramp_s": args.ramp,
                 "stall_s": STALL_SECONDS,
                 "incremental_share": INCREMENTAL_SHARE,
             },
-            "loadavg_start": self.loadavg_start,
         }
 
     def finish_meta(self, result: dict[str, Any], last: Any) -> None:
