@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tests.bench.report import grid
+from tests.bench.grid import grid
 from tests.bench.stats import percentile
 
 __all__ = ["DESCRIBE", "Timeline", "analyze", "run_summary_line", "table"]

@@ -14,16 +14,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.bench import failstats, report
+from tests.bench import failstats, report, summary
 from tests.bench.failover import DEFAULT_ENV, FAULT_MODES, run_failover
 from tests.bench.load import LoadGenerator, pick_generator
+from tests.bench.peers import PEERS, Peer, PeerSkipped, default_cache, start_peer
 from tests.bench.procs import Sampler, cpu_between, cpu_seconds, loadavg, sample_tree
 from tests.bench.servers import HOST, LeanVendor
 from tests.bench.stats import INCREMENTAL_SHARE, STALL_SECONDS
@@ -43,11 +44,13 @@ def stream_pieces(count: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Target:
-    """One way to reach the vendor: directly, or through the router."""
+    """One way to reach the vendor: directly, through the router, or through a peer gateway."""
 
     name: str
     port: int
     path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    server_pid: int | None = None  # the process tree whose CPU and memory the rows report
 
 
 def request_body(stream: bool, interval: float, pieces: int) -> bytes:
@@ -64,6 +67,19 @@ def request_body(stream: bool, interval: float, pieces: int) -> bytes:
         body["stream"] = True
         # Passed through by the router untouched; both vendors (lean and fake) read it.
         body["x_fake"] = {"content_chunks": stream_pieces(pieces), "interval": interval}
+    return json.dumps(body).encode()
+
+
+def responses_body(stream: bool) -> bytes:
+    """The same conversation as a Responses API request (the router translates it onto chat)."""
+    body: dict[str, Any] = {
+        "model": "any-model",
+        "instructions": "You are a helpful assistant.",
+        "input": "Hello, how are you? Please answer in one sentence.",
+        "temperature": 0.7,
+    }
+    if stream:
+        body["stream"] = True
     return json.dumps(body).encode()
 
 
@@ -107,6 +123,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3 s per measurement, 1 s warm-up: a smoke run")
     parser.add_argument("--skip-nonstream", action="store_true")
     parser.add_argument("--skip-streams", action="store_true")
+    parser.add_argument(
+        "--held-streams",
+        default="1000",
+        help="stream counts held with --held-interval between events (default 1000; empty: skip)",
+    )
+    parser.add_argument("--held-interval", type=float, default=0.1, help="seconds between events of held streams")
+    parser.add_argument(
+        "--responses-concurrency", default="1,16", help="POST /v1/responses whole, router only (empty: skip)"
+    )
+    parser.add_argument("--responses-streams", default="50,500", help="POST /v1/responses streamed (empty: skip)")
+    parser.add_argument(
+        "--cost-streams",
+        type=int,
+        default=100,
+        help="router CPU to start a stream and per event: bursts of this many streams of 1 and 41 chunks "
+        "(3 each), fitted to CPU = start + events x per event (0: skip)",
+    )
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="other gateways measured in the same run, interleaved: portkey,litellm (tests/bench/peers.py)",
+    )
+    parser.add_argument("--peer-cache", type=Path, default=default_cache(), help="where peers are installed")
+    parser.add_argument(
+        "--peer-install-timeout", type=float, default=300.0, help="seconds a peer's install may take, else skipped"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the benchmark N times; report each figure as median (range)"
+    )
     parser.add_argument("--soak-concurrency", type=int, default=16, help="soak: non-stream concurrency")
     parser.add_argument("--soak-streams", type=int, default=100, help="soak: streams held at all times")
     parser.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between RSS samples")
@@ -150,6 +195,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration, args.warmup = 3.0, 1.0
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.streams = [int(k) for k in args.streams.split(",") if k]
+    args.held_streams = [int(k) for k in args.held_streams.split(",") if k]
+    args.responses_concurrency = [int(c) for c in args.responses_concurrency.split(",") if c]
+    args.responses_streams = [int(k) for k in args.responses_streams.split(",") if k]
+    args.peers = [name for name in args.peers.split(",") if name]
+    if unknown_peers := set(args.peers) - set(PEERS):
+        parser.error(f"unknown peers {sorted(unknown_peers)}; choose from {PEERS}")
+    if args.peers and args.vendor_server != "lean":
+        parser.error("--peers needs the lean vendor (peers drop x_fake; only it streams by default)")
+    if args.repeat < 1:
+        parser.error("--repeat wants 1 or more")
+    if args.repeat > 1 and (args.soak or args.failover):
+        parser.error("--repeat repeats the main benchmark only")
     return args
 
 
@@ -167,23 +224,52 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
     kind = "failover" if args.failover else "soak" if args.soak else "bench"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: list[dict[str, Any]] = []
     try:
         if args.failover:
-            result = failover(args, workdir)
+            results.append(failover(args, workdir))
         else:
-            bench = Bench(args, workdir)
-            try:
-                result = bench.soak() if args.soak else bench.run()
-            finally:
-                bench.stop()
+            for number in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    say(f"run {number} of {args.repeat}")
+                rundir = workdir / f"run{number}"
+                rundir.mkdir()
+                bench = Bench(args, rundir)
+                try:
+                    results.append(bench.soak() if args.soak else bench.run())
+                finally:
+                    bench.stop()
     except BaseException:
         print(f"work directory (router log, raw outputs) kept: {workdir}", file=sys.stderr)
         raise
-    out = args.out or RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    (RESULTS / f"latest-{kind}.json").write_text(json.dumps(result, indent=2))
-    print({"failover": failstats.table, "soak": report.soak_table, "bench": report.table}[kind](result))
-    print(f"\nJSON: {out}")
+    outs = []
+    for number, result in enumerate(results, 1):
+        suffix = f"-run{number}" if len(results) > 1 else ""
+        out = args.out.with_name(f"{args.out.stem}{suffix}{args.out.suffix}") if args.out else None
+        out = out or RESULTS / f"{kind}-{stamp}{suffix}.json"
+        out.write_text(json.dumps(result, indent=2))
+        outs.append(out)
+    (RESULTS / f"latest-{kind}.json").write_text(json.dumps(results[-1], indent=2))
+    print({"failover": failstats.table, "soak": report.soak_table, "bench": report.table}[kind](results[-1]))
+    if kind == "bench":
+        figures = summary.summarize(results)
+        goals = summary.goals(figures)
+        paths = ["direct", "router", *results[-1]["peers"]["running"]]
+        ks = sorted({row["concurrency"] for row in results[-1]["streams"]})
+        print(f"\nAll paths{'' if len(results) == 1 else f', median of {len(results)} runs (range)'}:")
+        print(summary.paths_table(figures, paths, ks))
+        if len(results) > 1:
+            print(f"\nGoals, median of {len(results)} runs (range), runs interleaved by path within each run")
+            print(summary.goals_table(goals, len(results)))
+            print(f"\nEvery figure over the {len(results)} runs")
+            print(summary.all_figures_table(figures))
+            out = RESULTS / f"{kind}-{stamp}-median.json"
+            document = {"runs": [str(o) for o in outs], "figures": figures, "goals": goals}
+            out.write_text(json.dumps(document, indent=2))
+            (RESULTS / "latest-median.json").write_text(json.dumps(document, indent=2))
+            outs.append(out)
+    print("\nJSON: " + ", ".join(str(o) for o in outs))
     if args.keep:
         print(f"work directory (router log, raw outputs): {workdir}")
     else:
@@ -228,20 +314,58 @@ class Bench:
         self.loadavg_start = loadavg()
         self.generator: LoadGenerator = pick_generator(args.loadgen, workdir)
         say(f"load generator: {self.generator.describe()}; load average {self.loadavg_start}")
-        self.vendor: FakeVendor | LeanVendor = LeanVendor() if args.vendor_server == "lean" else FakeVendor()
+        # The lean vendor streams --pieces chunks --interval apart by default too: peers drop x_fake.
+        self.vendor: FakeVendor | LeanVendor = (
+            LeanVendor(pieces=args.pieces, interval=args.interval) if args.vendor_server == "lean" else FakeVendor()
+        )
         self.router: Router | None = None
+        self.peers: list[Peer] = []
+        self.peers_skipped: dict[str, str] = {}
         try:
             self._start_router(args, workdir)
+            self._start_peers(args, workdir)
         except BaseException:
-            self.vendor.stop()
+            self.stop()
             raise
         # The router calls <OPENAI_BASE_URL>/chat/completions; the direct path is the same URL.
         self.direct = Target("direct", self.vendor.port, f"/{VENDOR}/chat/completions")
-        self.via_router = Target("router", self.router_port, ROUTER_PATH)
+        self.via_router = Target("router", self.router_port, ROUTER_PATH, server_pid=self.router_pid)
+        self.via_peers = [
+            Target(peer.name, peer.port, ROUTER_PATH, peer.headers, server_pid=peer.pid) for peer in self.peers
+        ]
+        self.responses = Target("router", self.router_port, "/v1/responses", server_pid=self.router_pid)
         self.whole_body = request_body(stream=False, interval=args.interval, pieces=args.pieces)
         self.stream_body = request_body(stream=True, interval=args.interval, pieces=args.pieces)
-        self.stream_body_file = workdir / "stream-body.json"
-        self.stream_body_file.write_bytes(self.stream_body)
+        self.bodies = {
+            "stream": self._body_file("stream", self.stream_body),
+            "held": self._body_file("held", request_body(stream=True, interval=args.held_interval, pieces=args.pieces)),
+            "responses": self._body_file("responses", responses_body(stream=True)),
+        }
+
+    def _body_file(self, name: str, body: bytes) -> Path:
+        path = self.workdir / f"{name}-body.json"
+        path.write_bytes(body)
+        return path
+
+    def _start_peers(self, args: argparse.Namespace, workdir: Path) -> None:
+        for name in args.peers:
+            say(f"starting peer {name} (installing into {args.peer_cache} if needed)")
+            try:
+                peer = start_peer(
+                    name,
+                    self.vendor.url(VENDOR),
+                    KEY,
+                    args.workers,
+                    args.peer_cache,
+                    args.peer_install_timeout,
+                    workdir / f"{name}.log",
+                )
+            except PeerSkipped as skipped:
+                self.peers_skipped[name] = str(skipped)
+                say(f"peer {name} skipped: {skipped}")
+                continue
+            self.peers.append(peer)
+            say(f"peer {name} running: {peer.version}, {peer.command}")
 
     def _start_router(self, args: argparse.Namespace, workdir: Path) -> None:
         env = router_config(
@@ -261,6 +385,8 @@ class Bench:
         self.log_offset = 0
 
     def stop(self) -> None:
+        for peer in self.peers:
+            peer.stop()
         if self.router is not None:
             self.router.stop()
         self.vendor.stop()
@@ -285,41 +411,77 @@ class Bench:
         )
         self.rss_started = sample_tree(self.router_pid)
         self.workers_at_start = set(self.rss_started.cpu) - {self.router_pid}
-        direct = _whole(self.url(self.direct), self.whole_body)
-        routed = _whole(self.url(self.via_router), self.whole_body)
-        if direct["choices"][0]["message"]["content"] != routed["choices"][0]["message"]["content"]:
-            raise RuntimeError(f"the router's answer differs from the vendor's: {routed!r} vs {direct!r}")
+        direct = _whole(self.direct, self.whole_body)
+        text = direct["choices"][0]["message"]["content"]
+        for target in (self.via_router, *self.via_peers):
+            answer = _whole(target, self.whole_body)
+            if answer["choices"][0]["message"]["content"] != text:
+                raise RuntimeError(f"{target.name}'s answer differs from the vendor's: {answer!r} vs {direct!r}")
         expected = "".join(stream_pieces(self.args.pieces))
-        counts = []
-        for target in (self.direct, self.via_router):
-            events, content = _stream(self.url(target), self.stream_body)
+        counts = {}
+        for target in (self.direct, self.via_router, *self.via_peers):
+            events, content = _stream(target, self.stream_body)
             if content != expected:
                 raise RuntimeError(f"{target.name} stream content {content!r}, expected {expected!r}")
-            counts.append(events)
-        if counts[0] != counts[1]:
-            raise RuntimeError(f"direct stream has {counts[0]} events, the router's {counts[1]}")
+            counts[target.name] = events
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(f"the paths' streams differ in events: {counts}")
+        self.responses_note = self._check_responses(text, expected)
         time.sleep(1)  # the last worker's start-up lines
         assert self.router is not None
         self.log_offset = self.router.log_path.stat().st_size
-        return counts[0]
+        return counts["direct"]
+
+    def _check_responses(self, text: str, expected: str) -> str | None:
+        """None when POST /v1/responses answers as chat does; else why its rows are skipped."""
+        if not (self.args.responses_concurrency or self.args.responses_streams):
+            return "not asked for"
+        url = self.url(self.responses)
+        response = requests.post(url, data=responses_body(stream=False), headers=_JSON, timeout=10)
+        if response.status_code == 404:
+            return "skipped: POST /v1/responses answered 404 (this router has no Responses endpoint yet)"
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /v1/responses answered {response.status_code}: {response.text[:500]}")
+        output = "".join(
+            part.get("text", "")
+            for item in response.json().get("output") or []
+            for part in item.get("content") or []
+            if part.get("type") == "output_text"
+        )
+        if output != text:
+            raise RuntimeError(f"the Responses answer {output!r} differs from chat's {text!r}")
+        streamed = requests.post(url, data=responses_body(stream=True), headers=_JSON, timeout=10)
+        deltas = [
+            json.loads(line[5:]).get("delta", "")
+            for line in streamed.text.splitlines()
+            if line.startswith("data:") and '"response.output_text.delta"' in line
+        ]
+        if streamed.status_code != 200 or "".join(deltas) != expected or "response.completed" not in streamed.text:
+            raise RuntimeError(f"the Responses stream is not the vendor's: {streamed.text[-500:]!r}")
+        return None
 
     def url(self, target: Target) -> str:
-        return f"http://{HOST}:{target.port}{target.path}"
+        return _url(target)
 
     # -- one measurement, observed --------------------------------------------------------------
 
-    def observe(self, action: Callable[[], dict[str, Any]], fds: bool = False) -> dict[str, Any]:
-        """Run ``action`` while sampling the router; add its CPU and memory, and the vendor's CPU, to the result."""
-        with Sampler(self.router_pid, every=0.5, fds=fds) as sampler:
-            before = sample_tree(self.router_pid)
+    def observe(
+        self, action: Callable[[], dict[str, Any]], fds: bool = False, server: int | None = None
+    ) -> dict[str, Any]:
+        """Run ``action`` while sampling the server (the router unless a peer's pid is given); add its
+        CPU and memory, and the vendor's CPU, to the result (``router_*`` keys name that server)."""
+        root = server or self.router_pid
+        with Sampler(root, every=0.5, fds=fds) as sampler:
+            before = sample_tree(root)
             vendor_before = cpu_seconds(self.vendor.process.pid)
             started = time.monotonic()
             result = action()
             wall = time.monotonic() - started
             vendor_cpu = cpu_seconds(self.vendor.process.pid) - vendor_before
-            after = sample_tree(self.router_pid)
+            after = sample_tree(root)
         router_cpu = cpu_between(before, after)
         result["observed"] = {
+            "server_pid": root,
             "wall_s": round(wall, 3),
             "router_cpu_s": round(router_cpu, 3),
             "router_cpu_share": round(router_cpu / wall, 3),  # of one core; the machine has os.cpu_count()
@@ -327,7 +489,7 @@ class Bench:
             "worker_cpu_share": [
                 round((after.cpu[pid] - before.cpu[pid]) / wall, 3)
                 for pid in sorted(after.cpu)
-                if pid in before.cpu and pid != self.router_pid
+                if pid in before.cpu and pid != root
             ],
             "vendor_cpu_share": round(vendor_cpu / wall, 3),
             "router_rss_peak_mb": round(sampler.peak_rss_mb, 1),
@@ -337,14 +499,27 @@ class Bench:
         }
         if fds:
             peaks = sampler.peak_fds()
-            result["observed"]["worker_fds_peak"] = [n for pid, n in sorted(peaks.items()) if pid != self.router_pid]
+            result["observed"]["worker_fds_peak"] = [n for pid, n in sorted(peaks.items()) if pid != root]
         return result
 
-    def whole_load(self, target: Target, concurrency: int, duration: float) -> dict[str, Any]:
-        return self.generator.run(HOST, target.port, target.path, self.whole_body, concurrency, duration)
+    def whole_load(
+        self, target: Target, concurrency: int, duration: float, body: bytes | None = None
+    ) -> dict[str, Any]:
+        body = self.whole_body if body is None else body
+        return self.generator.run(HOST, target.port, target.path, body, concurrency, duration, target.headers)
 
-    def stream_burst(self, target: Target, streams: int, expected: int) -> dict[str, Any]:
+    def stream_burst(
+        self,
+        target: Target,
+        streams: int,
+        expected: int,
+        body: str = "stream",
+        interval: float | None = None,
+        ramp: float | None = None,
+    ) -> dict[str, Any]:
+        """K streams at once through ``target`` (``body``: stream, held, responses, or a body file's path)."""
         out = self.workdir / f"streams-{target.name}-{streams}.json"
+        body_file = self.bodies.get(body, body)
         command = [
             sys.executable,
             "-m",
@@ -352,14 +527,17 @@ class Bench:
             f"--host={HOST}",
             f"--port={target.port}",
             f"--path={target.path}",
-            f"--body-file={self.stream_body_file}",
+            f"--body-file={body_file}",
             f"--streams={streams}",
             f"--expected-events={expected}",
-            f"--interval={self.args.interval}",
+            f"--interval={self.args.interval if interval is None else interval}",
             f"--engine={self.args.stream_client}",
-            f"--ramp={self.args.ramp}",
+            f"--ramp={self.args.ramp if ramp is None else ramp}",
             f"--out={out}",
+            *(f"--header={name}:{value}" for name, value in target.headers.items()),
         ]
+        if body == "responses":
+            command.append("--dialect=responses")
         subprocess.run(command, cwd=ROOT, check=True, timeout=600)
         return json.loads(out.read_text())
 
@@ -370,43 +548,49 @@ class Bench:
         expected = self.check()
         time.sleep(1)
         idle = sample_tree(self.router_pid)
-        say(f"checked both paths; router RSS {idle.rss_mb:.1f} MB idle ({self.rss_started.rss_mb:.1f} MB at start)")
-        result: dict[str, Any] = {"meta": self.meta(), "nonstream": [], "streams": []}
-        peak_rss = peak_pss = 0.0
+        say(f"checked every path; router RSS {idle.rss_mb:.1f} MB idle ({self.rss_started.rss_mb:.1f} MB at start)")
+        result: dict[str, Any] = {
+            "meta": self.meta(),
+            "nonstream": [],
+            "streams": [],
+            "held_streams": [],
+            "responses": {"note": self.responses_note, "nonstream": [], "streams": []},
+            "peers": {
+                "running": {peer.name: {"version": peer.version, "command": peer.command} for peer in self.peers},
+                "skipped": self.peers_skipped,
+            },
+        }
+        self.peak_rss = self.peak_pss = 0.0
+        # Every path at one load, then the next load: peers interleaved with the router and the direct path.
+        paths = (self.direct, self.via_router, *self.via_peers)
 
         if not args.skip_nonstream:
             for concurrency in args.concurrency:
-                for target in (self.direct, self.via_router):
-                    if args.warmup:
-                        self.whole_load(target, concurrency, args.warmup)
-                    say(f"non-stream c={concurrency} {target.name} for {args.duration:g} s")
-                    row = self.observe(lambda t=target, c=concurrency: self.whole_load(t, c, args.duration))
-                    row.update(concurrency=concurrency, target=target.name)
-                    if target is self.via_router and row["requests"]:
-                        row["router_cpu_ms_per_call"] = round(
-                            row["observed"]["router_cpu_s"] * 1000 / row["requests"], 3
-                        )
-                        peak_rss = max(peak_rss, row["observed"]["router_rss_peak_mb"])
-                        peak_pss = max(peak_pss, row["observed"]["router_pss_peak_mb"])
-                    result["nonstream"].append(row)
-                    say(report.nonstream_line(row))
+                for target in paths:
+                    result["nonstream"].append(self.whole_row(target, concurrency))
 
         if not args.skip_streams:
             for streams in args.streams:
+                for target in paths:
+                    result["streams"].append(self.stream_row(target, streams, expected))
+            for streams in args.held_streams:
                 for target in (self.direct, self.via_router):
-                    if not args.no_stream_warmup:
-                        self.stream_burst(target, streams, expected)
-                    say(f"streams K={streams} {target.name}")
-                    row = self.observe(lambda t=target, k=streams: self.stream_burst(t, k, expected), fds=True)
-                    row.update(target=target.name)
-                    if target is self.via_router and row["streams"]:
-                        row["router_cpu_ms_per_stream"] = round(
-                            row["observed"]["router_cpu_s"] * 1000 / row["streams"], 3
-                        )
-                        peak_rss = max(peak_rss, row["observed"]["router_rss_peak_mb"])
-                        peak_pss = max(peak_pss, row["observed"]["router_pss_peak_mb"])
-                    result["streams"].append(row)
-                    say(report.stream_line(row))
+                    row = self.stream_row(target, streams, expected, body="held", interval=args.held_interval)
+                    result["held_streams"].append(row)
+
+        if self.responses_note is None:
+            say("POST /v1/responses, the router only (its vendor call is the chat completion above)")
+            for concurrency in args.responses_concurrency:
+                row = self.whole_row(self.responses, concurrency, responses_body(stream=False))
+                result["responses"]["nonstream"].append(row)
+            for streams in args.responses_streams:
+                row = self.stream_row(self.responses, streams, args.pieces, body="responses")
+                result["responses"]["streams"].append(row)
+        elif args.responses_concurrency or args.responses_streams:
+            say(f"Responses rows {self.responses_note}")
+
+        if args.cost_streams:
+            result["stream_cost"] = self.stream_cost(expected)
 
         say("letting the router settle for 5 s")
         time.sleep(5)
@@ -414,17 +598,84 @@ class Bench:
         result["memory"] = {
             "started_rss_mb": round(self.rss_started.rss_mb, 1),
             "idle_rss_mb": round(idle.rss_mb, 1),
-            "under_load_peak_rss_mb": round(peak_rss, 1),
+            "under_load_peak_rss_mb": round(self.peak_rss, 1),
             "after_load_rss_mb": round(after.rss_mb, 1),
             "idle_pss_mb": round(idle.pss_mb, 1),
-            "under_load_peak_pss_mb": round(peak_pss, 1),
+            "under_load_peak_pss_mb": round(self.peak_pss, 1),
             "after_load_pss_mb": round(after.pss_mb, 1),
             "processes": len(after.rss_kb),
         }
         result["stream_events"] = expected
         self.finish_meta(result, after)
-        result["goals"] = report.goals(result)
+        result["goals"] = summary.goals(summary.summarize([result]))
         return result
+
+    def whole_row(self, target: Target, concurrency: int, body: bytes | None = None) -> dict[str, Any]:
+        """One non-stream measurement through ``target``, after its warm-up."""
+        args = self.args
+        if args.warmup:
+            self.whole_load(target, concurrency, args.warmup, body)
+        say(f"non-stream c={concurrency} {target.name} {target.path} for {args.duration:g} s")
+        row = self.observe(lambda: self.whole_load(target, concurrency, args.duration, body), server=target.server_pid)
+        row.update(concurrency=concurrency, target=target.name, path=target.path)
+        if target.server_pid is not None and row["requests"]:
+            row["router_cpu_ms_per_call"] = round(row["observed"]["router_cpu_s"] * 1000 / row["requests"], 3)
+        self._track_memory(target, row)
+        say(report.nonstream_line(row))
+        return row
+
+    def stream_row(
+        self, target: Target, streams: int, expected: int, body: str = "stream", interval: float | None = None
+    ) -> dict[str, Any]:
+        """One burst of K streams through ``target``, after a discarded one."""
+        if not self.args.no_stream_warmup:
+            self.stream_burst(target, streams, expected, body, interval)
+        say(f"streams K={streams} {target.name} {target.path} ({body})")
+        row = self.observe(
+            lambda: self.stream_burst(target, streams, expected, body, interval), fds=True, server=target.server_pid
+        )
+        row.update(
+            target=target.name, path=target.path, interval_s=self.args.interval if interval is None else interval
+        )
+        if target.server_pid is not None and row["streams"]:
+            row["router_cpu_ms_per_stream"] = round(row["observed"]["router_cpu_s"] * 1000 / row["streams"], 3)
+        self._track_memory(target, row)
+        say(report.stream_line(row))
+        return row
+
+    def _track_memory(self, target: Target, row: dict[str, Any]) -> None:
+        if target.server_pid == self.router_pid:
+            self.peak_rss = max(self.peak_rss, row["observed"]["router_rss_peak_mb"])
+            self.peak_pss = max(self.peak_pss, row["observed"]["router_pss_peak_mb"])
+
+    def stream_cost(self, expected: int) -> dict[str, Any]:
+        """The router's CPU to start a stream and per relayed event.
+
+        Bursts of K streams of 1 and of 41 content chunks (3 each, after one discarded), spread over
+        0.5 s so they overlap little; CPU per stream = start + events x per event, solved from the
+        two shapes. A stream has the pieces plus its role, finish and [DONE] events.
+        """
+        args = self.args
+        k = args.cost_streams
+        points = []
+        for pieces in (1, 41):
+            events = expected - args.pieces + pieces
+            path = self._body_file(f"cost-{pieces}", request_body(stream=True, interval=args.interval, pieces=pieces))
+            say(f"stream cost: {k} streams of {events} events through the router, 1 + 3 bursts")
+            self.stream_burst(self.via_router, k, events, str(path), ramp=0.5)
+            cpu = streams = 0.0
+            for _ in range(3):
+                row = self.observe(lambda p=path, e=events: self.stream_burst(self.via_router, k, e, str(p), ramp=0.5))
+                if row["ok"] != row["streams"]:
+                    raise RuntimeError(f"stream cost: {row['streams'] - row['ok']} streams failed: {row['problems']}")
+                cpu += row["observed"]["router_cpu_s"]
+                streams += row["streams"]
+            points.append({"pieces": pieces, "events": events, "cpu_ms_per_stream": round(cpu * 1000 / streams, 4)})
+        short, long = points
+        per_event = (long["cpu_ms_per_stream"] - short["cpu_ms_per_stream"]) / (long["events"] - short["events"])
+        start = short["cpu_ms_per_stream"] - per_event * short["events"]
+        say(f"  router CPU to start a stream {start:.3f} ms, per relayed event {per_event * 1000:.1f} µs")
+        return {"streams": k, "points": points, "start_ms": round(start, 3), "per_event_us": round(per_event * 1000, 2)}
 
     # -- the soak ---------------------------------------------------------------------------------
 
@@ -568,16 +819,25 @@ def say(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def _whole(url: str, body: bytes) -> dict[str, Any]:
-    response = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+_JSON = {"Content-Type": "application/json"}
+
+
+def _url(target: Target) -> str:
+    return f"http://{HOST}:{target.port}{target.path}"
+
+
+def _whole(target: Target, body: bytes) -> dict[str, Any]:
+    url = _url(target)
+    response = requests.post(url, data=body, headers={**_JSON, **target.headers}, timeout=10)
     if response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")
     return response.json()
 
 
-def _stream(url: str, body: bytes) -> tuple[int, str]:
+def _stream(target: Target, body: bytes) -> tuple[int, str]:
     """(number of data events, concatenated content) of one streamed answer."""
-    response = requests.post(url, data=body, headers={"Content-Type": "application/json"}, stream=True, timeout=10)
+    url = _url(target)
+    response = requests.post(url, data=body, headers={**_JSON, **target.headers}, stream=True, timeout=10)
     with response:
         if response.status_code != 200:
             raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")
