@@ -19,9 +19,10 @@ def _errors(errors: dict[str, int]) -> str:
 
 
 def _cpu(observed: dict[str, Any]) -> str:
-    """Router CPU in cores, and each worker's share: 1.82 (0.88/0.94)."""
+    """Server CPU in cores, and each child process's share: 1.82 (0.88/0.94); a lone process: 0.70."""
     workers = "/".join(f"{w:.2f}" for w in observed["worker_cpu_share"])
-    return f"{observed['router_cpu_share']:.2f} ({workers})"
+    total = f"{observed['router_cpu_share']:.2f}"
+    return f"{total} ({workers})" if workers else total
 
 
 def nonstream_line(row: dict[str, Any]) -> str:
@@ -185,6 +186,8 @@ def table(result: dict[str, Any]) -> str:
             ),
             _stream_grid(result["streams"]),
             *_added_ttfc_lines(result["streams"], result["streams"]),
+            "the router's TTFC includes one vendor interval: it holds the vendor's role-only first chunk until the "
+            "first content chunk (its commit point for failover); the direct path's first event is that role chunk",
             f"incremental: >= {stream_meta['incremental_share'] * 100:.0f}% of a stream's gaps between events are "
             f">= a quarter of the vendor's interval; stall: a gap > "
             f"{stream_meta['stall_s'] * 1000:g} ms; served/open: most streams relayed at once (first event to end) / "

@@ -86,7 +86,8 @@ def responses_body(stream: bool) -> bytes:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
-        description="Benchmark the router against its vendor called directly (issue 6).",
+        description="Benchmark the router against its vendor called directly, and against peer gateways "
+        "(--peers); or fail one of two vendors under load (--failover). See tests/bench/__init__.py.",
     )
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="sustained mixed load; report RSS growth")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per non-stream measurement")
@@ -701,7 +702,7 @@ class Bench:
                 f"--host={HOST}",
                 f"--port={self.via_router.port}",
                 f"--path={ROUTER_PATH}",
-                f"--body-file={self.stream_body_file}",
+                f"--body-file={self.bodies['stream']}",
                 f"--streams={args.soak_streams}",
                 f"--expected-events={expected}",
                 f"--interval={args.interval}",
