@@ -129,16 +129,18 @@ def analyze(
         start = end
     # Streams the failing vendor broke after sending content: each is an error the client must see.
     committed_drops = sum(1 for c in hit if c[3] == "drop")
-    errors = sum(phases[p][k]["errors"] for p in phases for k in ("whole", "stream"))
+    whole_errors = sum(phases[p]["whole"]["errors"] for p in phases)
+    stream_errors = sum(phases[p]["stream"]["errors"] for p in phases)
     goal_errors = committed_drops if mode == "drop" else 0
     return {
         "mode": mode,
         "describe": DESCRIBE[mode],
         "phases": phases,
         "added_during_fault_ms": added,
-        "client_errors": errors,
+        "client_errors": whole_errors + stream_errors,
         "client_errors_goal": goal_errors,
-        "goal_met": errors == goal_errors,
+        # Whole calls never fail; only streams the vendor broke after commit may.
+        "goal_met": whole_errors == 0 and stream_errors == goal_errors,
         "failing_vendor": {
             "share_before_fault": _share(calls, failing, *timeline.phases()["before"]),
             "calls_during_fault": len(fault_calls),
