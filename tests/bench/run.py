@@ -437,6 +437,9 @@ class Bench:
         """None when POST /v1/responses answers as chat does; else why its rows are skipped."""
         if not (self.args.responses_concurrency or self.args.responses_streams):
             return "not asked for"
+        if self.args.vendor_server != "lean":
+            # The Responses request carries no x_fake; only the lean vendor streams the bench's shape without it.
+            return "skipped: needs the lean vendor (--vendor-server lean)"
         url = self.url(self.responses)
         response = requests.post(url, data=responses_body(stream=False), headers=_JSON, timeout=10)
         if response.status_code == 404:
