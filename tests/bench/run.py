@@ -144,7 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--peers",
         default="",
-        help="other gateways measured in the same run, interleaved: portkey,litellm (tests/bench/peers.py)",
+        help="other gateways measured in the same run on the same vendor, interleaved: portkey,litellm; installed on "
+        "first use into --peer-cache (npm, pip), a peer that cannot be is skipped, saying why (tests/bench/peers.py)",
     )
     parser.add_argument("--peer-cache", type=Path, default=default_cache(), help="where peers are installed")
     parser.add_argument(
