@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format demo bench soak check-config clean
+.PHONY: run test lint format demo bench bench-peers bench-failover soak check-config clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ check-config: $(VENV)/.runtime
 ## bench: the benchmark (router vs. the fake vendor called directly); not part of `make test`
 bench: $(VENV)/.dev
 	$(BIN)/python -m tests.bench
+
+## bench-peers: the benchmark 3 times with Portkey and LiteLLM in the same runs (installed into ~/.cache/router-bench)
+bench-peers: $(VENV)/.dev
+	$(BIN)/python -m tests.bench --peers portkey,litellm --repeat 3
+
+## bench-failover: one of two vendors errs, stalls, then drops streams under constant load, and recovers
+bench-failover: $(VENV)/.dev
+	$(BIN)/python -m tests.bench --failover
 
 ## soak: the benchmark's 10-minute memory soak
 soak: $(VENV)/.dev

@@ -26,7 +26,7 @@ __all__ = ["LoadGenerator", "pick_generator"]
 _WRK_SCRIPT = """\
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [{level}[{body}]{level}]
+{headers}wrk.body = [{level}[{body}]{level}]
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -52,12 +52,28 @@ class LoadGenerator:
     def describe(self) -> str:
         raise NotImplementedError
 
-    def run(self, host: str, port: int, path: str, body: bytes, concurrency: int, duration: float) -> dict[str, Any]:
+    def run(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        body: bytes,
+        concurrency: int,
+        duration: float,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """Run the load for ``duration`` seconds and return its figures."""
-        return self.finish(*self.start(host, port, path, body, concurrency, duration))
+        return self.finish(*self.start(host, port, path, body, concurrency, duration, headers))
 
     def start(
-        self, host: str, port: int, path: str, body: bytes, concurrency: int, duration: float
+        self,
+        host: str,
+        port: int,
+        path: str,
+        body: bytes,
+        concurrency: int,
+        duration: float,
+        headers: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen, Any]:
         """Start a run in the background; ``finish`` collects it (the soak runs load beside streams)."""
         raise NotImplementedError
@@ -78,17 +94,25 @@ class Wrk(LoadGenerator):
     def describe(self) -> str:
         return f"{self.version} ({self.binary}), -t1"
 
-    def _script(self, body: bytes) -> Path:
+    def _script(self, body: bytes, headers: dict[str, str]) -> Path:
         text = body.decode()
         level = "="
         while f"]{level}]" in text:  # a Lua long bracket the body cannot close
             level += "="
-        path = self.workdir / f"wrk-{abs(hash(body))}.lua"
-        path.write_text(_WRK_SCRIPT.format(level=level, body=text))
+        lines = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
+        path = self.workdir / f"wrk-{abs(hash((body, tuple(headers.items()))))}.lua"
+        path.write_text(_WRK_SCRIPT.format(level=level, body=text, headers=lines))
         return path
 
     def start(
-        self, host: str, port: int, path: str, body: bytes, concurrency: int, duration: float
+        self,
+        host: str,
+        port: int,
+        path: str,
+        body: bytes,
+        concurrency: int,
+        duration: float,
+        headers: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen, Any]:
         command = [
             self.binary,
@@ -98,7 +122,7 @@ class Wrk(LoadGenerator):
             "--timeout",
             "10s",
             "-s",
-            str(self._script(body)),
+            str(self._script(body, headers or {})),
             f"http://{host}:{port}{path}",
         ]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -134,7 +158,14 @@ class GeventLoad(LoadGenerator):
         return f"gevent load generator (tests/bench/loadgen.py; {self.why})"
 
     def start(
-        self, host: str, port: int, path: str, body: bytes, concurrency: int, duration: float
+        self,
+        host: str,
+        port: int,
+        path: str,
+        body: bytes,
+        concurrency: int,
+        duration: float,
+        headers: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen, Any]:
         body_file = tempfile.NamedTemporaryFile(dir=self.workdir, suffix=".json", delete=False)  # noqa: SIM115
         body_file.write(body)
@@ -151,6 +182,7 @@ class GeventLoad(LoadGenerator):
             f"--concurrency={concurrency}",
             f"--duration={duration}",
             f"--out={out}",
+            *(f"--header={name}:{value}" for name, value in (headers or {}).items()),
         ]
         return subprocess.Popen(command, cwd=ROOT), out
 

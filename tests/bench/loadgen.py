@@ -81,9 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="an extra request header")
     args = parser.parse_args(argv)
+    headers = dict(h.split(":", 1) for h in args.header)
     with open(args.body_file, "rb") as f:
-        request = build_post(args.host, args.port, args.path, f.read())
+        request = build_post(args.host, args.port, args.path, f.read(), headers)
     before = resource.getrusage(resource.RUSAGE_SELF)
     result = run_load(args.host, args.port, request, args.concurrency, args.duration)
     after = resource.getrusage(resource.RUSAGE_SELF)

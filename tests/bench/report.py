@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["goals", "growth", "nonstream_line", "soak_table", "stream_line", "table"]
+from tests.bench import summary
+from tests.bench.grid import grid
 
-# The issue's reference points, measured on this kind of machine with wrk -t1.
-PEERS = (
-    "peers (issue 6, same method): LiteLLM proxy ~60/s at c=1, ~130/s at c=16, +16 ms; "
-    "Portkey (Node) ~700/s at c=1, ~790/s at c=16, +1.1 ms; plain Flask+gevent+requests ~800/s at c=16, +2 ms"
-)
+__all__ = ["growth", "nonstream_line", "soak_table", "stream_line", "table"]
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -22,9 +19,10 @@ def _errors(errors: dict[str, int]) -> str:
 
 
 def _cpu(observed: dict[str, Any]) -> str:
-    """Router CPU in cores, and each worker's share: 1.82 (0.88/0.94)."""
+    """Server CPU in cores, and each child process's share: 1.82 (0.88/0.94); a lone process: 0.70."""
     workers = "/".join(f"{w:.2f}" for w in observed["worker_cpu_share"])
-    return f"{observed['router_cpu_share']:.2f} ({workers})"
+    total = f"{observed['router_cpu_share']:.2f}"
+    return f"{total} ({workers})" if workers else total
 
 
 def nonstream_line(row: dict[str, Any]) -> str:
@@ -46,14 +44,6 @@ def stream_line(row: dict[str, Any]) -> str:
     )
 
 
-def _grid(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 def _by(rows: list[dict[str, Any]], key: str, value: Any, target: str) -> dict[str, Any] | None:
     return next((r for r in rows if r.get(key) == value and r["target"] == target), None)
 
@@ -72,21 +62,87 @@ def added_latency(result: dict[str, Any], concurrency: int = 1) -> dict[str, flo
     }
 
 
-def added_ttfc(result: dict[str, Any], streams: int) -> dict[str, float | None]:
-    """Router minus direct time to first chunk, p50 and p99, for K streams (ms)."""
-    direct = _by(result["streams"], "concurrency", streams, "direct")
-    routed = _by(result["streams"], "concurrency", streams, "router")
-    if not direct or not routed:
-        return {"p50": None, "p99": None}
-    out: dict[str, float | None] = {}
-    for p in ("p50", "p99"):
-        a, b = routed["ttfc_ms"][p], direct["ttfc_ms"][p]
-        out[p] = round(a - b, 3) if a is not None and b is not None else None
-    return out
+def _nonstream_grid(rows_in: list[dict[str, Any]]) -> str:
+    rows = []
+    for row in rows_in:
+        lat, obs = row["latency_ms"], row["observed"]
+        served = row["target"] != "direct"  # the CPU columns are the server's: router or peer
+        rows.append(
+            [
+                str(row["concurrency"]),
+                row["target"],
+                f"{row['rps']:.0f}",
+                _f(lat["p50"]),
+                _f(lat["p99"]),
+                _errors(row["errors"]),
+                _f(row.get("router_cpu_ms_per_call"), 3) if served else "",
+                _cpu(obs) if served else "",
+                f"{obs['vendor_cpu_share']:.2f}",
+                _f(row.get("loadgen_cpu_share")),
+                obs["loadavg"].split()[0],
+            ]
+        )
+    headers = ["conc", "path", "calls/s", "p50 ms", "p99 ms", "errors", "CPU ms/call", "server CPU"]
+    headers += ["vendor CPU", "loadgen CPU", "load1"]
+    return grid(headers, rows)
+
+
+def _stream_grid(rows_in: list[dict[str, Any]]) -> str:
+    rows = []
+    for row in rows_in:
+        ttfc, obs = row["ttfc_ms"], row["observed"]
+        served = row["target"] != "direct"
+        rows.append(
+            [
+                str(row["concurrency"]),
+                row["target"],
+                f"{row['ok']}/{row['streams']}",
+                f"{row['peak_served']}/{row['peak_open']}",
+                _f(ttfc["p50"], 1),
+                _f(ttfc["p99"], 1),
+                f"{row['incremental']} ({row['incremental_share'] * 100:.0f}%)",
+                f"{row['stalls']}/{row['streams_with_stalls']}",
+                _f(row["max_gap_ms"], 0),
+                _errors(row["problems"]),
+                _f(row.get("router_cpu_ms_per_stream"), 2) if served else "",
+                _cpu(obs) if served else "",
+                f"{obs['vendor_cpu_share']:.2f}",
+                f"{row['client_cpu_share']:.2f}",
+                "/".join(map(str, obs.get("worker_fds_peak", []))) if served else "",
+                obs["loadavg"].split()[0],
+            ]
+        )
+    headers = ["K", "path", "ok", "served/open", "TTFC p50", "TTFC p99", "incremental", "stalls/streams"]
+    headers += ["max gap ms", "errors", "CPU ms/stream", "server CPU", "vendor CPU", "client CPU", "worker fds"]
+    headers += ["load1"]
+    return grid(headers, rows)
+
+
+def _added_ttfc_lines(direct_rows: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        if row["target"] == "direct":
+            continue
+        base = next(
+            (d for d in direct_rows if d["target"] == "direct" and d["concurrency"] == row["concurrency"]), None
+        )
+        if base is None:
+            continue
+        added = {
+            p: None
+            if row["ttfc_ms"][p] is None or base["ttfc_ms"][p] is None
+            else row["ttfc_ms"][p] - base["ttfc_ms"][p]
+            for p in ("p50", "p99")
+        }
+        lines.append(
+            f"added TTFC K={row['concurrency']} ({row['target']} {row.get('path', '')} - direct): "
+            f"p50 {_f(added['p50'], 1)} ms, p99 {_f(added['p99'], 1)} ms"
+        )
+    return lines
 
 
 def table(result: dict[str, Any]) -> str:
-    """The whole report, as printed at the end of ``make bench``."""
+    """The whole report of one run, as printed at the end of ``make bench``."""
     meta = result["meta"]
     machine, router = meta["machine"], meta["router"]
     dirty = " (app/ modified)" if meta["app_dirty"] else ""
@@ -100,86 +156,82 @@ def table(result: dict[str, Any]) -> str:
         f"{router['worker_connections']}, LOG_LEVEL={router['log_level']}, vendor: {vendor}",
         f"load: {meta['loadgen']}; {meta['duration_s']:g} s per measurement after {meta['warmup_s']:g} s warm-up",
     ]
-    rows = []
-    for row in result["nonstream"]:
-        lat, obs = row["latency_ms"], row["observed"]
-        rows.append(
-            [
-                str(row["concurrency"]),
-                row["target"],
-                f"{row['rps']:.0f}",
-                _f(lat["p50"]),
-                _f(lat["p99"]),
-                _errors(row["errors"]),
-                _f(row.get("router_cpu_ms_per_call"), 3) if row["target"] == "router" else "",
-                _cpu(obs) if row["target"] == "router" else "",
-                f"{obs['vendor_cpu_share']:.2f}",
-                _f(row.get("loadgen_cpu_share")),
-                obs["loadavg"].split()[0],
-            ]
-        )
-    if rows:
-        parts += ["", "Non-stream POST /v1/chat/completions (closed loop, keep-alive)"]
-        headers = ["conc", "path", "calls/s", "p50 ms", "p99 ms", "errors", "CPU ms/call", "router CPU"]
-        headers += ["vendor CPU", "loadgen CPU", "load1"]
-        parts.append(_grid(headers, rows))
+    peers = result.get("peers") or {}
+    for name, peer in (peers.get("running") or {}).items():
+        parts.append(f"peer {name}: {peer['version']}, {peer['command']}; measured interleaved in this run")
+    for name, why in (peers.get("skipped") or {}).items():
+        parts.append(f"peer {name}: SKIPPED: {why.splitlines()[0] if why else ''}")
+    if result["nonstream"]:
+        parts += [
+            "",
+            "Non-stream POST /v1/chat/completions (closed loop, keep-alive)",
+            _nonstream_grid(result["nonstream"]),
+        ]
         added = added_latency(result, 1)
         parts.append(
             f"added latency at c=1 (router - direct): p50 {_f(added['p50'], 3)} ms, p99 {_f(added['p99'], 3)} ms"
         )
         parts.append(
-            "CPU columns: cores busy (1.00 = one core), the router's as total (per worker); "
-            "CPU ms/call = router CPU time / calls"
+            "CPU columns: cores busy (1.00 = one core); server CPU is the router's (or the peer's) as total "
+            "(per process); CPU ms/call = server CPU time / calls"
         )
-        parts.append(PEERS)
 
     stream_meta = meta["stream"]
-    rows = []
-    for row in result["streams"]:
-        ttfc, obs = row["ttfc_ms"], row["observed"]
-        rows.append(
-            [
-                str(row["concurrency"]),
-                row["target"],
-                f"{row['ok']}/{row['streams']}",
-                f"{row['peak_served']}/{row['peak_open']}",
-                _f(ttfc["p50"], 1),
-                _f(ttfc["p99"], 1),
-                f"{row['incremental']} ({row['incremental_share'] * 100:.0f}%)",
-                f"{row['stalls']}/{row['streams_with_stalls']}",
-                _f(row["max_gap_ms"], 0),
-                _errors(row["problems"]),
-                _f(row.get("router_cpu_ms_per_stream"), 2) if row["target"] == "router" else "",
-                _cpu(obs) if row["target"] == "router" else "",
-                f"{obs['vendor_cpu_share']:.2f}",
-                f"{row['client_cpu_share']:.2f}",
-                "/".join(map(str, obs.get("worker_fds_peak", []))) if row["target"] == "router" else "",
-                obs["loadavg"].split()[0],
-            ]
-        )
-    if rows:
+    if result["streams"]:
         parts += [
             "",
             f"Streams: K at once, each {stream_meta['pieces']} chunks {stream_meta['interval_s'] * 1000:g} ms apart"
             + (
                 f", requests spread over {stream_meta['ramp_s']:g} s" if stream_meta["ramp_s"] else ", all sent at once"
             ),
-        ]
-        headers = ["K", "path", "ok", "served/open", "TTFC p50", "TTFC p99", "incremental", "stalls/streams"]
-        headers += ["max gap ms", "errors", "CPU ms/stream", "router CPU", "vendor CPU", "client CPU", "worker fds"]
-        headers += ["load1"]
-        parts.append(_grid(headers, rows))
-        for k in sorted({row["concurrency"] for row in result["streams"]}):
-            added = added_ttfc(result, k)
-            parts.append(
-                f"added TTFC K={k} (router - direct): p50 {_f(added['p50'], 1)} ms, p99 {_f(added['p99'], 1)} ms"
-            )
-        parts.append(
+            _stream_grid(result["streams"]),
+            *_added_ttfc_lines(result["streams"], result["streams"]),
+            "the router's TTFC includes one vendor interval: it holds the vendor's role-only first chunk until the "
+            "first content chunk (its commit point for failover); the direct path's first event is that role chunk",
             f"incremental: >= {stream_meta['incremental_share'] * 100:.0f}% of a stream's gaps between events are "
-            f">= {stream_meta['interval_s'] * 250:g} ms (a quarter of the vendor's interval); stall: a gap > "
+            f">= a quarter of the vendor's interval; stall: a gap > "
             f"{stream_meta['stall_s'] * 1000:g} ms; served/open: most streams relayed at once (first event to end) / "
-            "open at the client; worker fds: peak descriptors per worker (~2 per stream)"
-        )
+            "open at the client; worker fds: peak descriptors per worker (~2 per stream)",
+        ]
+    held = result.get("held_streams") or []
+    if held:
+        parts += [
+            "",
+            f"Streams held: K at once, each {stream_meta['pieces']} chunks {held[0]['interval_s'] * 1000:g} ms apart",
+            _stream_grid(held),
+            *_added_ttfc_lines(held, held),
+        ]
+    responses = result.get("responses") or {}
+    if responses.get("note"):
+        parts += ["", f"POST /v1/responses: {responses['note']}"]
+    if responses.get("nonstream"):
+        parts += [
+            "",
+            "Non-stream POST /v1/responses through the router (its vendor call: the chat completion above)",
+            _nonstream_grid(responses["nonstream"]),
+        ]
+        for row in responses["nonstream"]:
+            direct = _by(result["nonstream"], "concurrency", row["concurrency"], "direct")
+            if direct:
+                parts.append(
+                    f"added latency c={row['concurrency']} (Responses - direct chat): "
+                    f"p50 {_f(row['latency_ms']['p50'] - direct['latency_ms']['p50'], 3)} ms"
+                )
+    if responses.get("streams"):
+        parts += [
+            "",
+            f"Streamed POST /v1/responses: K at once; counted events are the {stream_meta['pieces']} text deltas",
+            _stream_grid(responses["streams"]),
+            *_added_ttfc_lines(result["streams"], responses["streams"]),
+        ]
+    cost = result.get("stream_cost")
+    if cost:
+        points = ", ".join(f"{p['events']} events: {p['cpu_ms_per_stream']:.3f} ms" for p in cost["points"])
+        parts += [
+            "",
+            f"stream cost (router CPU per stream, bursts of {cost['streams']} spread over 0.5 s: {points}): "
+            f"start {cost['start_ms']:.3f} ms, per relayed event {cost['per_event_us']:.1f} µs",
+        ]
 
     memory = result["memory"]
     parts += [
@@ -195,75 +247,8 @@ def table(result: dict[str, Any]) -> str:
         f"router log: {log['warning']} warnings, {log['error']} errors, {log['worker_timeout']} worker timeouts, "
         f"{log['pool_full']} pool-full warnings; workers replaced: {meta['workers_replaced']}"
     )
-    parts += [
-        "",
-        "Goals (issue 6)",
-        _grid(
-            ["goal", "target", "measured", "met"],
-            [
-                [g["goal"], g["target"], g["measured"], {True: "yes", False: "NO", None: "-"}[g["met"]]]
-                for g in result["goals"]
-            ],
-        ),
-    ]
+    parts += ["", "Goals (this run)", summary.goals_table(result["goals"], 1)]
     return "\n".join(parts)
-
-
-def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each goal of issue 6 with the measured value and whether it is met (None: not measured)."""
-    out: list[dict[str, Any]] = []
-
-    def goal(name: str, target: str, measured: str, met: bool | None) -> None:
-        out.append({"goal": name, "target": target, "measured": measured, "met": met})
-
-    added = added_latency(result, 1)
-    goal(
-        "added latency p50, c=1",
-        "<= 1.0 ms",
-        f"{_f(added['p50'], 3)} ms",
-        None if added["p50"] is None else added["p50"] <= 1.0,
-    )
-    for c, extra in ((16, False), (64, True)):
-        row = _by(result["nonstream"], "concurrency", c, "router")
-        if row is None:
-            goal(f"calls/s, c={c}", ">= 2000", "-", None)
-            continue
-        goal(f"calls/s, c={c}", ">= 2000", f"{row['rps']:.0f}", row["rps"] >= 2000)
-        if extra:
-            p99 = row["latency_ms"]["p99"]
-            goal(f"p99, c={c}", "<= 100 ms", f"{_f(p99)} ms", p99 is not None and p99 <= 100)
-            errors = sum(row["errors"].values())
-            goal(f"errors, c={c}", "0", str(errors), errors == 0)
-    row = _by(result["streams"], "concurrency", 1000, "router")
-    if row is None:
-        goal("1,000 streams incremental", "all", "-", None)
-    else:
-        goal(
-            "1,000 streams incremental",
-            "all",
-            f"{row['incremental']}/{row['streams']}",
-            row["incremental"] == row["streams"],
-        )
-        goal("1,000 streams stalls", "0", str(row["stalls"]), row["stalls"] == 0)
-        added_t = added_ttfc(result, 1000)
-        goal(
-            "1,000 streams added TTFC p99",
-            "<= 50 ms",
-            f"{_f(added_t['p99'], 1)} ms",
-            None if added_t["p99"] is None else added_t["p99"] <= 50,
-        )
-    memory = result["memory"]
-    goal("RSS at rest", "<= 150 MB", f"{memory['idle_rss_mb']} MB", memory["idle_rss_mb"] <= 150)
-    back = memory["after_load_rss_mb"] - memory["idle_rss_mb"]
-    # "Close to it": within 20 % of the idle figure.
-    goal(
-        "RSS after load",
-        "close to idle (+20%)",
-        f"{memory['after_load_rss_mb']} MB ({back:+.1f})",
-        back <= 0.2 * memory["idle_rss_mb"],
-    )
-    goal("no growth over a 10-minute soak", "flat", "run `make soak`", None)
-    return out
 
 
 def _slope_per_minute(points: list[tuple[float, float]]) -> float | None:

@@ -14,39 +14,46 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.bench import report
+from tests.bench import failstats, report, summary
+from tests.bench.failover import DEFAULT_ENV, FAULT_MODES, run_failover
 from tests.bench.load import LoadGenerator, pick_generator
+from tests.bench.peers import PEERS, Peer, PeerSkipped, default_cache, start_peer
 from tests.bench.procs import Sampler, cpu_between, cpu_seconds, loadavg, sample_tree
+from tests.bench.servers import HOST, LeanVendor
 from tests.bench.stats import INCREMENTAL_SHARE, STALL_SECONDS
-from tests.harness import ROOT, FakeVendor, Router, router_config, terminate, wait_until
+from tests.harness import ROOT, FakeVendor, Router, router_config, wait_until
 
 __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HOST = "127.0.0.1"
 ROUTER_PATH = "/v1/chat/completions"
 VENDOR, MODEL, KEY = "openai", "gpt-4o", "sk-bench-openai-0123456789abcdef"
-# The vendor's stream: 20 content pieces, one every 20 ms (issue 6).
-STREAM_PIECES = [f"token{i:02d} " for i in range(20)]
+
+
+def stream_pieces(count: int) -> list[str]:
+    """The vendor's stream content: ``count`` pieces, as tests/bench/vendor.py ``--pieces`` makes them."""
+    return [f"token{i:02d} " for i in range(count)]
 
 
 @dataclass(frozen=True)
 class Target:
-    """One way to reach the vendor: directly, or through the router."""
+    """One way to reach the vendor: directly, through the router, or through a peer gateway."""
 
     name: str
     port: int
     path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    server_pid: int | None = None  # the process tree whose CPU and memory the rows report
 
 
-def request_body(stream: bool, interval: float) -> bytes:
+def request_body(stream: bool, interval: float, pieces: int) -> bytes:
     """A typical small chat request; the stream variant tells the vendor how to stream."""
     body: dict[str, Any] = {
         "model": "any-model",
@@ -59,14 +66,28 @@ def request_body(stream: bool, interval: float) -> bytes:
     if stream:
         body["stream"] = True
         # Passed through by the router untouched; both vendors (lean and fake) read it.
-        body["x_fake"] = {"content_chunks": STREAM_PIECES, "interval": interval}
+        body["x_fake"] = {"content_chunks": stream_pieces(pieces), "interval": interval}
+    return json.dumps(body).encode()
+
+
+def responses_body(stream: bool) -> bytes:
+    """The same conversation as a Responses API request (the router translates it onto chat)."""
+    body: dict[str, Any] = {
+        "model": "any-model",
+        "instructions": "You are a helpful assistant.",
+        "input": "Hello, how are you? Please answer in one sentence.",
+        "temperature": 0.7,
+    }
+    if stream:
+        body["stream"] = True
     return json.dumps(body).encode()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
-        description="Benchmark the router against its vendor called directly (issue 6).",
+        description="Benchmark the router against its vendor called directly, and against peer gateways "
+        "(--peers); or fail one of two vendors under load (--failover). See tests/bench/__init__.py.",
     )
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="sustained mixed load; report RSS growth")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per non-stream measurement")
@@ -74,6 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,16,64", help="non-stream concurrencies")
     parser.add_argument("--streams", default="50,500,1000", help="concurrent stream counts")
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between the vendor's stream events")
+    parser.add_argument("--pieces", type=int, default=20, help="content chunks in each of the vendor's streams")
     parser.add_argument("--ramp", type=float, default=0.0, help="spread each stream burst over this many s")
     parser.add_argument(
         "--no-stream-warmup", action="store_true", help="skip the discarded burst before each stream measurement"
@@ -102,21 +124,96 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3 s per measurement, 1 s warm-up: a smoke run")
     parser.add_argument("--skip-nonstream", action="store_true")
     parser.add_argument("--skip-streams", action="store_true")
+    parser.add_argument(
+        "--held-streams",
+        default="1000",
+        help="stream counts held with --held-interval between events (default 1000; empty: skip)",
+    )
+    parser.add_argument("--held-interval", type=float, default=0.1, help="seconds between events of held streams")
+    parser.add_argument(
+        "--responses-concurrency", default="1,16", help="POST /v1/responses whole, router only (empty: skip)"
+    )
+    parser.add_argument("--responses-streams", default="50,500", help="POST /v1/responses streamed (empty: skip)")
+    parser.add_argument(
+        "--cost-streams",
+        type=int,
+        default=100,
+        help="router CPU to start a stream and per event: bursts of this many streams of 1 and 41 chunks "
+        "(3 each), fitted to CPU = start + events x per event (0: skip)",
+    )
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="other gateways measured in the same run on the same vendor, interleaved: portkey,litellm; installed on "
+        "first use into --peer-cache (npm, pip), a peer that cannot be is skipped, saying why (tests/bench/peers.py)",
+    )
+    parser.add_argument("--peer-cache", type=Path, default=default_cache(), help="where peers are installed")
+    parser.add_argument(
+        "--peer-install-timeout", type=float, default=300.0, help="seconds a peer's install may take, else skipped"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the benchmark N times; report each figure as median (range)"
+    )
     parser.add_argument("--soak-concurrency", type=int, default=16, help="soak: non-stream concurrency")
     parser.add_argument("--soak-streams", type=int, default=100, help="soak: streams held at all times")
     parser.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between RSS samples")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (router log, raw outputs)")
     parser.add_argument("--out", type=Path, help="JSON result path (default: tests/bench/results/<time>.json)")
+    failover = parser.add_argument_group(
+        "failover", "--failover: two vendors at constant load, one fails for a while (tests/bench/failover.py)"
+    )
+    failover.add_argument("--failover", action="store_true", help="run the failover benchmark instead")
+    failover.add_argument(
+        "--failover-modes", default=",".join(FAULT_MODES), help="fault modes, one run each (error,stall,drop)"
+    )
+    failover.add_argument("--fault-at", type=float, help="seconds into the load when the fault starts (10)")
+    failover.add_argument("--recover-at", type=float, help="seconds into the load when the vendor recovers (40)")
+    failover.add_argument("--failover-duration", type=float, help="seconds of load per run (50)")
+    failover.add_argument("--failover-whole", type=int, default=12, help="clients sending whole calls")
+    failover.add_argument("--failover-streams", type=int, default=4, help="clients reading streams")
+    failover.add_argument(
+        "--failover-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a router setting for the failover runs, over the defaults "
+        + " ".join(f"{k}={v}" for k, v in DEFAULT_ENV.items())
+        + " (e.g. HEDGE_AFTER_SECONDS=0.2); repeatable",
+    )
     args = parser.parse_args(argv)
+    # --quick shortens the failover timeline too, and its cooldown with it, unless given.
+    timeline = (3.0, 11.0, 15.0) if args.quick else (10.0, 40.0, 50.0)
+    args.fault_at = timeline[0] if args.fault_at is None else args.fault_at
+    args.recover_at = timeline[1] if args.recover_at is None else args.recover_at
+    args.failover_duration = timeline[2] if args.failover_duration is None else args.failover_duration
+    if args.quick and not any(item.startswith("COOLDOWN_SECONDS=") for item in args.failover_env):
+        args.failover_env.insert(0, "COOLDOWN_SECONDS=2")
+    if not 0 < args.fault_at < args.recover_at < args.failover_duration:
+        parser.error("want 0 < --fault-at < --recover-at < --failover-duration")
+    args.failover_modes = [m for m in args.failover_modes.split(",") if m]
+    if unknown := set(args.failover_modes) - set(FAULT_MODES):
+        parser.error(f"unknown fault modes {sorted(unknown)}; choose from {FAULT_MODES}")
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.streams = [int(k) for k in args.streams.split(",") if k]
+    args.held_streams = [int(k) for k in args.held_streams.split(",") if k]
+    args.responses_concurrency = [int(c) for c in args.responses_concurrency.split(",") if c]
+    args.responses_streams = [int(k) for k in args.responses_streams.split(",") if k]
+    args.peers = [name for name in args.peers.split(",") if name]
+    if unknown_peers := set(args.peers) - set(PEERS):
+        parser.error(f"unknown peers {sorted(unknown_peers)}; choose from {PEERS}")
+    if args.peers and args.vendor_server != "lean":
+        parser.error("--peers needs the lean vendor (peers drop x_fake; only it streams by default)")
+    if args.repeat < 1:
+        parser.error("--repeat wants 1 or more")
+    if args.repeat > 1 and (args.soak or args.failover):
+        parser.error("--repeat repeats the main benchmark only")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark (or the soak), print the table, write the JSON."""
+    """Run the benchmark (or the soak, or the failover runs), print the table, write the JSON."""
     args = parse_args(argv)
     if not Path("/proc/self/stat").exists():
         sys.exit("the benchmark reads /proc for memory and CPU: it runs on Linux only")
@@ -128,44 +225,86 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: open-files limit {hard} < {needed}; large stream counts will fail (raise ulimit -Hn)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    bench = Bench(args, workdir)
+    kind = "failover" if args.failover else "soak" if args.soak else "bench"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: list[dict[str, Any]] = []
     try:
-        result = bench.soak() if args.soak else bench.run()
+        if args.failover:
+            results.append(failover(args, workdir))
+        else:
+            for number in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    say(f"run {number} of {args.repeat}")
+                rundir = workdir / f"run{number}"
+                rundir.mkdir()
+                bench = Bench(args, rundir)
+                try:
+                    results.append(bench.soak() if args.soak else bench.run())
+                finally:
+                    bench.stop()
     except BaseException:
         print(f"work directory (router log, raw outputs) kept: {workdir}", file=sys.stderr)
         raise
-    finally:
-        bench.stop()
-    out = args.out or RESULTS / f"{'soak' if args.soak else 'bench'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    (RESULTS / f"latest-{'soak' if args.soak else 'bench'}.json").write_text(json.dumps(result, indent=2))
-    print(report.soak_table(result) if args.soak else report.table(result))
-    print(f"\nJSON: {out}")
+    outs = []
+    for number, result in enumerate(results, 1):
+        suffix = f"-run{number}" if len(results) > 1 else ""
+        out = args.out.with_name(f"{args.out.stem}{suffix}{args.out.suffix}") if args.out else None
+        out = out or RESULTS / f"{kind}-{stamp}{suffix}.json"
+        out.write_text(json.dumps(result, indent=2))
+        outs.append(out)
+    (RESULTS / f"latest-{kind}.json").write_text(json.dumps(results[-1], indent=2))
+    print({"failover": failstats.table, "soak": report.soak_table, "bench": report.table}[kind](results[-1]))
+    if kind == "bench":
+        figures = summary.summarize(results)
+        goals = summary.goals(figures)
+        paths = ["direct", "router", *results[-1]["peers"]["running"]]
+        ks = sorted({row["concurrency"] for row in results[-1]["streams"]})
+        print(f"\nAll paths{'' if len(results) == 1 else f', median of {len(results)} runs (range)'}:")
+        print(summary.paths_table(figures, paths, ks))
+        if len(results) > 1:
+            print(f"\nGoals, median of {len(results)} runs (range), runs interleaved by path within each run")
+            print(summary.goals_table(goals, len(results)))
+            print(f"\nEvery figure over the {len(results)} runs")
+            print(summary.all_figures_table(figures))
+            out = RESULTS / f"{kind}-{stamp}-median.json"
+            document = {"runs": [str(o) for o in outs], "figures": figures, "goals": goals}
+            out.write_text(json.dumps(document, indent=2))
+            (RESULTS / "latest-median.json").write_text(json.dumps(document, indent=2))
+            outs.append(out)
+    print("\nJSON: " + ", ".join(str(o) for o in outs))
     if args.keep:
         print(f"work directory (router log, raw outputs): {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class LeanVendor:
-    """tests/bench/vendor.py in a subprocess, with the part of harness.FakeVendor's face the bench uses."""
+def failover(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The failover runs (tests/bench/failover.py), with what ran where."""
+    meta = machine_meta()
+    bodies = (
+        request_body(stream=False, interval=args.interval, pieces=args.pieces),
+        request_body(stream=True, interval=args.interval, pieces=args.pieces),
+    )
+    result = run_failover(args, workdir, bodies, say)
+    meta["loadavg_end"] = loadavg()
+    return {"meta": meta, **result}
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.vendor", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True
-        )
-        line = self.process.stdout.readline() if self.process.stdout else ""
-        if not line.startswith("BENCH_VENDOR_LISTENING"):
-            self.process.kill()
-            raise RuntimeError(f"the bench vendor did not start: {line!r}")
-        self.port = int(line.split()[1])
-        self.base = f"http://{HOST}:{self.port}"
 
-    def url(self, vendor: str) -> str:
-        return f"{self.base}/{vendor}"
-
-    def stop(self) -> None:
-        terminate(self.process)
+def machine_meta() -> dict[str, Any]:
+    """When, on what machine, with which versions and at which commit a run was made."""
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "versions": {name: _version(name) for name in ("gunicorn", "gevent", "flask", "requests", "orjson")},
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "app_dirty": bool(_git("--no-optional-locks", "status", "--porcelain", "--", "app", "gunicorn.conf.py")),
+        "loadavg_start": loadavg(),
+    }
 
 
 class Bench:
@@ -177,20 +316,58 @@ class Bench:
         self.loadavg_start = loadavg()
         self.generator: LoadGenerator = pick_generator(args.loadgen, workdir)
         say(f"load generator: {self.generator.describe()}; load average {self.loadavg_start}")
-        self.vendor: FakeVendor | LeanVendor = LeanVendor() if args.vendor_server == "lean" else FakeVendor()
+        # The lean vendor streams --pieces chunks --interval apart by default too: peers drop x_fake.
+        self.vendor: FakeVendor | LeanVendor = (
+            LeanVendor(pieces=args.pieces, interval=args.interval) if args.vendor_server == "lean" else FakeVendor()
+        )
         self.router: Router | None = None
+        self.peers: list[Peer] = []
+        self.peers_skipped: dict[str, str] = {}
         try:
             self._start_router(args, workdir)
+            self._start_peers(args, workdir)
         except BaseException:
-            self.vendor.stop()
+            self.stop()
             raise
         # The router calls <OPENAI_BASE_URL>/chat/completions; the direct path is the same URL.
         self.direct = Target("direct", self.vendor.port, f"/{VENDOR}/chat/completions")
-        self.via_router = Target("router", self.router_port, ROUTER_PATH)
-        self.whole_body = request_body(stream=False, interval=args.interval)
-        self.stream_body = request_body(stream=True, interval=args.interval)
-        self.stream_body_file = workdir / "stream-body.json"
-        self.stream_body_file.write_bytes(self.stream_body)
+        self.via_router = Target("router", self.router_port, ROUTER_PATH, server_pid=self.router_pid)
+        self.via_peers = [
+            Target(peer.name, peer.port, ROUTER_PATH, peer.headers, server_pid=peer.pid) for peer in self.peers
+        ]
+        self.responses = Target("router", self.router_port, "/v1/responses", server_pid=self.router_pid)
+        self.whole_body = request_body(stream=False, interval=args.interval, pieces=args.pieces)
+        self.stream_body = request_body(stream=True, interval=args.interval, pieces=args.pieces)
+        self.bodies = {
+            "stream": self._body_file("stream", self.stream_body),
+            "held": self._body_file("held", request_body(stream=True, interval=args.held_interval, pieces=args.pieces)),
+            "responses": self._body_file("responses", responses_body(stream=True)),
+        }
+
+    def _body_file(self, name: str, body: bytes) -> Path:
+        path = self.workdir / f"{name}-body.json"
+        path.write_bytes(body)
+        return path
+
+    def _start_peers(self, args: argparse.Namespace, workdir: Path) -> None:
+        for name in args.peers:
+            say(f"starting peer {name} (installing into {args.peer_cache} if needed)")
+            try:
+                peer = start_peer(
+                    name,
+                    self.vendor.url(VENDOR),
+                    KEY,
+                    args.workers,
+                    args.peer_cache,
+                    args.peer_install_timeout,
+                    workdir / f"{name}.log",
+                )
+            except PeerSkipped as skipped:
+                self.peers_skipped[name] = str(skipped)
+                say(f"peer {name} skipped: {skipped}")
+                continue
+            self.peers.append(peer)
+            say(f"peer {name} running: {peer.version}, {peer.command}")
 
     def _start_router(self, args: argparse.Namespace, workdir: Path) -> None:
         env = router_config(
@@ -210,6 +387,8 @@ class Bench:
         self.log_offset = 0
 
     def stop(self) -> None:
+        for peer in self.peers:
+            peer.stop()
         if self.router is not None:
             self.router.stop()
         self.vendor.stop()
@@ -234,41 +413,80 @@ class Bench:
         )
         self.rss_started = sample_tree(self.router_pid)
         self.workers_at_start = set(self.rss_started.cpu) - {self.router_pid}
-        direct = _whole(self.url(self.direct), self.whole_body)
-        routed = _whole(self.url(self.via_router), self.whole_body)
-        if direct["choices"][0]["message"]["content"] != routed["choices"][0]["message"]["content"]:
-            raise RuntimeError(f"the router's answer differs from the vendor's: {routed!r} vs {direct!r}")
-        expected = "".join(STREAM_PIECES)
-        counts = []
-        for target in (self.direct, self.via_router):
-            events, content = _stream(self.url(target), self.stream_body)
+        direct = _whole(self.direct, self.whole_body)
+        text = direct["choices"][0]["message"]["content"]
+        for target in (self.via_router, *self.via_peers):
+            answer = _whole(target, self.whole_body)
+            if answer["choices"][0]["message"]["content"] != text:
+                raise RuntimeError(f"{target.name}'s answer differs from the vendor's: {answer!r} vs {direct!r}")
+        expected = "".join(stream_pieces(self.args.pieces))
+        counts = {}
+        for target in (self.direct, self.via_router, *self.via_peers):
+            events, content = _stream(target, self.stream_body)
             if content != expected:
                 raise RuntimeError(f"{target.name} stream content {content!r}, expected {expected!r}")
-            counts.append(events)
-        if counts[0] != counts[1]:
-            raise RuntimeError(f"direct stream has {counts[0]} events, the router's {counts[1]}")
+            counts[target.name] = events
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(f"the paths' streams differ in events: {counts}")
+        self.responses_note = self._check_responses(text, expected)
         time.sleep(1)  # the last worker's start-up lines
         assert self.router is not None
         self.log_offset = self.router.log_path.stat().st_size
-        return counts[0]
+        return counts["direct"]
+
+    def _check_responses(self, text: str, expected: str) -> str | None:
+        """None when POST /v1/responses answers as chat does; else why its rows are skipped."""
+        if not (self.args.responses_concurrency or self.args.responses_streams):
+            return "not asked for"
+        if self.args.vendor_server != "lean":
+            # The Responses request carries no x_fake; only the lean vendor streams the bench's shape without it.
+            return "skipped: needs the lean vendor (--vendor-server lean)"
+        url = self.url(self.responses)
+        response = requests.post(url, data=responses_body(stream=False), headers=_JSON, timeout=10)
+        if response.status_code == 404:
+            return "skipped: POST /v1/responses answered 404 (this router has no Responses endpoint yet)"
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /v1/responses answered {response.status_code}: {response.text[:500]}")
+        output = "".join(
+            part.get("text", "")
+            for item in response.json().get("output") or []
+            for part in item.get("content") or []
+            if part.get("type") == "output_text"
+        )
+        if output != text:
+            raise RuntimeError(f"the Responses answer {output!r} differs from chat's {text!r}")
+        streamed = requests.post(url, data=responses_body(stream=True), headers=_JSON, timeout=10)
+        deltas = [
+            json.loads(line[5:]).get("delta", "")
+            for line in streamed.text.splitlines()
+            if line.startswith("data:") and '"response.output_text.delta"' in line
+        ]
+        if streamed.status_code != 200 or "".join(deltas) != expected or "response.completed" not in streamed.text:
+            raise RuntimeError(f"the Responses stream is not the vendor's: {streamed.text[-500:]!r}")
+        return None
 
     def url(self, target: Target) -> str:
-        return f"http://{HOST}:{target.port}{target.path}"
+        return _url(target)
 
     # -- one measurement, observed --------------------------------------------------------------
 
-    def observe(self, action: Callable[[], dict[str, Any]], fds: bool = False) -> dict[str, Any]:
-        """Run ``action`` while sampling the router; add its CPU and memory, and the vendor's CPU, to the result."""
-        with Sampler(self.router_pid, every=0.5, fds=fds) as sampler:
-            before = sample_tree(self.router_pid)
+    def observe(
+        self, action: Callable[[], dict[str, Any]], fds: bool = False, server: int | None = None
+    ) -> dict[str, Any]:
+        """Run ``action`` while sampling the server (the router unless a peer's pid is given); add its
+        CPU and memory, and the vendor's CPU, to the result (``router_*`` keys name that server)."""
+        root = server or self.router_pid
+        with Sampler(root, every=0.5, fds=fds) as sampler:
+            before = sample_tree(root)
             vendor_before = cpu_seconds(self.vendor.process.pid)
             started = time.monotonic()
             result = action()
             wall = time.monotonic() - started
             vendor_cpu = cpu_seconds(self.vendor.process.pid) - vendor_before
-            after = sample_tree(self.router_pid)
+            after = sample_tree(root)
         router_cpu = cpu_between(before, after)
         result["observed"] = {
+            "server_pid": root,
             "wall_s": round(wall, 3),
             "router_cpu_s": round(router_cpu, 3),
             "router_cpu_share": round(router_cpu / wall, 3),  # of one core; the machine has os.cpu_count()
@@ -276,7 +494,7 @@ class Bench:
             "worker_cpu_share": [
                 round((after.cpu[pid] - before.cpu[pid]) / wall, 3)
                 for pid in sorted(after.cpu)
-                if pid in before.cpu and pid != self.router_pid
+                if pid in before.cpu and pid != root
             ],
             "vendor_cpu_share": round(vendor_cpu / wall, 3),
             "router_rss_peak_mb": round(sampler.peak_rss_mb, 1),
@@ -286,14 +504,27 @@ class Bench:
         }
         if fds:
             peaks = sampler.peak_fds()
-            result["observed"]["worker_fds_peak"] = [n for pid, n in sorted(peaks.items()) if pid != self.router_pid]
+            result["observed"]["worker_fds_peak"] = [n for pid, n in sorted(peaks.items()) if pid != root]
         return result
 
-    def whole_load(self, target: Target, concurrency: int, duration: float) -> dict[str, Any]:
-        return self.generator.run(HOST, target.port, target.path, self.whole_body, concurrency, duration)
+    def whole_load(
+        self, target: Target, concurrency: int, duration: float, body: bytes | None = None
+    ) -> dict[str, Any]:
+        body = self.whole_body if body is None else body
+        return self.generator.run(HOST, target.port, target.path, body, concurrency, duration, target.headers)
 
-    def stream_burst(self, target: Target, streams: int, expected: int) -> dict[str, Any]:
+    def stream_burst(
+        self,
+        target: Target,
+        streams: int,
+        expected: int,
+        body: str = "stream",
+        interval: float | None = None,
+        ramp: float | None = None,
+    ) -> dict[str, Any]:
+        """K streams at once through ``target`` (``body``: stream, held, responses, or a body file's path)."""
         out = self.workdir / f"streams-{target.name}-{streams}.json"
+        body_file = self.bodies.get(body, body)
         command = [
             sys.executable,
             "-m",
@@ -301,14 +532,17 @@ class Bench:
             f"--host={HOST}",
             f"--port={target.port}",
             f"--path={target.path}",
-            f"--body-file={self.stream_body_file}",
+            f"--body-file={body_file}",
             f"--streams={streams}",
             f"--expected-events={expected}",
-            f"--interval={self.args.interval}",
+            f"--interval={self.args.interval if interval is None else interval}",
             f"--engine={self.args.stream_client}",
-            f"--ramp={self.args.ramp}",
+            f"--ramp={self.args.ramp if ramp is None else ramp}",
             f"--out={out}",
+            *(f"--header={name}:{value}" for name, value in target.headers.items()),
         ]
+        if body == "responses":
+            command.append("--dialect=responses")
         subprocess.run(command, cwd=ROOT, check=True, timeout=600)
         return json.loads(out.read_text())
 
@@ -319,43 +553,49 @@ class Bench:
         expected = self.check()
         time.sleep(1)
         idle = sample_tree(self.router_pid)
-        say(f"checked both paths; router RSS {idle.rss_mb:.1f} MB idle ({self.rss_started.rss_mb:.1f} MB at start)")
-        result: dict[str, Any] = {"meta": self.meta(), "nonstream": [], "streams": []}
-        peak_rss = peak_pss = 0.0
+        say(f"checked every path; router RSS {idle.rss_mb:.1f} MB idle ({self.rss_started.rss_mb:.1f} MB at start)")
+        result: dict[str, Any] = {
+            "meta": self.meta(),
+            "nonstream": [],
+            "streams": [],
+            "held_streams": [],
+            "responses": {"note": self.responses_note, "nonstream": [], "streams": []},
+            "peers": {
+                "running": {peer.name: {"version": peer.version, "command": peer.command} for peer in self.peers},
+                "skipped": self.peers_skipped,
+            },
+        }
+        self.peak_rss = self.peak_pss = 0.0
+        # Every path at one load, then the next load: peers interleaved with the router and the direct path.
+        paths = (self.direct, self.via_router, *self.via_peers)
 
         if not args.skip_nonstream:
             for concurrency in args.concurrency:
-                for target in (self.direct, self.via_router):
-                    if args.warmup:
-                        self.whole_load(target, concurrency, args.warmup)
-                    say(f"non-stream c={concurrency} {target.name} for {args.duration:g} s")
-                    row = self.observe(lambda t=target, c=concurrency: self.whole_load(t, c, args.duration))
-                    row.update(concurrency=concurrency, target=target.name)
-                    if target is self.via_router and row["requests"]:
-                        row["router_cpu_ms_per_call"] = round(
-                            row["observed"]["router_cpu_s"] * 1000 / row["requests"], 3
-                        )
-                        peak_rss = max(peak_rss, row["observed"]["router_rss_peak_mb"])
-                        peak_pss = max(peak_pss, row["observed"]["router_pss_peak_mb"])
-                    result["nonstream"].append(row)
-                    say(report.nonstream_line(row))
+                for target in paths:
+                    result["nonstream"].append(self.whole_row(target, concurrency))
 
         if not args.skip_streams:
             for streams in args.streams:
+                for target in paths:
+                    result["streams"].append(self.stream_row(target, streams, expected))
+            for streams in args.held_streams:
                 for target in (self.direct, self.via_router):
-                    if not args.no_stream_warmup:
-                        self.stream_burst(target, streams, expected)
-                    say(f"streams K={streams} {target.name}")
-                    row = self.observe(lambda t=target, k=streams: self.stream_burst(t, k, expected), fds=True)
-                    row.update(target=target.name)
-                    if target is self.via_router and row["streams"]:
-                        row["router_cpu_ms_per_stream"] = round(
-                            row["observed"]["router_cpu_s"] * 1000 / row["streams"], 3
-                        )
-                        peak_rss = max(peak_rss, row["observed"]["router_rss_peak_mb"])
-                        peak_pss = max(peak_pss, row["observed"]["router_pss_peak_mb"])
-                    result["streams"].append(row)
-                    say(report.stream_line(row))
+                    row = self.stream_row(target, streams, expected, body="held", interval=args.held_interval)
+                    result["held_streams"].append(row)
+
+        if self.responses_note is None:
+            say("POST /v1/responses, the router only (its vendor call is the chat completion above)")
+            for concurrency in args.responses_concurrency:
+                row = self.whole_row(self.responses, concurrency, responses_body(stream=False))
+                result["responses"]["nonstream"].append(row)
+            for streams in args.responses_streams:
+                row = self.stream_row(self.responses, streams, args.pieces, body="responses")
+                result["responses"]["streams"].append(row)
+        elif args.responses_concurrency or args.responses_streams:
+            say(f"Responses rows {self.responses_note}")
+
+        if args.cost_streams:
+            result["stream_cost"] = self.stream_cost(expected)
 
         say("letting the router settle for 5 s")
         time.sleep(5)
@@ -363,17 +603,84 @@ class Bench:
         result["memory"] = {
             "started_rss_mb": round(self.rss_started.rss_mb, 1),
             "idle_rss_mb": round(idle.rss_mb, 1),
-            "under_load_peak_rss_mb": round(peak_rss, 1),
+            "under_load_peak_rss_mb": round(self.peak_rss, 1),
             "after_load_rss_mb": round(after.rss_mb, 1),
             "idle_pss_mb": round(idle.pss_mb, 1),
-            "under_load_peak_pss_mb": round(peak_pss, 1),
+            "under_load_peak_pss_mb": round(self.peak_pss, 1),
             "after_load_pss_mb": round(after.pss_mb, 1),
             "processes": len(after.rss_kb),
         }
         result["stream_events"] = expected
         self.finish_meta(result, after)
-        result["goals"] = report.goals(result)
+        result["goals"] = summary.goals(summary.summarize([result]))
         return result
+
+    def whole_row(self, target: Target, concurrency: int, body: bytes | None = None) -> dict[str, Any]:
+        """One non-stream measurement through ``target``, after its warm-up."""
+        args = self.args
+        if args.warmup:
+            self.whole_load(target, concurrency, args.warmup, body)
+        say(f"non-stream c={concurrency} {target.name} {target.path} for {args.duration:g} s")
+        row = self.observe(lambda: self.whole_load(target, concurrency, args.duration, body), server=target.server_pid)
+        row.update(concurrency=concurrency, target=target.name, path=target.path)
+        if target.server_pid is not None and row["requests"]:
+            row["router_cpu_ms_per_call"] = round(row["observed"]["router_cpu_s"] * 1000 / row["requests"], 3)
+        self._track_memory(target, row)
+        say(report.nonstream_line(row))
+        return row
+
+    def stream_row(
+        self, target: Target, streams: int, expected: int, body: str = "stream", interval: float | None = None
+    ) -> dict[str, Any]:
+        """One burst of K streams through ``target``, after a discarded one."""
+        if not self.args.no_stream_warmup:
+            self.stream_burst(target, streams, expected, body, interval)
+        say(f"streams K={streams} {target.name} {target.path} ({body})")
+        row = self.observe(
+            lambda: self.stream_burst(target, streams, expected, body, interval), fds=True, server=target.server_pid
+        )
+        row.update(
+            target=target.name, path=target.path, interval_s=self.args.interval if interval is None else interval
+        )
+        if target.server_pid is not None and row["streams"]:
+            row["router_cpu_ms_per_stream"] = round(row["observed"]["router_cpu_s"] * 1000 / row["streams"], 3)
+        self._track_memory(target, row)
+        say(report.stream_line(row))
+        return row
+
+    def _track_memory(self, target: Target, row: dict[str, Any]) -> None:
+        if target.server_pid == self.router_pid:
+            self.peak_rss = max(self.peak_rss, row["observed"]["router_rss_peak_mb"])
+            self.peak_pss = max(self.peak_pss, row["observed"]["router_pss_peak_mb"])
+
+    def stream_cost(self, expected: int) -> dict[str, Any]:
+        """The router's CPU to start a stream and per relayed event.
+
+        Bursts of K streams of 1 and of 41 content chunks (3 each, after one discarded), spread over
+        0.5 s so they overlap little; CPU per stream = start + events x per event, solved from the
+        two shapes. A stream has the pieces plus its role, finish and [DONE] events.
+        """
+        args = self.args
+        k = args.cost_streams
+        points = []
+        for pieces in (1, 41):
+            events = expected - args.pieces + pieces
+            path = self._body_file(f"cost-{pieces}", request_body(stream=True, interval=args.interval, pieces=pieces))
+            say(f"stream cost: {k} streams of {events} events through the router, 1 + 3 bursts")
+            self.stream_burst(self.via_router, k, events, str(path), ramp=0.5)
+            cpu = streams = 0.0
+            for _ in range(3):
+                row = self.observe(lambda p=path, e=events: self.stream_burst(self.via_router, k, e, str(p), ramp=0.5))
+                if row["ok"] != row["streams"]:
+                    raise RuntimeError(f"stream cost: {row['streams'] - row['ok']} streams failed: {row['problems']}")
+                cpu += row["observed"]["router_cpu_s"]
+                streams += row["streams"]
+            points.append({"pieces": pieces, "events": events, "cpu_ms_per_stream": round(cpu * 1000 / streams, 4)})
+        short, long = points
+        per_event = (long["cpu_ms_per_stream"] - short["cpu_ms_per_stream"]) / (long["events"] - short["events"])
+        start = short["cpu_ms_per_stream"] - per_event * short["events"]
+        say(f"  router CPU to start a stream {start:.3f} ms, per relayed event {per_event * 1000:.1f} µs")
+        return {"streams": k, "points": points, "start_ms": round(start, 3), "per_event_us": round(per_event * 1000, 2)}
 
     # -- the soak ---------------------------------------------------------------------------------
 
@@ -399,7 +706,7 @@ class Bench:
                 f"--host={HOST}",
                 f"--port={self.via_router.port}",
                 f"--path={ROUTER_PATH}",
-                f"--body-file={self.stream_body_file}",
+                f"--body-file={self.bodies['stream']}",
                 f"--streams={args.soak_streams}",
                 f"--expected-events={expected}",
                 f"--interval={args.interval}",
@@ -459,16 +766,8 @@ class Bench:
     def meta(self) -> dict[str, Any]:
         args = self.args
         return {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "cpu_model": _cpu_model(),
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-            },
-            "versions": {name: _version(name) for name in ("gunicorn", "gevent", "flask", "requests", "orjson")},
-            "commit": _git("rev-parse", "--short", "HEAD"),
-            "app_dirty": bool(_git("--no-optional-locks", "status", "--porcelain", "--", "app", "gunicorn.conf.py")),
+            **machine_meta(),
+            "loadavg_start": self.loadavg_start,
             "router": {
                 "workers": args.workers,
                 "worker_connections": args.worker_connections or 1000,
@@ -481,13 +780,12 @@ class Bench:
             "warmup_s": args.warmup,
             "stream": {
                 "client": f"tests/bench/streamclient.py --engine {args.stream_client}",
-                "pieces": len(STREAM_PIECES),
+                "pieces": args.pieces,
                 "interval_s": args.interval,
                 "ramp_s": args.ramp,
                 "stall_s": STALL_SECONDS,
                 "incremental_share": INCREMENTAL_SHARE,
             },
-            "loadavg_start": self.loadavg_start,
         }
 
     def finish_meta(self, result: dict[str, Any], last: Any) -> None:
@@ -526,16 +824,25 @@ def say(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def _whole(url: str, body: bytes) -> dict[str, Any]:
-    response = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+_JSON = {"Content-Type": "application/json"}
+
+
+def _url(target: Target) -> str:
+    return f"http://{HOST}:{target.port}{target.path}"
+
+
+def _whole(target: Target, body: bytes) -> dict[str, Any]:
+    url = _url(target)
+    response = requests.post(url, data=body, headers={**_JSON, **target.headers}, timeout=10)
     if response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")
     return response.json()
 
 
-def _stream(url: str, body: bytes) -> tuple[int, str]:
+def _stream(target: Target, body: bytes) -> tuple[int, str]:
     """(number of data events, concatenated content) of one streamed answer."""
-    response = requests.post(url, data=body, headers={"Content-Type": "application/json"}, stream=True, timeout=10)
+    url = _url(target)
+    response = requests.post(url, data=body, headers={**_JSON, **target.headers}, stream=True, timeout=10)
     with response:
         if response.status_code != 200:
             raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")

@@ -36,7 +36,7 @@ from tests.bench.streamloop import Loop
 __all__ = ["main", "read_stream"]
 
 
-def read_stream(conn: Connection, request: bytes, record: StreamRecord) -> bool:
+def read_stream(conn: Connection, request: bytes, record: StreamRecord, responses: bool = False) -> bool:
     """Send ``request`` and read its SSE answer into ``record``; True when the connection can be reused."""
     record.sent = time.perf_counter()
     conn.send(request)
@@ -45,7 +45,7 @@ def read_stream(conn: Connection, request: bytes, record: StreamRecord) -> bool:
     if head.status != 200:
         conn.read_body(head)
         return head.keep_alive
-    counter = EventCounter(record)
+    counter = EventCounter(record, responses)
     for data, arrived in conn.iter_body(head):
         if data:
             counter.feed(data, arrived)
@@ -74,6 +74,7 @@ class Client:
         self.timeout: float = args.timeout
         self.expected: int = args.expected_events
         self.interval: float = args.interval
+        self.responses: bool = args.dialect == "responses"
 
     def connect(self) -> Connection:
         return Connection(self.host, self.port, timeout=self.timeout)
@@ -82,7 +83,7 @@ class Client:
         """Read one stream on ``conn``; False when the connection must not be reused."""
         try:
             with gevent.Timeout(self.timeout):
-                return read_stream(conn, self.request, record)
+                return read_stream(conn, self.request, record, self.responses)
         except (gevent.Timeout, OSError, HTTPError, ValueError) as exc:
             record.error = _failure(exc)
             return False
@@ -176,7 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=0.0, help="continuous mode for this many s")
     parser.add_argument("--timeout", type=float, default=60.0, help="per stream, and per connect")
     parser.add_argument("--engine", choices=("epoll", "gevent"), default="epoll")
+    parser.add_argument(
+        "--dialect",
+        choices=("chat", "responses"),
+        default="chat",
+        help="chat: every data event counts; responses: the text deltas of a Responses stream",
+    )
     parser.add_argument("--out", required=True)
+    parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="an extra request header")
     args = parser.parse_args(argv)
 
     # Each stream is a socket: 1,000+ of them need more than the usual soft limit of 1,024.
@@ -187,11 +195,12 @@ def main(argv: list[str] | None = None) -> None:
 
     with open(args.body_file, "rb") as f:
         body = f.read()
-    client = Client(args, build_post(args.host, args.port, args.path, body, {"Accept": "text/event-stream"}))
+    headers = {"Accept": "text/event-stream", **dict(h.split(":", 1) for h in args.header)}
+    client = Client(args, build_post(args.host, args.port, args.path, body, headers))
     started = time.perf_counter()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     if args.engine == "epoll":
-        loop = Loop(args.host, args.port, client.request, args.timeout, client.judge)
+        loop = Loop(args.host, args.port, client.request, args.timeout, client.judge, client.responses)
         outcomes = (
             loop.continuous(args.streams, args.duration) if args.duration else loop.burst(args.streams, args.ramp)
         )

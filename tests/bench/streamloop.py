@@ -54,8 +54,10 @@ class Loop:
         request: bytes,
         timeout: float,
         judge: Callable[[StreamRecord], StreamOutcome],
+        responses: bool = False,
     ) -> None:
         self.address = (host, port)
+        self.responses = responses
         self.request = request
         self.timeout = timeout
         self.judge = judge
@@ -211,7 +213,7 @@ class Loop:
             slot.head = head
             slot.record.status = head.status
             if head.status == 200:
-                slot.counter = EventCounter(slot.record)
+                slot.counter = EventCounter(slot.record, self.responses)
             if head.chunked:
                 slot.decoder = ChunkedDecoder()
             else:

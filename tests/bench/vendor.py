@@ -15,10 +15,28 @@ answers (same fields, same order), and nothing else:
   one event per chunk, the first with the headers and each next one ``interval`` seconds after
   the previous was sent. ``x_fake`` may set ``content_chunks`` (list of str) and ``interval`` (s);
   the content is otherwise ``Hello from <vendor>! You said: <last user text>`` in 5 pieces.
+  ``--pieces N --interval S`` set the stream of a request without ``x_fake`` (N pieces
+  ``tokenNN ``, S seconds apart): gateways such as Portkey drop unknown fields, so the benchmark
+  gives every path the same stream this way.
 - ``GET /health``: 200 ``OK``.
 
+Faults, switched at run time for the failover benchmark (``POST /_control/fault`` with
+``{"vendor": "<name>", "mode": "..."}``; control calls are not logged):
+
+- ``ok``: answers as above;
+- ``error``: every chat call gets 500 with an OpenAI-shaped error;
+- ``stall``: the request is read and never answered (the connection stays open, silent);
+- ``drop``: a stream sends its role chunk and its first content chunk, then the connection is
+  closed mid-body; whole calls are answered as usual.
+
+With ``--log-calls``, ``GET /_control/log`` returns every chat call received, oldest first, as
+``[monotonic time, vendor, stream, mode]`` (``time.monotonic()`` is the system-wide
+CLOCK_MONOTONIC on Linux, so other processes can place the calls on their own timeline);
+``POST /_control/reset`` empties it and sets every vendor back to ``ok``.
+
 HTTP/1.1 keep-alive and pipelining; Content-Length request bodies only. Start:
-``python -m tests.bench.vendor [--port 0]``; prints ``BENCH_VENDOR_LISTENING <port>``.
+``python -m tests.bench.vendor [--port 0] [--pieces N --interval S]``; prints
+``BENCH_VENDOR_LISTENING <port>``.
 """
 
 from __future__ import annotations
@@ -48,6 +66,10 @@ SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
 )
 MAX_REQUEST = 16 * 1024 * 1024
+FAULTS = ("ok", "error", "stall", "drop")
+_SERVER_ERROR = orjson.dumps(
+    {"error": {"message": "The server had an error (bench vendor fault)", "type": "server_error", "code": None}}
+)
 
 
 def _id(prefix: str = "chatcmpl-") -> str:
@@ -104,10 +126,12 @@ def whole_answer(vendor: str, body: dict[str, Any]) -> bytes:
     )
 
 
-def stream_frames(vendor: str, body: dict[str, Any]) -> list[bytes]:
+def stream_frames(vendor: str, body: dict[str, Any], default_pieces: list[str] | None = None) -> list[bytes]:
     """Every event of a streamed answer, each already framed as one HTTP chunk."""
     x_fake = body.get("x_fake") if isinstance(body.get("x_fake"), dict) else {}
     pieces = x_fake.get("content_chunks")
+    if not isinstance(pieces, list):
+        pieces = default_pieces
     if not isinstance(pieces, list):
         text = _text(vendor, body)
         step = max(len(text) // 5, 1)
@@ -146,7 +170,7 @@ def stream_frames(vendor: str, body: dict[str, Any]) -> list[bytes]:
 class Conn:
     """One client connection: input buffer, output buffer, and the stream it is answering, if any."""
 
-    __slots__ = ("closed", "fd", "inbuf", "keep_alive", "out", "server", "sock", "stream", "writing")
+    __slots__ = ("closed", "fd", "inbuf", "keep_alive", "out", "server", "sock", "stalled", "stream", "writing")
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
@@ -158,6 +182,7 @@ class Conn:
         self.stream: list[bytes] | None = None
         self.keep_alive = True
         self.closed = False
+        self.stalled = False  # a request left unanswered on purpose: nothing more is read or answered
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -221,7 +246,7 @@ class Conn:
 
     def serve_buffered(self) -> None:
         """Answer every complete request in the buffer, in order; a stream holds the rest back."""
-        while self.stream is None and not self.closed and self.keep_alive:
+        while self.stream is None and not self.closed and self.keep_alive and not self.stalled:
             end = self.inbuf.find(b"\r\n\r\n")
             if end < 0:
                 return
@@ -251,6 +276,10 @@ class Conn:
         if method == "GET" and path == "/health":
             self.write(_response("200 OK", b"text/plain", b"OK", ka))
             return
+        if path.startswith("/_control/"):
+            status, body = self.server.control(method, path, raw)
+            self.write(_response(status, b"application/json", body, ka))
+            return
         if method != "POST" or not path.endswith("/chat/completions"):
             self.write(_response("404 Not Found", b"application/json", b'{"error":{"message":"not found"}}', ka))
             return
@@ -262,13 +291,29 @@ class Conn:
             self.write(_response("400 Bad Request", b"application/json", b'{"error":{"message":"bad json"}}', ka))
             return
         vendor = path.strip("/").split("/", 1)[0]
-        if body.get("stream") is not True:
+        server = self.server
+        stream = body.get("stream") is True
+        mode = server.faults.get(vendor, "ok")
+        if server.calls is not None:
+            server.calls.append((time.monotonic(), vendor, stream, mode))
+        if mode == "error":
+            self.write(_response("500 Internal Server Error", b"application/json", _SERVER_ERROR, ka))
+            return
+        if mode == "stall":
+            self.stalled = True
+            return
+        if not stream:
             self.write(_response("200 OK", b"application/json", whole_answer(vendor, body), ka))
             return
         x_fake = body.get("x_fake") if isinstance(body.get("x_fake"), dict) else {}
-        interval = float(x_fake.get("interval") or 0.0)
-        frames = stream_frames(vendor, body)
-        frames.append(b"0\r\n\r\n")
+        interval = float(x_fake.get("interval") or server.interval)
+        frames = stream_frames(vendor, body, server.pieces)
+        if mode == "drop":
+            # The role chunk and the first content chunk, then the connection ends mid-body.
+            frames = frames[:2]
+            self.keep_alive = False
+        else:
+            frames.append(b"0\r\n\r\n")
         self.stream = frames
         self.write(SSE_HEAD + (b"" if ka else b"Connection: close\r\n") + b"\r\n" + frames[0])
         self.server.schedule(self, 1, interval)
@@ -277,7 +322,14 @@ class Conn:
 class Server:
     """The epoll loop: accepts, reads requests, and sends stream events when they are due."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(
+        self, host: str, port: int, pieces: list[str] | None = None, interval: float = 0.0, log_calls: bool = False
+    ) -> None:
+        self.pieces = pieces  # the stream of a request without x_fake (None: the greeting in 5 pieces)
+        self.interval = interval
+        self.faults: dict[str, str] = {}  # vendor name -> fault mode; absent: ok
+        # Off by default: the main benchmark sends millions of calls.
+        self.calls: list[tuple[float, str, bool, str]] | None = [] if log_calls else None
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((host, port))
@@ -289,6 +341,26 @@ class Server:
         self.conns: dict[int, Conn] = {}
         self._timers: list[tuple[float, int, Conn, int, float]] = []
         self._seq = itertools.count()
+
+    def control(self, method: str, path: str, raw: bytes) -> tuple[str, bytes]:
+        """The fault switch and the call log: (status line, JSON body)."""
+        if method == "GET" and path == "/_control/log":
+            return "200 OK", orjson.dumps(self.calls)
+        if method == "POST" and path == "/_control/reset":
+            if self.calls is not None:
+                self.calls.clear()
+            self.faults.clear()
+            return "200 OK", b"{}"
+        if method == "POST" and path == "/_control/fault":
+            try:
+                change = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                change = None
+            if not isinstance(change, dict) or change.get("mode") not in FAULTS or not change.get("vendor"):
+                return "400 Bad Request", orjson.dumps({"error": {"message": f"want vendor and mode in {FAULTS}"}})
+            self.faults[str(change["vendor"])] = change["mode"]
+            return "200 OK", orjson.dumps(self.faults)
+        return "404 Not Found", b'{"error":{"message":"not found"}}'
 
     def schedule(self, conn: Conn, index: int, interval: float) -> None:
         heapq.heappush(self._timers, (time.monotonic() + interval, next(self._seq), conn, index, interval))
@@ -350,10 +422,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--pieces", type=int, help="stream of a request without x_fake: this many pieces")
+    parser.add_argument("--interval", type=float, default=0.0, help="... this many seconds apart")
+    parser.add_argument("--log-calls", action="store_true", help="keep the call log (GET /_control/log)")
     args = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    server = Server(args.host, args.port)
+    pieces = [f"token{i:02d} " for i in range(args.pieces)] if args.pieces is not None else None
+    server = Server(args.host, args.port, pieces, args.interval, args.log_calls)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
     sys.stdout.write(f"BENCH_VENDOR_LISTENING {server.port}\n")
