@@ -6,6 +6,7 @@ which would then be imported before gevent's monkey-patching in every worker. St
 ``gunicorn -c gunicorn.conf.py wsgi:app``.
 """
 
+import errno
 import functools
 import json
 import logging
@@ -192,6 +193,15 @@ class RouterWorker(GeventWorker):
                 sys.exit(0)
             self.notify()
             time.sleep(min(1.0, seconds))
+
+    def handle_request(self, listener_name, req, sock, addr):
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        except TimeoutError:
+            # The app bounds every write by CLIENT_SEND_TIMEOUT and has already closed the stream
+            # and its vendor request: a client that stopped reading is routine, not a traceback.
+            self.log.info("client %s accepted no bytes for CLIENT_SEND_TIMEOUT; connection closed", addr)
+            raise OSError(errno.EPIPE, "client send timeout") from None
 
     def handle_error(self, req, client, addr, exc) -> None:
         addr = addr or ("", -1)  # a unix socket has no peer address
