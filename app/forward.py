@@ -38,6 +38,7 @@ from app.errors import (
     VendorError,
 )
 from app.failures import AttemptFailed, Cooling, Failure
+from app.logs import answered_by_var
 from app.metrics import RouterMetrics
 from app.normalize import StreamNormalizer, vendor_error
 from app.relay import Pump, StreamAnswer, StreamFailure, StreamRelay, StreamTranslator
@@ -162,7 +163,7 @@ class Forwarder:
             answer = _Request(self, call, trace).run()
             self._metrics.overhead.observe(trace.overhead())
         except ClientDisconnected:
-            self._metrics.client_disconnects.labels("waiting").inc()
+            self._metrics.series(self._metrics.client_disconnects, "waiting").inc()
             raise
         finally:
             watch.disarm()
@@ -187,7 +188,7 @@ class Forwarder:
         self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage, client)
         outcome = answer.outcome
         if outcome == "client_gone":
-            self._metrics.client_disconnects.labels("streaming").inc()
+            self._metrics.series(self._metrics.client_disconnects, "streaming").inc()
             log.info("client went away mid-stream after %.1f s; vendor connection closed", seconds)
         elif outcome == "vendor_failed":
             failure = answer.pump.failure
@@ -207,9 +208,14 @@ class Forwarder:
         detail: str = "",
     ) -> None:
         combination = attempt.combination
+        # A failed attempt is a warning of its own; the one that answered is named on the
+        # request's access line, so at info it costs no line of its own.
+        level = logging.DEBUG if outcome == "ok" else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
         # The original router's wording, so existing log searches keep working, then the outcome.
         log.log(
-            logging.INFO if outcome == "ok" else logging.WARNING,
+            level,
             "Even distribution selected combination - Vendor: %s, Model: %s, Credential: %s "
             "(from %d total combinations, share %.1f%%); attempt %d/%d%s %s%s in %.1f ms%s",
             combination.vendor.name,
@@ -317,6 +323,13 @@ class _Request:
         seconds = time.perf_counter() - attempt.started
         f._metrics.attempted(attempt.combination, "ok", 200, seconds)
         f._log_attempt(attempt, self._call.candidates, "ok", 200, seconds)
+        answered_by_var.set(
+            {
+                "credential": attempt.combination.credential.label,
+                "share": round(share(attempt.combination, self._call.candidates), 1),
+                "vendor_ms": round(seconds * 1000, 1),
+            }
+        )
         if self._hedged:
             f._metrics.hedges.labels("won" if attempt.hedge else "lost").inc()
         return answer

@@ -18,9 +18,19 @@ import orjson
 
 from app.redact import redact
 
-__all__ = ["JSONFormatter", "TextFormatter", "configure_logging", "escape_controls", "request_id_var"]
+__all__ = [
+    "JSONFormatter",
+    "TextFormatter",
+    "answered_by_var",
+    "configure_logging",
+    "escape_controls",
+    "request_id_var",
+]
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The attempt that answered a request (credential, share, vendor_ms), for the request's access
+# line: one line per answered request, rather than an attempt line beside the access line.
+answered_by_var: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar("answered_by", default=None)
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 # C0 controls (CR, LF, ESC, ...), DEL, C1 controls (NEL, CSI, ...) and the Unicode line and
