@@ -157,6 +157,7 @@ class VendorResponse:
         self.headers: Mapping[str, str] = response.headers
         self._response = response
         self._read_timeout = read_timeout
+        self._stream: _SocketBody | None = None
 
     @property
     def retry_after(self) -> float | None:
@@ -182,10 +183,19 @@ class VendorResponse:
         finally:
             self._response.close()
 
-    def read_some(self) -> bytes:
-        """The next bytes of a streamed body as soon as any arrive; b"" at its end."""
-        with self._mapped("mid-stream"):
+    def read_some(self, within: float | None = None) -> bytes | None:
+        """The next bytes of a streamed body as soon as any arrive; b"" at its end; None if none
+        arrived within ``within`` seconds (the stream goes on: ask again)."""
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = _SocketBody.over(self._response.raw, self._read_timeout)
+        try:
+            if stream is not None:
+                return stream.read(within)
+            # No socket to read from directly (a compressed body, or a response made in tests).
             return self._response.raw.read1(READ_SIZE, decode_content=True)
+        except Exception as exc:
+            raise _mapped_error(exc, self.combination, "mid-stream", self._read_timeout) or exc from None
 
     def close(self) -> None:
         """Close the connection (a vendor mid-answer sees it closed). Idempotent."""
@@ -193,6 +203,149 @@ class VendorResponse:
 
     def _mapped(self, where: str) -> contextlib.AbstractContextManager[None]:
         return _mapped(self.combination, where, self._read_timeout)
+
+
+class _SocketBody:
+    """A streamed body read straight from the vendor's socket, its chunked framing decoded here.
+
+    Through urllib3 and http.client, one read of a chunked body is a dozen Python calls (chunk
+    size line, data, CRLF, each through a buffer layer) and a timer; here it is one ``recv`` of
+    whatever has arrived and a slice or two. A read may also wait a bounded time: a ``recv``
+    that times out has consumed nothing, so the stream goes on (urllib3's reads cannot be
+    interrupted without losing their place). Once the body has ended, the connection goes back
+    to urllib3's pool as if urllib3 had read it.
+    """
+
+    _SIZE, _DATA, _CRLF, _TRAILER, _END = range(5)
+
+    def __init__(self, raw: urllib3.HTTPResponse, sock: Any, read_timeout: float) -> None:
+        self._raw = raw
+        self._sock = sock
+        self._read_timeout = read_timeout
+        self._last_bytes = time.monotonic()
+        self._chunked = raw.chunked
+        self._left = 0 if self._chunked else raw.length_remaining  # None: the body ends with the connection
+        self._state = self._SIZE if self._chunked else self._DATA if self._left != 0 else self._END
+        self._pending = b""  # framing bytes not yet complete (a chunk-size line cut by a read)
+        self._first = True
+
+    @classmethod
+    def over(cls, raw: Any, read_timeout: float) -> _SocketBody | None:
+        """A reader for ``raw`` (urllib3's response), or None if its body must go through urllib3."""
+        if raw.headers.get("Content-Encoding", "identity").lower() != "identity":
+            return None  # only urllib3 decompresses (streams ask for identity; a vendor may not obey)
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        # http.client's buffered reader: it may hold the first bytes of the body.
+        buffered = getattr(getattr(raw, "_fp", None), "fp", None)
+        if not isinstance(sock, socket.socket) or buffered is None:
+            return None
+        return cls(raw, sock, read_timeout)
+
+    def read(self, within: float | None) -> bytes | None:
+        while self._state != self._END:
+            data = self._recv(within)
+            if data is None:
+                return None
+            if not data:
+                if self._chunked or self._left:
+                    raise urllib3.exceptions.ProtocolError("the connection closed before the body ended")
+                self._state = self._END
+                break
+            self._last_bytes = time.monotonic()
+            payload = self._decode(data)
+            if self._state == self._END:
+                self._release()
+            if payload:
+                return payload
+        return b""
+
+    def _recv(self, within: float | None) -> bytes | None:
+        if self._first:
+            # What http.client buffered while reading the headers comes first (read1 returns all
+            # of it: its buffer is smaller than READ_SIZE); only then is the socket read directly.
+            self._first = False
+            try:
+                return self._raw._fp.fp.read1(READ_SIZE)
+            except TimeoutError:
+                raise urllib3.exceptions.ReadTimeoutError(None, "", "read timed out") from None
+        wait = self._last_bytes + self._read_timeout - time.monotonic()
+        if within is not None and within < wait:
+            self._sock.settimeout(max(within, 0.0))
+            try:
+                return self._sock.recv(READ_SIZE)
+            except TimeoutError:
+                return None
+        self._sock.settimeout(max(wait, 0.0))
+        try:
+            return self._sock.recv(READ_SIZE)
+        except TimeoutError:
+            raise urllib3.exceptions.ReadTimeoutError(None, "", "read timed out") from None
+
+    def _decode(self, data: bytes) -> bytes:
+        """The payload in ``data``; the framing state carries over to the next read."""
+        if not self._chunked:
+            if self._left is not None:
+                if len(data) > self._left:
+                    raise urllib3.exceptions.ProtocolError("more bytes than the Content-Length")
+                self._left -= len(data)
+                if not self._left:
+                    self._state = self._END
+            return data
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        parts: list[bytes] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            state = self._state
+            if state == self._DATA:
+                take = min(self._left, end - pos)
+                parts.append(data[pos : pos + take])
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._state = self._CRLF
+            elif state == self._CRLF:
+                if end - pos < 2:
+                    break
+                if data[pos : pos + 2] != b"\r\n":
+                    raise urllib3.exceptions.ProtocolError("a chunk did not end with CRLF")
+                pos += 2
+                self._state = self._SIZE
+            elif state in (self._SIZE, self._TRAILER):
+                line_end = data.find(b"\r\n", pos)
+                if line_end < 0:
+                    if end - pos > 4096:
+                        raise urllib3.exceptions.ProtocolError("a chunk-size line is too long")
+                    break
+                line, pos = data[pos:line_end], line_end + 2
+                if state == self._TRAILER:
+                    if not line:
+                        self._state = self._END
+                        break
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    raise urllib3.exceptions.ProtocolError("a chunk size is not a number") from None
+                if size < 0:
+                    raise urllib3.exceptions.ProtocolError("a chunk size is negative")
+                if size:
+                    self._left, self._state = size, self._DATA
+                else:
+                    self._state = self._TRAILER
+            else:
+                break
+        if pos < end:
+            if self._state == self._END:
+                raise urllib3.exceptions.ProtocolError("bytes after the end of the body")
+            self._pending = data[pos:]
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def _release(self) -> None:
+        """The body ended cleanly: mark http.client's response read and pool the connection."""
+        # http.client's own end-of-body step; a new request on this connection checks it.
+        self._raw._fp._close_conn()
+        self._raw.release_conn()
 
 
 class Upstream:
@@ -275,24 +428,38 @@ def _mapped(
     read_timeout: float,
     connect_timeout: float | None = None,
 ) -> Iterator[None]:
-    """The one translation of transport failures, when sending or reading, into the router's errors."""
+    """Transport failures inside the block raised as the router's errors (see _mapped_error)."""
     try:
         yield
-    except requests.exceptions.ConnectTimeout:
-        raise UpstreamTimeout(combination.describe(f"could not be reached within {connect_timeout:g} s")) from None
-    except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
+    except Exception as exc:
+        raise _mapped_error(exc, combination, where, read_timeout, connect_timeout) or exc from None
+
+
+def _mapped_error(
+    exc: Exception,
+    combination: Combination,
+    where: str,
+    read_timeout: float,
+    connect_timeout: float | None = None,
+) -> UpstreamError | None:
+    """The one translation of transport failures, when sending or reading, into the router's
+    errors; None for anything else (a bug, raised as it is)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return UpstreamTimeout(combination.describe(f"could not be reached within {connect_timeout:g} s"))
+    if isinstance(exc, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
         silent = "sent no answer within" if where == "before answering" else "went silent for"
-        raise UpstreamTimeout(combination.describe(f"{silent} {read_timeout:g} s{_suffix(where)}")) from None
-    except requests.exceptions.SSLError:
-        raise UpstreamError(combination.describe("failed the TLS handshake")) from None
-    except requests.exceptions.ConnectionError as exc:
-        raise UpstreamError(combination.describe(_connection_problem(exc))) from None
-    except requests.exceptions.RequestException as exc:
-        raise UpstreamError(combination.describe(f"could not be called ({type(exc).__name__})")) from None
-    except (urllib3.exceptions.HTTPError, OSError, ValueError):
+        return UpstreamTimeout(combination.describe(f"{silent} {read_timeout:g} s{_suffix(where)}"))
+    if isinstance(exc, requests.exceptions.SSLError):
+        return UpstreamError(combination.describe("failed the TLS handshake"))
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return UpstreamError(combination.describe(_connection_problem(exc)))
+    if isinstance(exc, requests.exceptions.RequestException):
+        return UpstreamError(combination.describe(f"could not be called ({type(exc).__name__})"))
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ValueError)):
         # Reading a body: ProtocolError (connection dropped, broken chunk framing), DecodeError,
         # and ValueError from reading a response that another greenlet just closed.
-        raise UpstreamError(combination.describe(f"dropped the connection {where}")) from None
+        return UpstreamError(combination.describe(f"dropped the connection {where}"))
+    return None
 
 
 def _suffix(where: str) -> str:
