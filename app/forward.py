@@ -234,7 +234,13 @@ class Forwarder:
 
 
 class _Request:
-    """One call's attempts: started in greenlets, their results gathered in the order they end."""
+    """One call's attempts, their results gathered in the order they end.
+
+    With hedging on, attempts run in greenlets of their own, so a hedge can start while the first
+    still waits. With it off only one attempt ever runs at a time, so each runs in the request's
+    own greenlet (a greenlet, a context copy and two switches less per call), bounded by the
+    request's deadline; its result goes through the same queue and the same loop.
+    """
 
     def __init__(self, forwarder: Forwarder, call: Call, trace: Trace) -> None:
         self._f = forwarder
@@ -249,6 +255,7 @@ class _Request:
         self._hedge_at: float | None = None
         self._hedged = False
         self._pinned = call.model_pinned
+        self._inline = self._timing.hedge_after is None or forwarder._max_attempts < 2
 
     def run(self) -> WholeAnswer | StreamAnswer:
         try:
@@ -298,21 +305,37 @@ class _Request:
         self._f._metrics.selected(combination)
         attempt = _Attempt(len(trace.attempts), combination, time.perf_counter(), hedge)
         run = self._stream_attempt if call.stream else self._whole_attempt
+        self._running.append(attempt)
+        if self._inline:
+            self._attempt_inline(attempt, run, body)
+            return True
         # The attempt runs in the request's context, so its log lines carry the request id.
         attempt.greenlet = gevent.spawn(contextvars.copy_context().run, self._attempt, attempt, run, body)
-        self._running.append(attempt)
         hedge_after = self._timing.hedge_after
-        if hedge_after is not None and not self._hedged and self._f._max_attempts > 1 and not hedge:
+        if hedge_after is not None and not self._hedged and not hedge:
             self._hedge_at = attempt.started + hedge_after
         return True
+
+    def _attempt_inline(self, attempt: _Attempt, run: Callable[[_Attempt, bytes], Any], body: bytes) -> None:
+        """Run ``attempt`` here, stopped when the deadline passes: it then has no result, and the
+        loop finds the deadline passed with the attempt still running, as with a greenlet."""
+        timer = gevent.Timeout(max(self._deadline - time.perf_counter(), 0.0))
+        timer.start()
+        try:
+            self._attempt(attempt, run, body)
+        except gevent.Timeout as fired:
+            if fired is not timer:
+                raise
+        finally:
+            timer.close()
 
     def _attempt(self, attempt: _Attempt, run: Callable[[_Attempt, bytes], Any], body: bytes) -> None:
         try:
             outcome: Any = run(attempt, body)
         except AttemptFailed as failed:
             outcome = failed.failure
-        except gevent.GreenletExit:
-            raise
+        except (gevent.GreenletExit, ClientDisconnected):
+            raise  # stopped from outside: nobody waits for this result
         except Exception as exc:
             outcome = exc
         self._results.put((attempt, outcome))
