@@ -56,10 +56,8 @@ class _RequestContext(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        # Formatted once here: the formatter then finds the message ready.
+        record.msg, record.args = redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             # Tracebacks can quote a header or URL: format once, then redact the text.
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))

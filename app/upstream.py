@@ -21,7 +21,6 @@ from typing import Any
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 from requests.utils import get_environ_proxies
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -40,12 +39,20 @@ MAX_ERROR_BODY = 64 * 1024
 log = logging.getLogger(__name__)
 
 
+# Header lines as http.client encodes and checks them (two regular expressions per header),
+# kept for the router's own few headers: host, auth per credential, content type, accept...
+_header_lines: dict[tuple[str, tuple[Any, ...]], bytes] = {}
+_HEADER_LINES_KEPT = 256  # a bound, in case a deployment has very many credentials
+_UNCACHED_HEADERS = frozenset({"Content-Length"})  # a new value nearly every call
+
+
 class _LeanConnection:
     """A urllib3 connection that spends fewer system calls per request (mixed into HTTP and HTTPS).
 
     The request's head and its body leave in one write instead of two; a write is one ``send``
-    (gevent's ``sendall`` asks the kernel for the send-buffer size each time); and the check a
-    pooled connection gets before reuse is one non-blocking peek instead of a poll.
+    (gevent's ``sendall`` asks the kernel for the send-buffer size each time); the check a
+    pooled connection gets before reuse is one non-blocking peek instead of a poll; and header
+    lines the router sends again and again are encoded and checked once.
     """
 
     _hold_head = False
@@ -58,6 +65,18 @@ class _LeanConnection:
             super().request(method, url, body, headers, **options)  # type: ignore[misc]
         finally:
             self._hold_head, self._head = False, None
+
+    def putheader(self, header: str, *values: Any) -> None:
+        key = (header, values)
+        line = _header_lines.get(key)
+        if line is not None:
+            self._buffer.append(line)  # type: ignore[attr-defined]
+            return
+        buffer = self._buffer  # type: ignore[attr-defined]
+        before = len(buffer)
+        super().putheader(header, *values)  # type: ignore[misc]
+        if len(buffer) == before + 1 and header not in _UNCACHED_HEADERS and len(_header_lines) < _HEADER_LINES_KEPT:
+            _header_lines[key] = buffer[-1]
 
     def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
         if not self._hold_head or message_body is not None:
@@ -391,8 +410,9 @@ class Upstream:
         request = requests.PreparedRequest()
         request.method = "POST"
         request.url = url
-        request.headers = CaseInsensitiveDict(self._headers_for(combination.credential, stream))
-        request.headers["Content-Length"] = str(len(body))
+        # A plain dict: the headers are the router's own, spelled one way; nothing looks them up
+        # in another case on the way out.
+        request.headers = {**self._headers_for(combination.credential, stream), "Content-Length": str(len(body))}  # type: ignore[assignment]
         request.body = body
         with _mapped(combination, "before answering", read_timeout, self._connect_timeout):
             response = self._adapter.send(
