@@ -167,6 +167,11 @@ class _Adapter(HTTPAdapter):
         return response
 
 
+def _went_silent() -> urllib3.exceptions.ReadTimeoutError:
+    """The error urllib3 raises for a read timeout, which _mapped_error turns into the router's."""
+    return urllib3.exceptions.ReadTimeoutError(None, "", "read timed out")  # type: ignore[arg-type]
+
+
 class VendorResponse:
     """A vendor's answer to one call: status and headers at once, the body when asked; ``close`` frees it."""
 
@@ -286,19 +291,22 @@ class _SocketBody:
             try:
                 return self._raw._fp.fp.read1(READ_SIZE)
             except TimeoutError:
-                raise urllib3.exceptions.ReadTimeoutError(None, "", "read timed out") from None
+                raise _went_silent() from None
+        # The vendor may be silent for the read timeout in all, however many bounded reads that spans.
         wait = self._last_bytes + self._read_timeout - time.monotonic()
         if within is not None and within < wait:
             self._sock.settimeout(max(within, 0.0))
             try:
                 return self._sock.recv(READ_SIZE)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # BlockingIOError: nothing there, and no time to wait
                 return None
-        self._sock.settimeout(max(wait, 0.0))
+        if wait <= 0:
+            raise _went_silent()
+        self._sock.settimeout(wait)
         try:
             return self._sock.recv(READ_SIZE)
         except TimeoutError:
-            raise urllib3.exceptions.ReadTimeoutError(None, "", "read timed out") from None
+            raise _went_silent() from None
 
     def _decode(self, data: bytes) -> bytes:
         """The payload in ``data``; the framing state carries over to the next read."""
