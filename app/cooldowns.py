@@ -18,10 +18,6 @@ import weakref
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from app.redact import register_secrets, without_password
 from app.settings import SettingsError
 
@@ -32,7 +28,7 @@ log = logging.getLogger(__name__)
 # The link runs in the background, so Redis may take its time to answer; it must not take
 # forever, or a silently vanished Redis would never be noticed. One immediate retry rides over a
 # pooled connection that Redis closed (a Redis restart).
-_REDIS_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "retry": Retry(NoBackoff(), 1)}
+_REDIS_TIMEOUTS = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
 # Every router key and channel in Redis starts with this, apart from other users of the same Redis.
 _PREFIX = "generative-api-router:cooldowns"
 # How often the link wakes to send this worker's news when nothing arrives from Redis.
@@ -164,7 +160,13 @@ class _RedisLink:
         password = urlsplit(url).password
         if password:
             register_secrets([password])
-        self._client = redis.Redis.from_url(url, **_REDIS_OPTIONS)  # ValueError for a malformed URL
+        # Imported here: a worker with memory:// cooldowns never loads the Redis client (~7 MB).
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # ValueError for a malformed URL
+        self._client = redis.Redis.from_url(url, **_REDIS_TIMEOUTS, retry=Retry(NoBackoff(), 1))
         self._where = without_password(url)
         self._deadlines = deadlines
         self._clock = clock

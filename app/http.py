@@ -26,7 +26,7 @@ from app.errors import (
     UnsupportedMediaType,
     error_body,
 )
-from app.logs import request_id_var
+from app.logs import answered_by_var, request_id_var
 from app.metrics import RouterMetrics
 
 __all__ = ["error_response", "install_http_edge", "read_json_body"]
@@ -40,6 +40,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
 _CHAT_MIMETYPES = frozenset({"application/json"})
 _ACCESS_FIELDS = ("method", "path", "status", "client", "vendor", "model", "attempts", "duration_ms", "ttfb_ms")
 _ACCESS_FORMAT = " ".join(f"{field}=%s" for field in _ACCESS_FIELDS)
+# A request a vendor answered also names the attempt that did (see answered_by_var).
+_ANSWERED_FIELDS = ("credential", "share", "vendor_ms")
+_ANSWERED_FORMAT = " ".join(f"{field}=%s" for field in _ACCESS_FIELDS + _ANSWERED_FIELDS)
 
 
 def is_api_path(path: str) -> bool:
@@ -57,7 +60,7 @@ def install_http_edge(app: Flask, metrics: RouterMetrics) -> None:
         # Every /v1 request once, errors included (401s and 429s too, as the anonymous client).
         if is_api_path(request.path):
             route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            metrics.client_requests.labels(client_name(), route, f"{response.status_code // 100}xx").inc()
+            metrics.series(metrics.client_requests, client_name(), route, f"{response.status_code // 100}xx").inc()
         return response
 
     app.register_error_handler(RouterError, error_response)
@@ -107,6 +110,7 @@ def _begin() -> None:
     g.request_id = request_id
     g.started = time.perf_counter()
     request_id_var.set(request_id)
+    answered_by_var.set(None)  # a keep-alive connection's greenlet serves request after request
 
 
 def _end(response: Response) -> Response:
@@ -116,6 +120,7 @@ def _end(response: Response) -> Response:
     ttfb = time.perf_counter() - started
     method, path, status = request.method, request.path, response.status_code
     request_id, client = g.get("request_id", "-"), client_name()
+    answered_by = answered_by_var.get()
 
     def log_line() -> None:
         headers = response.headers
@@ -130,9 +135,11 @@ def _end(response: Response) -> Response:
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             "ttfb_ms": round(ttfb * 1000, 1),
         }
+        if answered_by is not None:
+            extra.update(answered_by)
         token = request_id_var.set(request_id)
         try:
-            access_log.info(_ACCESS_FORMAT, *extra.values(), extra=extra)
+            access_log.info(_ACCESS_FORMAT if answered_by is None else _ANSWERED_FORMAT, *extra.values(), extra=extra)
         finally:
             request_id_var.reset(token)
 

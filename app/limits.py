@@ -15,23 +15,23 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, request
-from flask_limiter import Limiter, RateLimitExceeded
-from limits import RateLimitItem, parse_many
-from limits.errors import ConfigurationError
-from limits.storage import MemoryStorage, storage_from_string
-from limits.strategies import FixedWindowRateLimiter
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from app.clients import client_name, current_client
 from app.errors import RateLimited
 from app.http import error_response
 from app.redact import register_secrets, without_password
 from app.settings import Settings, SettingsError
+
+# flask-limiter, limits and the Redis client are imported where used: a router without rate
+# limits or client keys never loads them (~10 MB per worker).
+if TYPE_CHECKING:
+    from flask_limiter import Limiter, RateLimitExceeded
+    from limits import RateLimitItem
+    from limits.strategies import FixedWindowRateLimiter
 
 __all__ = ["AuthFailureLimit", "client_address", "client_identity", "install_rate_limits"]
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Redis must answer fast or be treated as down: redis-py's defaults (5 s timeouts, 10 retries
 # with back-off) would hold every request for seconds while Redis is away. One immediate retry
 # still rides over a pooled connection that Redis closed (a Redis restart).
-_REDIS_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": Retry(NoBackoff(), 1)}
+_REDIS_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
 _REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 # All router keys in the storage start with this, apart from other users of the same Redis.
 _KEY_PREFIX = "generative-api-router"
@@ -55,6 +55,9 @@ def install_rate_limits(app: Flask, settings: Settings, blueprints: tuple[Bluepr
     own_limits = {client.name: client.rate_limit for client in settings.api_keys if client.rate_limit}
     if not settings.rate_limit and not own_limits:
         return
+    from flask_limiter import Limiter, RateLimitExceeded
+    from limits.errors import ConfigurationError
+
     storage = settings.rate_limit_storage
     where, scheme = without_password(storage), urlsplit(storage).scheme
     _register_password(storage)
@@ -126,6 +129,11 @@ class AuthFailureLimit:
     """
 
     def __init__(self, limit: str, storage: str) -> None:
+        from limits import parse_many
+        from limits.errors import ConfigurationError
+        from limits.storage import MemoryStorage, storage_from_string
+        from limits.strategies import FixedWindowRateLimiter
+
         self._items: list[RateLimitItem] = parse_many(limit)
         self._where = without_password(storage)
         _register_password(storage)
@@ -252,7 +260,12 @@ class _StorageLog(logging.Filter):
 
 
 def _storage_options(storage: str) -> dict[str, object]:
-    return dict(_REDIS_OPTIONS) if urlsplit(storage).scheme in _REDIS_SCHEMES else {}
+    if urlsplit(storage).scheme not in _REDIS_SCHEMES:
+        return {}
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {**_REDIS_TIMEOUTS, "retry": Retry(NoBackoff(), 1)}
 
 
 def _register_password(storage: str) -> None:

@@ -18,9 +18,19 @@ import orjson
 
 from app.redact import redact
 
-__all__ = ["JSONFormatter", "TextFormatter", "configure_logging", "escape_controls", "request_id_var"]
+__all__ = [
+    "JSONFormatter",
+    "TextFormatter",
+    "answered_by_var",
+    "configure_logging",
+    "escape_controls",
+    "request_id_var",
+]
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The attempt that answered a request (credential, share, vendor_ms), for the request's access
+# line: one line per answered request, rather than an attempt line beside the access line.
+answered_by_var: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar("answered_by", default=None)
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 # C0 controls (CR, LF, ESC, ...), DEL, C1 controls (NEL, CSI, ...) and the Unicode line and
@@ -46,10 +56,8 @@ class _RequestContext(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        # Formatted once here: the formatter then finds the message ready.
+        record.msg, record.args = redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             # Tracebacks can quote a header or URL: format once, then redact the text.
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))

@@ -10,14 +10,16 @@ series.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import Flask, request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_flask_exporter import PrometheusMetrics
 
 from app.catalog import Combination
@@ -29,6 +31,25 @@ _STREAM_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 # The only values the exporter's ``method`` label may take (RFC 9110's methods and PATCH).
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+_pid = os.getpid()
+
+
+def _process_id() -> int:
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# In multiprocess mode every sample update asks os.getpid() to notice a fork: a system call each,
+# about 17 per request. The pid is cached instead and refreshed in every forked child. Set before
+# any metric exists, since each value takes the class current when it is created.
+if getattr(values.ValueClass, "_multiprocess", False):
+    os.register_at_fork(after_in_child=_forked)
+    values.ValueClass = values.MultiProcessValue(_process_id)
 
 
 class RouterMetrics:
@@ -146,6 +167,17 @@ class RouterMetrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=registry,
         )
+        # Label children by (metric, label values): .labels() validates and converts its labels
+        # on every call; the values here are configured names and fixed words, so this stays small.
+        self._series: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def series(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per set of label values."""
+        key = (metric, labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*labels)
+        return child
 
     def configured(self, worker_connections: int, combinations: Iterable[Combination]) -> None:
         """Publish this worker's capacity and each vendor's combinations (none cooling yet)."""
@@ -183,16 +215,18 @@ class RouterMetrics:
         threading.Thread(target=follow, name="cooling-gauge", daemon=True).start()
 
     def selected(self, combination: Combination) -> None:
-        self.selections.labels(combination.vendor.name, combination.model.id, combination.credential.label).inc()
+        vendor, model = combination.vendor.name, combination.model.id
+        self.series(self.selections, vendor, model, combination.credential.label).inc()
 
     def attempted(self, combination: Combination, outcome: str, status: int | None, ttfb: float | None) -> None:
         status_class = f"{status // 100}xx" if status else "none"
-        self.upstream_requests.labels(combination.vendor.name, combination.model.id, outcome, status_class).inc()
+        vendor, model = combination.vendor.name, combination.model.id
+        self.series(self.upstream_requests, vendor, model, outcome, status_class).inc()
         if ttfb is not None:
-            self.upstream_ttfb.labels(combination.vendor.name, combination.model.id).observe(ttfb)
+            self.series(self.upstream_ttfb, vendor, model).observe(ttfb)
 
     def failed_over(self, combination: Combination) -> None:
-        self.failovers.labels(combination.vendor.name, combination.model.id).inc()
+        self.series(self.failovers, combination.vendor.name, combination.model.id).inc()
 
     def counted_tokens(self, combination: Combination, usage: object, client: str) -> None:
         if not isinstance(usage, dict):
@@ -200,10 +234,10 @@ class RouterMetrics:
         for kind in ("prompt", "completion"):
             value = usage.get(f"{kind}_tokens")
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                self.tokens.labels(combination.vendor.name, combination.model.id, kind, client).inc(value)
+                self.series(self.tokens, combination.vendor.name, combination.model.id, kind, client).inc(value)
 
     def stream_ended(self, combination: Combination, outcome: str, seconds: float) -> None:
-        self.stream_duration.labels(combination.vendor.name, combination.model.id, outcome).observe(seconds)
+        self.series(self.stream_duration, combination.vendor.name, combination.model.id, outcome).observe(seconds)
 
 
 def init_metrics(app: Flask, worker_connections: int, combinations: Iterable[Combination]) -> RouterMetrics:

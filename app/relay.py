@@ -2,23 +2,22 @@
 
 ``StreamRelay`` turns the vendor's bytes into the client's bytes: ``commit`` reads up to the first
 event that carries an answer (content, a tool call, a finish), ``read`` everything after it.
-``Pump`` runs the relay in a reader greenlet and hands batches to the client through a bounded
-queue, so the client's side can send a keep-alive comment whenever the vendor is silent, can stop
-at once when the client goes away, and a client that stops reading stops the vendor reads too.
+``Pump`` iterates a relay in the request's own greenlet: each read returns whatever events have
+arrived, and the server writes them before the next read, so a client that stops reading stops
+the vendor reads too (memory per stream stays bounded whatever the client does). A read waits at
+most the keep-alive interval, then a keep-alive comment goes out; a client that goes away
+interrupts the read it is waiting in. No greenlet or queue hop per event.
 ``StreamAnswer`` is the WSGI body built on a pump; its outcome is the pump's state.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import gevent
-import gevent.queue
 import orjson
 
 from app.errors import RouterError, UpstreamError, VendorError
@@ -34,10 +33,6 @@ _DONE_EVENT = data_event(DONE)
 # After the end of the answer, how long the vendor may take to end its body (normally it already
 # has). Read to its end, the connection goes back to the pool: the next stream skips a handshake.
 DRAIN_SECONDS = 0.25
-# Batches of client bytes the reader may run ahead of a slow client. When the queue is full the
-# reader stops reading, the vendor's TCP window fills, and the vendor slows down: memory per
-# stream stays bounded whatever the client does.
-QUEUE_BATCHES = 32
 
 
 class StreamFailure(Exception):
@@ -144,8 +139,9 @@ class StreamRelay:
             raise self._broken("ended the stream without an answer")
         return b"".join(held)
 
-    def read(self) -> bytes | None:
-        """The client bytes of the next whole events (blocks until there is one); None at the end.
+    def read(self, within: float | None = None) -> bytes | None:
+        """The client bytes of the next whole events (blocks until there is one); None at the end;
+        b"" if the vendor sent nothing for ``within`` seconds (the stream goes on).
 
         Raises StreamFailure when the vendor drops, stalls, breaks the framing, or sends an error
         event; bytes of events before the failure are returned first.
@@ -158,10 +154,12 @@ class StreamRelay:
             if self.finished:
                 break
             try:
-                data = self._response.read_some()
+                data = self._response.read_some(within)
             except UpstreamError as exc:
                 self.finished = True
                 raise StreamFailure(exc) from None
+            if data is None:
+                return b""
             if not data:
                 out = self._end_of_stream()
                 if out:
@@ -215,11 +213,13 @@ class StreamRelay:
 
     def _drain(self) -> None:
         """Read the vendor's end of body (within DRAIN_SECONDS) so urllib3 pools its connection."""
+        deadline = time.monotonic() + DRAIN_SECONDS
         try:
-            with gevent.Timeout(DRAIN_SECONDS):
-                while self._response.read_some():
-                    pass  # nothing after the end of the answer is relayed
-        except (gevent.Timeout, UpstreamError):
+            # Nothing after the end of the answer is relayed. Usually the end came with the last
+            # event, and this returns at once.
+            while self._response.read_some(max(deadline - time.monotonic(), 0.0)):
+                pass
+        except UpstreamError:
             pass  # the connection is closed instead of pooled: only a handshake is lost
 
     def _end_of_stream(self) -> bytes:
@@ -257,75 +257,63 @@ def _vendor_error_event(chunk: dict[str, Any]) -> VendorError:
     return VendorError(status, vendor_error(status, chunk))
 
 
-class _Signal:
-    """Markers put on the pump's queue besides bytes and failures."""
-
-    END = object()
-    CLIENT_GONE = object()
+class _ClientLeft(BaseException):
+    """Thrown into a pump waiting on its vendor when the client has gone (like gevent.Timeout, not
+    an Exception: nothing on the way may swallow it)."""
 
 
 class Pump:
-    """Runs a relay in a reader greenlet; iterating yields its bytes, keep-alives and a final error event."""
+    """Iterates a relay: its bytes, keep-alive comments during vendor silence, and a final error event."""
 
     def __init__(self, relay: StreamRelay, keepalive_seconds: float) -> None:
         self.relay = relay
         self._keepalive = keepalive_seconds
-        self._queue: gevent.queue.Queue = gevent.queue.Queue(QUEUE_BATCHES)
-        self._reader: gevent.Greenlet | None = None
+        self._greenlet: Any = None
+        self._reading = False  # waiting on the vendor: the only place a departed client interrupts
         self.client_gone = False
         self.failure: StreamFailure | None = None
         self.ended = False  # the relay reached the stream's end and everything was handed on
 
     def __iter__(self) -> Iterator[bytes]:
-        # The reader runs in the request's context, so its log lines carry the request id.
-        self._reader = gevent.spawn(contextvars.copy_context().run, self._read_all)
-        queue = self._queue
-        while True:
+        self._greenlet = gevent.getcurrent()
+        relay, keepalive = self.relay, self._keepalive
+        while not self.client_gone:
+            self._reading = True
             try:
-                item = queue.get(timeout=self._keepalive)
-            except gevent.queue.Empty:
-                yield KEEPALIVE
-                continue
-            if type(item) is bytes:
-                # Batch whatever else is already waiting into the same write.
-                while not queue.empty() and type(queue.peek()) is bytes:
-                    item += queue.get()
-                yield item
-            elif isinstance(item, StreamFailure):
-                self.failure = item
-                yield self.relay.failed(item.error)
+                out = relay.read(keepalive)
+            except _ClientLeft:
                 return
-            else:
-                self.ended = item is _Signal.END
+            except StreamFailure as failure:
+                self.failure = failure
+            except Exception:
+                log.exception("stream relay failed")
+                self.failure = StreamFailure(UpstreamError("The router failed while relaying the stream."))
+            finally:
+                self._reading = False
+            if self.failure is not None:
+                yield relay.failed(self.failure.error)
                 return
+            if out is None:
+                self.ended = True
+                return
+            yield out or KEEPALIVE
 
     def notify_client_gone(self) -> None:
         """Called from the hub when the client's connection closed: stop at once (never blocks)."""
         self.client_gone = True
-        # A full queue means the client side is busy writing; that write will fail or time out.
-        with contextlib.suppress(gevent.queue.Full):
-            self._queue.put_nowait(_Signal.CLIENT_GONE)
+        if self._reading:
+            gevent.get_hub().loop.run_callback(self._interrupt)
+
+    def _interrupt(self) -> None:
+        # Checked again when delivered: a write to the client is never interrupted (it ends by
+        # itself, failing or timing out), only a wait on the vendor.
+        greenlet = self._greenlet
+        if self._reading and greenlet is not None and not greenlet.dead:
+            greenlet.throw(_ClientLeft())
 
     def close(self) -> None:
-        """Stop the reader, then close the vendor connection: closing it under a running read
-        would make the reader fail with a re-entrant read and leave the connection open."""
-        if self._reader is not None:
-            self._reader.kill(block=True)
+        """Close the vendor connection (the pump runs in the closing greenlet: no read is in progress)."""
         self.relay.close()
-
-    def _read_all(self) -> None:
-        # No end marker when killed: the client side is closing and waits for nothing, and a put
-        # into a full queue would block the kill forever.
-        put: Callable[[object], None] = self._queue.put
-        try:
-            while (out := self.relay.read()) is not None:
-                put(out)
-            put(_Signal.END)
-        except StreamFailure as failure:
-            put(failure)
-        except Exception:
-            log.exception("stream relay failed")
-            put(StreamFailure(UpstreamError("The router failed while relaying the stream.")))
 
 
 class StreamAnswer:

@@ -243,11 +243,11 @@ def _name_bare_keys(keys: tuple[ClientKey | str, ...]) -> tuple[ClientKey, ...]:
 
 def _read_rate_limit(reader: _Reader, name: str) -> str:
     """A flask-limiter limit, checked now with the parser flask-limiter uses, so a typo stops start-up."""
-    from limits import parse_many
-
     value = reader.text(name, "")
     if not value:
         return value
+    from limits import parse_many  # only when a limit is set: a router without one never loads it
+
     try:
         items = parse_many(value)
     except ValueError:
@@ -270,13 +270,14 @@ def _read_ca_bundle(reader: _Reader) -> str | None:
 
 def _read_cooldown_storage(reader: _Reader) -> str:
     """COOLDOWN_STORAGE: memory://, or a Redis URL checked now with redis-py's own parser."""
+    value = reader.text("COOLDOWN_STORAGE", "memory://")
+    if value == "memory://":
+        return value
+    # Only for a Redis URL: a router with memory:// cooldowns never loads the Redis client (~7 MB).
     from redis.connection import parse_url
 
     from app.redact import without_password
 
-    value = reader.text("COOLDOWN_STORAGE", "memory://")
-    if value == "memory://":
-        return value
     try:
         parse_url(value)
     except ValueError as exc:

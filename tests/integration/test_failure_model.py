@@ -142,6 +142,30 @@ def test_final_event_without_its_blank_line_is_a_complete_stream(start_router, f
 
 
 @pytest.mark.skipif(not openssl_available(), reason="openssl is not installed")
+def test_streams_over_tls_arrive_whole_and_leave_their_connection_to_the_next_call(tmp_path):
+    """The router reads a streamed body from the vendor's socket itself: over TLS too, event by
+    event, and the connection goes back to the pool at the body's end."""
+    certificates = make_certificates(tmp_path / "pki")
+    vendor = FakeVendor(tls=(certificates.cert, certificates.key), ca=certificates.ca)
+    try:
+        vendor.behave("openai", chunks=4, interval=0.05)
+        env = router_config(tmp_path / "config", vendor, models=ONE_OPENAI)
+        router = Router({**env, "REQUESTS_CA_BUNDLE": str(certificates.ca)}, tmp_path / "router.log")
+        try:
+            client = sdk(router)
+            for _ in range(3):
+                chunks = client.chat.completions.create(model="any-model", messages=HELLO, stream=True)
+                pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+                assert len(pieces) == 4 and "".join(pieces) == "Hello from openai! You said: Hello"
+            client.chat.completions.create(model="any-model", messages=HELLO)
+        finally:
+            router.stop()
+        assert len({r["connection"] for r in vendor.requests()}) == 1
+    finally:
+        vendor.stop()
+
+
+@pytest.mark.skipif(not openssl_available(), reason="openssl is not installed")
 def test_vendor_behind_a_private_ca_is_reached_with_requests_ca_bundle(tmp_path):
     certificates = make_certificates(tmp_path / "pki")
     vendor = FakeVendor(tls=(certificates.cert, certificates.key), ca=certificates.ca)

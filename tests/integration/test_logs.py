@@ -14,6 +14,7 @@ from tests.harness import wait_until
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "any-model", "messages": [{"role": "user", "content": "Hello"}]}
 ACCESS_FIELDS = {"method", "path", "status", "vendor", "model", "attempts", "duration_ms", "ttfb_ms"}
+ANSWERED_FIELDS = {"credential", "share", "vendor_ms"}
 
 
 def post(url: str, request_id: str, **kwargs) -> requests.Response:
@@ -58,13 +59,16 @@ def test_json_format_makes_every_line_an_object_and_access_lines_carry_the_field
     assert router.stop() == 0
 
     lines = json_lines(router.log_path.read_text())
-    assert {e["logger"] for e in lines} >= {"gunicorn.error", "app.forward", "router.access"}
+    assert {e["logger"] for e in lines} >= {"gunicorn.error", "router.access"}
 
     line = access_line(lines, "whole-1")
-    assert set(line) >= ACCESS_FIELDS
+    assert set(line) >= ACCESS_FIELDS | ANSWERED_FIELDS
     assert (line["method"], line["path"], line["status"], line["attempts"]) == ("POST", CHAT, 200, 1)
     assert (line["vendor"], line["model"]) == (whole.headers["X-Vendor-Source"], whole.headers["X-Model-Source"])
     assert 0 < line["ttfb_ms"] <= line["duration_ms"]
+    # The attempt that answered: its credential, its share of the traffic (two combinations), its vendor time.
+    assert line["credential"] in {"openai#1", "gemini#1"} and line["share"] == 50.0
+    assert 0 < line["vendor_ms"] <= line["ttfb_ms"]
 
     line = access_line(lines, "stream-1")
     assert line["vendor"] == stream.headers["X-Vendor-Source"] and line["status"] == 200
@@ -74,6 +78,7 @@ def test_json_format_makes_every_line_an_object_and_access_lines_carry_the_field
 
     line = access_line(lines, generated)
     assert (line["method"], line["path"], line["status"], line["vendor"]) == ("GET", "/no/such/route", 404, None)
+    assert not set(line) & ANSWERED_FIELDS
 
 
 def test_a_request_id_given_is_returned_and_on_every_line_of_that_request(start_router, fake):
@@ -103,20 +108,20 @@ def test_a_request_id_given_is_returned_and_on_every_line_of_that_request(start_
     def messages(request_id: str) -> list[str]:
         return [f"{e['logger']}: {e['message']}" for e in lines if e["request_id"] == request_id]
 
-    whole = messages(ids["whole"])
-    assert len(whole) == 2
-    assert whole[0].startswith("app.forward: Even distribution selected combination") and "ok HTTP 200" in whole[0]
-    assert whole[1].startswith("router.access: method=POST")
+    # A request its first attempt answered has one line: the access line names the attempt.
+    [whole] = messages(ids["whole"])
+    assert whole.startswith("router.access: method=POST") and "status=200" in whole
+    assert "credential=" in whole and "vendor_ms=" in whole
 
     failed_lines = messages(ids["failed"])
     assert len(failed_lines) == 2
+    assert failed_lines[0].startswith("app.forward: Even distribution selected combination")
     assert "vendor_error HTTP 500" in failed_lines[0] and "status=500" in failed_lines[1]
 
     broken = messages(ids["broken_stream"])
-    assert len(broken) == 3
-    assert "ok HTTP 200" in broken[0]
-    assert broken[1].startswith("app.forward: stream ended with an error event")
-    assert broken[2].startswith("router.access:") and "status=200" in broken[2]
+    assert len(broken) == 2
+    assert broken[0].startswith("app.forward: stream ended with an error event")
+    assert broken[1].startswith("router.access:") and "status=200" in broken[1] and "credential=gemini#1" in broken[1]
 
     # Nothing logged while serving a request lost its id: the only id-less lines are start-up ones.
     for entry in lines:
@@ -129,10 +134,8 @@ def test_text_format_puts_the_request_id_on_every_line_of_the_request(router, fa
     answer = post(router.url(CHAT), request_id)
     assert answer.headers["X-Request-ID"] == request_id
     wait_until(lambda: f"[{request_id}] router.access" in router.logs(), 10, message="the access line")
-    lines = [line for line in router.logs().splitlines() if request_id in line]
-    assert len(lines) == 2
-    for line in lines:
-        assert re.match(rf"\S+ \S+ INFO \[{request_id}\] (app\.forward|router\.access): ", line), line
+    [line] = [line for line in router.logs().splitlines() if request_id in line]
+    assert re.match(rf"\S+ \S+ INFO \[{request_id}\] router\.access: ", line), line
 
 
 def test_control_characters_from_outside_never_start_a_new_text_log_line(router, fake):
