@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
-        help="the router's LOG_LEVEL; info (the production default) logs two lines per call",
+        help="the router's LOG_LEVEL; info (the production default) logs one access line per answered call",
     )
     parser.add_argument(
         "--vendor-server",
