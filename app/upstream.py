@@ -230,11 +230,13 @@ class VendorResponse:
 
     def allow_silence(self, seconds: float) -> None:
         """From now on, let the vendor be silent up to ``seconds`` between bytes."""
+        self._read_timeout = seconds
+        if self._stream is not None:
+            self._stream.allow_silence(seconds)
         connection = getattr(self._response.raw, "connection", None)
         sock = getattr(connection, "sock", None)
         if sock is not None:
             sock.settimeout(seconds)
-            self._read_timeout = seconds
 
     def close(self) -> None:
         """Close the connection (a vendor mid-answer sees it closed). Idempotent."""
@@ -267,6 +269,10 @@ class _SocketBody:
         self._state = self._SIZE if self._chunked else self._DATA if self._left != 0 else self._END
         self._pending = b""  # framing bytes not yet complete (a chunk-size line cut by a read)
         self._first = True
+
+    def allow_silence(self, seconds: float) -> None:
+        """Let the vendor be silent up to ``seconds`` between bytes from now on."""
+        self._read_timeout = seconds
 
     @classmethod
     def over(cls, raw: Any, read_timeout: float) -> _SocketBody | None:

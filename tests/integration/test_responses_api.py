@@ -312,7 +312,9 @@ def test_a_vendor_failing_before_the_first_event_is_failed_over_unnoticed(start_
     ids=["dropped", "error_event"],
 )
 def test_a_vendor_failing_after_the_first_event_makes_the_sdk_raise(client, fake, behaviour, words):
-    fake.behave("openai", chunks=10, **behaviour)
+    # Events 50 ms apart: the failure comes after the stream is committed, not in the same read as
+    # its first event (that would be a failure before commit, answered as an error status).
+    fake.behave("openai", chunks=10, interval=0.05, **behaviour)
     deltas: list[str] = []
     with (
         pytest.raises(openai.APIError) as caught,
