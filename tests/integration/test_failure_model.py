@@ -124,6 +124,7 @@ def test_stream_broken_after_commit_cools_its_combination(start_router, fake):
     for _ in range(6):  # the router's own choice now avoids the broken combination
         completion = client.chat.completions.with_raw_response.create(model="any-model", messages=HELLO)
         assert completion.headers["x-vendor-source"] == "gemini"
+    assert len(fake.requests("openai")) == 1, "the broken combination was tried again while cooling"
 
 
 @pytest.mark.parametrize("done", [True, False])
