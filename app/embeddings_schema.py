@@ -12,7 +12,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from app.errors import InvalidRequest
-from app.schemas import MAX_NAME_LENGTH, _first_error
+from app.schemas import MAX_NAME_LENGTH, first_error
 
 __all__ = ["MAX_INPUTS", "validate_embeddings_request"]
 
@@ -81,5 +81,5 @@ def validate_embeddings_request(body: Any) -> None:
     try:
         _EMBEDDINGS_REQUEST.load(body)
     except ValidationError as exc:
-        param, message = _first_error(exc.messages)
+        param, message = first_error(exc.messages)
         raise InvalidRequest(f"Invalid value for {param}: {message}" if param else message, param=param) from None

@@ -49,20 +49,29 @@ class JSONObject(fields.Field):
 class Content(fields.Field):
     """A message's content: a string, a list of typed parts, or null (checked per role)."""
 
+    expected = "a string, a list of content parts, or null"
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str):
             return value
         if not isinstance(value, list):
-            raise ValidationError("Must be a string, a list of content parts, or null.")
+            raise ValidationError(f"Must be {self.expected}.")
         if len(value) > MAX_CONTENT_PARTS:
             raise ValidationError(f"At most {MAX_CONTENT_PARTS} content parts are allowed.")
         # A plain loop, not a nested schema: parts can number in the thousands.
         for index, part in enumerate(value):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise ValidationError({index: ['Must be an object with a string "type".']})
-            if part["type"] == "text" and not isinstance(part.get("text"), str):
-                raise ValidationError({index: {"text": ["Must be a string."]}})
+            problem = self.part_problem(part)
+            if problem is not None:
+                raise ValidationError({index: problem})
         return value
+
+    def part_problem(self, part: dict[str, Any]) -> dict[str, list[str]] | None:
+        """What is wrong with one typed part, or None (chat checks only that text is a string)."""
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            return {"text": ["Must be a string."]}
+        return None
 
 
 class ToolChoice(fields.Field):
@@ -190,7 +199,7 @@ def validate_chat_request(body: Any) -> None:
     try:
         _CHAT_REQUEST.load(body)
     except ValidationError as exc:
-        param, message = _first_error(exc.messages)
+        param, message = first_error(exc.messages)
         raise InvalidRequest(f"Invalid value for {param}: {message}" if param else message, param=param) from None
 
 
@@ -262,7 +271,7 @@ def _check_counts(body: dict) -> None:
         )
 
 
-def _first_error(messages: Any, path: str = "") -> tuple[str | None, str]:
+def first_error(messages: Any, path: str = "") -> tuple[str | None, str]:
     """The path (``tools[0].function.name``) and text of the first error marshmallow reported."""
     if isinstance(messages, dict):
         key, inner = next(iter(messages.items()))
@@ -272,10 +281,10 @@ def _first_error(messages: Any, path: str = "") -> tuple[str | None, str]:
             step = f"{path}[{key}]"
         else:
             step = f"{path}.{key}" if path else str(key)
-        return _first_error(inner, step)
+        return first_error(inner, step)
     if isinstance(messages, list) and messages:
         first = messages[0]
         if isinstance(first, (dict, list)):
-            return _first_error(first, path)
+            return first_error(first, path)
         return path or None, str(first)
     return path or None, str(messages)

@@ -15,15 +15,15 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from app.errors import InvalidRequest
 from app.schemas import (
-    MAX_CONTENT_PARTS,
     MAX_MESSAGES,
     MAX_NAME_LENGTH,
     MAX_TOOLS,
     TOOL_NAME,
     JSONObject,
     StrictBoolean,
-    _first_error,
+    first_error,
 )
+from app.schemas import Content as ChatContent
 
 __all__ = ["MAX_INPUT_ITEMS", "validate_responses_request"]
 
@@ -64,7 +64,7 @@ def validate_responses_request(body: Any) -> None:
     try:
         _RESPONSES_REQUEST.load(body)
     except ValidationError as exc:
-        param, message = _first_error(exc.messages)
+        param, message = first_error(exc.messages)
         raise InvalidRequest(f"Invalid value for {param}: {message}" if param else message, param=param) from None
 
 
@@ -119,24 +119,13 @@ _TOOL_NAME_ERROR = "Must be 1-64 letters, digits, underscores or dashes (^[a-zA-
 _TOOL_NAME = validate.Regexp(TOOL_NAME, error=_TOOL_NAME_ERROR)
 
 
-class Content(fields.Field):
+class Content(ChatContent):
     """A message's content: a string or a list of typed parts, each with the fields chat needs."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, str):
-            return value
-        if not isinstance(value, list):
-            raise ValidationError("Must be a string or a list of content parts.")
-        if len(value) > MAX_CONTENT_PARTS:
-            raise ValidationError(f"At most {MAX_CONTENT_PARTS} content parts are allowed.")
-        # A plain loop, not nested schemas: parts can number in the thousands.
-        for index, part in enumerate(value):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise ValidationError({index: ['Must be an object with a string "type".']})
-            problem = _part_problem(part)
-            if problem is not None:
-                raise ValidationError({index: problem})
-        return value
+    expected = "a string or a list of content parts"
+
+    def part_problem(self, part: dict[str, Any]) -> dict[str, list[str]] | None:
+        return _part_problem(part)
 
 
 def _part_problem(part: dict[str, Any]) -> dict[str, list[str]] | None:
