@@ -41,7 +41,7 @@ from app.failures import AttemptFailed, Cooling, Failure
 from app.logs import answered_by_var
 from app.metrics import RouterMetrics
 from app.normalize import StreamNormalizer, vendor_error
-from app.relay import Pump, StreamAnswer, StreamFailure, StreamRelay, StreamTranslator
+from app.relay import Pump, StreamAnswer, StreamFailure, StreamRelay, StreamTranslator, error_in_body
 from app.selector import Selector, share
 from app.upstream import Upstream, VendorResponse
 
@@ -440,7 +440,7 @@ class _Request:
         if not isinstance(document, dict):
             raise _bad_answer(combination, "answered with something that is not a JSON object")
         if "error" in document:
-            raise AttemptFailed(Failure.vendor_status(_error_in_answer(document), model_pinned=self._pinned))
+            raise AttemptFailed(Failure.vendor_status(error_in_body(document), model_pinned=self._pinned))
         try:
             answer = call.exchange.answer(document)
         except UnusableAnswer as problem:
@@ -541,14 +541,6 @@ def _vendor_body(body: dict[str, Any], combination: Combination) -> bytes:
 
 def _bad_answer(combination: Combination, problem: str) -> AttemptFailed:
     return AttemptFailed(Failure.bad_answer(UpstreamError(combination.describe(problem))))
-
-
-def _error_in_answer(document: dict[str, Any]) -> VendorError:
-    """A 2xx answer carrying an error object: the error's own integer code (400-599) or 502."""
-    error = document.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 502
-    return VendorError(status, vendor_error(status, document))
 
 
 def _stream_failure(failure: StreamFailure, pinned: bool) -> Failure:

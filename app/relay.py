@@ -25,7 +25,7 @@ from app.normalize import StreamNormalizer, vendor_error
 from app.sse import DONE, KEEPALIVE, Event, EventSplitter, FramingError, data_event
 from app.upstream import VendorResponse
 
-__all__ = ["ChatEvents", "Pump", "StreamAnswer", "StreamFailure", "StreamRelay", "StreamTranslator"]
+__all__ = ["ChatEvents", "Pump", "StreamAnswer", "StreamFailure", "StreamRelay", "StreamTranslator", "error_in_body"]
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class StreamRelay:
                 self._pending_failure = self._broken("sent an event that is not a JSON object")
                 break
             if "error" in chunk:
-                self._pending_failure = StreamFailure(_vendor_error_event(chunk))
+                self._pending_failure = StreamFailure(error_in_body(chunk))
                 break
             chunk = self.normalizer.chunk(chunk)
             if carries_answer(chunk):
@@ -250,11 +250,13 @@ def _is_json(data: bytes) -> bool:
     return True
 
 
-def _vendor_error_event(chunk: dict[str, Any]) -> VendorError:
-    error = chunk["error"]
+def error_in_body(document: dict[str, Any]) -> VendorError:
+    """An error object where an answer should be (a 200's body, or a stream event): its status is
+    the error's own integer ``code`` when that is 400-599, else 502."""
+    error = document.get("error")
     code = error.get("code") if isinstance(error, dict) else None
     status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 502
-    return VendorError(status, vendor_error(status, chunk))
+    return VendorError(status, vendor_error(status, document))
 
 
 class _ClientLeft(BaseException):

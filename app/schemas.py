@@ -95,10 +95,12 @@ class _Strict(Schema):
 
 
 _TOOL_NAME_ERROR = "Must be 1-64 letters, digits, underscores or dashes (^[a-zA-Z0-9_-]{{1,64}}$)."
+# A function tool's name, the same rule in every API the router speaks.
+TOOL_NAME_RULE = validate.Regexp(TOOL_NAME, error=_TOOL_NAME_ERROR)
 
 
 class FunctionName(_Strict):
-    name = fields.String(required=True, validate=validate.Regexp(TOOL_NAME, error=_TOOL_NAME_ERROR))
+    name = fields.String(required=True, validate=TOOL_NAME_RULE)
 
 
 class FunctionChoice(_Strict):
@@ -109,7 +111,10 @@ class FunctionChoice(_Strict):
 _FUNCTION_CHOICE = FunctionChoice()
 
 
-class FunctionDefinition(FunctionName):
+class FunctionFields(Schema):
+    """A function tool's fields beside its name: the same in chat's nested form and in the
+    Responses API's flat one."""
+
     description = fields.String(allow_none=True)
     parameters = JSONObject(allow_none=True)
     strict = StrictBoolean(allow_none=True)
@@ -119,6 +124,10 @@ class FunctionDefinition(FunctionName):
         kind = (data.get("parameters") or {}).get("type", "object")
         if kind != "object":
             raise ValidationError('Must be a JSON Schema with "type": "object".', "parameters")
+
+
+class FunctionDefinition(FunctionName, FunctionFields):
+    pass
 
 
 class Tool(_Strict):

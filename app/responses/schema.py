@@ -18,7 +18,8 @@ from app.schemas import (
     MAX_MESSAGES,
     MAX_NAME_LENGTH,
     MAX_TOOLS,
-    TOOL_NAME,
+    TOOL_NAME_RULE,
+    FunctionFields,
     JSONObject,
     StrictBoolean,
     first_error,
@@ -115,10 +116,6 @@ class _Strict(Schema):
         unknown = EXCLUDE
 
 
-_TOOL_NAME_ERROR = "Must be 1-64 letters, digits, underscores or dashes (^[a-zA-Z0-9_-]{{1,64}}$)."
-_TOOL_NAME = validate.Regexp(TOOL_NAME, error=_TOOL_NAME_ERROR)
-
-
 class Content(ChatContent):
     """A message's content: a string or a list of typed parts, each with the fields chat needs."""
 
@@ -171,7 +168,7 @@ class MessageItem(_Strict):
 class FunctionCallItem(_Strict):
     type = fields.String(required=True)
     call_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_NAME_LENGTH))
-    name = fields.String(required=True, validate=_TOOL_NAME)
+    name = fields.String(required=True, validate=TOOL_NAME_RULE)
     arguments = fields.String(required=True)
 
 
@@ -233,18 +230,9 @@ class Input(fields.Field):
         return value
 
 
-class FunctionTool(_Strict):
+class FunctionTool(_Strict, FunctionFields):
     type = fields.String(required=True, validate=validate.Equal("function"))
-    name = fields.String(required=True, validate=_TOOL_NAME)
-    description = fields.String(allow_none=True)
-    parameters = JSONObject(allow_none=True)
-    strict = StrictBoolean(allow_none=True)
-
-    @validates_schema
-    def _parameters_describe_an_object(self, data: dict, **kwargs: Any) -> None:
-        kind = (data.get("parameters") or {}).get("type", "object")
-        if kind != "object":
-            raise ValidationError('Must be a JSON Schema with "type": "object".', "parameters")
+    name = fields.String(required=True, validate=TOOL_NAME_RULE)
 
 
 class ToolChoice(fields.Field):
@@ -268,7 +256,7 @@ class ToolChoice(fields.Field):
 
 class TextFormat(_Strict):
     type = fields.String(required=True, validate=validate.OneOf(("text", "json_object", "json_schema")))
-    name = fields.String(validate=_TOOL_NAME)
+    name = fields.String(validate=TOOL_NAME_RULE)
     schema = JSONObject()
     strict = StrictBoolean(allow_none=True)
     description = fields.String(allow_none=True)
