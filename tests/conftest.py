@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app import create_app
+from app.application import create_app
 from app.settings import Settings
 
 # Keys used by tests: long enough to be registered as secrets, unique enough to grep logs for.

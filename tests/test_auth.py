@@ -8,7 +8,7 @@ import time
 import pytest
 
 import app.auth
-from app import create_app
+from app.application import create_app
 from app.auth import ClientKeys
 from app.clients import client_name
 from app.settings import ClientKey, Settings, SettingsError

@@ -1,0 +1,151 @@
+"""The application factory: settings and config files in, a wired Flask app out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.catalog import CAPABILITIES, Catalog, env_name_for_api_key, load_catalog
+from app.chat import ChatService
+from app.cooldowns import open_cooldowns
+from app.embeddings import EmbeddingsService
+from app.forward import Forwarder, Timing
+from app.redact import register_secrets
+from app.responses.service import ResponsesService
+from app.selector import Selector, share, share_pools
+from app.settings import Settings
+from app.upstream import Upstream
+
+__all__ = ["Router", "create_app"]
+
+log = logging.getLogger("router")
+
+
+@dataclass(frozen=True)
+class Router:
+    """The services a request may reach, stored on the app as ``app.extensions["router"]``."""
+
+    catalog: Catalog
+    chat: ChatService
+    responses: ResponsesService
+    embeddings: EmbeddingsService
+    settings: Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the WSGI app: read settings and config files, wire services, register routes.
+
+    Raises SettingsError or ConfigError (with a message naming the variable, file and entry)
+    when the configuration cannot work.
+    """
+    from app.auth import install_client_auth
+    from app.blueprints import chat, embeddings, health, models, openapi, responses
+    from app.cors import install_cors
+    from app.http import install_http_edge
+    from app.limits import install_rate_limits
+    from app.logs import configure_logging
+    from app.metrics import init_metrics
+
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    catalog = load_catalog(settings)
+    register_secrets(
+        [credential.secret for credential in catalog.credentials] + [client.key for client in settings.api_keys]
+    )
+    _report(settings, catalog)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # keep OpenAI's field order in JSON answers
+    metrics = init_metrics(app, settings.worker_connections, catalog.combinations)
+    # Built here, in the worker (never the master: no preload), so a shared book's background
+    # link to Redis starts in the process that uses it.
+    cooldowns = open_cooldowns(settings.cooldown_storage)
+    selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns)
+    metrics.follow_cooling(selector.cooling_by_vendor)
+    upstream = Upstream(
+        catalog.vendors,
+        settings.upstream_connect_timeout,
+        settings.upstream_read_timeout,
+        pool_size=settings.worker_connections,
+        ca_bundle=settings.ca_bundle,
+    )
+    timing = Timing(
+        request_timeout=settings.request_timeout,
+        first_token_timeout=settings.first_token_timeout,
+        hedge_after=settings.hedge_after_seconds,
+        keepalive=settings.stream_keepalive_seconds,
+    )
+    forwarder = Forwarder(selector, upstream, metrics, settings.max_attempts, timing)
+    app.extensions["router"] = Router(
+        catalog,
+        ChatService(selector, forwarder),
+        ResponsesService(selector, forwarder),
+        EmbeddingsService(selector, forwarder),
+        settings,
+    )
+
+    install_http_edge(app, metrics)
+    # Hook order is request order: preflights need no key, and only a proven key is counted.
+    install_cors(app, settings.cors_origins)
+    install_client_auth(app, settings)
+    install_rate_limits(app, settings, (chat.bp, responses.bp, embeddings.bp, models.bp))
+    if settings.trusted_proxies:
+        # The client address is the one the trusted proxies saw (X-Forwarded-For), not theirs.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(models.bp)
+    app.register_blueprint(chat.bp)
+    app.register_blueprint(responses.bp)
+    app.register_blueprint(embeddings.bp)
+    app.register_blueprint(openapi.bp)
+    return app
+
+
+def _report(settings: Settings, catalog: Catalog) -> None:
+    """Say at start what the router will do, and everything that looks wrong."""
+    for warning in catalog.warnings:
+        log.warning(warning)
+    if catalog.credentials_file_missing and catalog.env_key_variables:
+        log.info(
+            "no credentials file at %s: keys from environment variables %s",
+            settings.credentials_file,
+            ", ".join(catalog.env_key_variables),
+        )
+    if catalog.vendors_without_credentials:
+        log.warning(
+            "no credentials file at %s: vendors without credentials: %s; their requests answer 503 until "
+            "you create it (see configs/credentials.json.example), set CREDENTIALS_FILE or set %s",
+            settings.credentials_file,
+            ", ".join(catalog.vendors_without_credentials),
+            ", ".join(env_name_for_api_key(vendor) for vendor in catalog.vendors_without_credentials),
+        )
+    for name in catalog.model_vendors():
+        log.info("vendor %s at %s", name, catalog.vendors[name].base_url)
+    log.info(
+        "%d models (%s format), %d aliases, %d credentials, %d combinations",
+        len(catalog.models),
+        catalog.models_format,
+        len(catalog.aliases),
+        len(catalog.credentials),
+        len(catalog.combinations),
+    )
+    for model in catalog.models:
+        if model.type != "chat" or model.aliases or model.capabilities != CAPABILITIES:
+            log.info(
+                "model %s/%s: %s, aliases %s, supports %s",
+                model.vendor,
+                model.id,
+                model.type,
+                ", ".join(model.aliases) or "none",
+                ", ".join(sorted(model.capabilities)) or "plain text only",
+            )
+    for pool, combinations in share_pools(catalog).items():
+        log.info(
+            "shares of %s: %s",
+            pool,
+            ", ".join(f"{c.key} {share(c, combinations):.1f}%" for c in combinations),
+        )
