@@ -9,29 +9,33 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.catalog import CAPABILITIES, Catalog, env_name_for_api_key, load_catalog
-from app.chat import ChatService
+from app.chat import CHAT
 from app.cooldowns import open_cooldowns
-from app.embeddings import EmbeddingsService
+from app.embeddings import EMBEDDINGS
+from app.endpoint import Endpoint, Recipe
 from app.forward import Forwarder, Timing
+from app.recorder import Recorder
 from app.redact import register_secrets
-from app.responses.service import ResponsesService
+from app.responses.recipe import RESPONSES
 from app.selector import Selector, share, share_pools
 from app.settings import Settings
 from app.upstream import Upstream
 
-__all__ = ["Router", "create_app"]
+__all__ = ["RECIPES", "Router", "create_app"]
 
 log = logging.getLogger("router")
+
+# Every API the router answers through vendors: one recipe each, served by one view and one
+# pipeline. Adding an endpoint is a recipe module and a line here.
+RECIPES: tuple[Recipe, ...] = (CHAT, RESPONSES, EMBEDDINGS)
 
 
 @dataclass(frozen=True)
 class Router:
-    """The services a request may reach, stored on the app as ``app.extensions["router"]``."""
+    """What a request may reach, stored on the app as ``app.extensions["router"]``."""
 
     catalog: Catalog
-    chat: ChatService
-    responses: ResponsesService
-    embeddings: EmbeddingsService
+    endpoints: dict[str, Endpoint]  # by recipe name
     settings: Settings
 
 
@@ -42,7 +46,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     when the configuration cannot work.
     """
     from app.auth import install_client_auth
-    from app.blueprints import chat, embeddings, health, models, openapi, responses
+    from app.blueprints import health, models, openapi, responses
+    from app.blueprints.endpoints import endpoint_blueprint
     from app.cors import install_cors
     from app.http import install_http_edge
     from app.limits import install_rate_limits
@@ -64,7 +69,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Built here, in the worker (never the master: no preload), so a shared book's background
     # link to Redis starts in the process that uses it.
     cooldowns = open_cooldowns(settings.cooldown_storage)
-    selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns)
+    # The first recipe serving each model type is where a request for that type belongs.
+    paths: dict[str, str] = {}
+    for recipe in RECIPES:
+        paths.setdefault(recipe.model_type, recipe.path)
+    selector = Selector(
+        catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns, paths=paths
+    )
     metrics.follow_cooling(selector.cooling_by_vendor)
     upstream = Upstream(
         catalog.vendors,
@@ -79,28 +90,26 @@ def create_app(settings: Settings | None = None) -> Flask:
         hedge_after=settings.hedge_after_seconds,
         keepalive=settings.stream_keepalive_seconds,
     )
-    forwarder = Forwarder(selector, upstream, metrics, settings.max_attempts, timing)
-    app.extensions["router"] = Router(
-        catalog,
-        ChatService(selector, forwarder),
-        ResponsesService(selector, forwarder),
-        EmbeddingsService(selector, forwarder),
-        settings,
-    )
+    recorder = Recorder(metrics, settings.max_attempts)
+    forwarder = Forwarder(selector, upstream, recorder, settings.max_attempts, timing)
+    endpoints = {recipe.name: Endpoint(recipe, selector, forwarder) for recipe in RECIPES}
+    app.extensions["router"] = Router(catalog, endpoints, settings)
+    blueprints = [endpoint_blueprint(recipe) for recipe in RECIPES]
 
-    install_http_edge(app, metrics)
+    error_shapes = {recipe.path: recipe.error_shape for recipe in RECIPES if recipe.error_shape is not None}
+    install_http_edge(app, metrics, error_shapes)
     # Hook order is request order: preflights need no key, and only a proven key is counted.
     install_cors(app, settings.cors_origins)
     install_client_auth(app, settings)
-    install_rate_limits(app, settings, (chat.bp, responses.bp, embeddings.bp, models.bp))
+    install_rate_limits(app, settings, (*blueprints, responses.bp, models.bp))
     if settings.trusted_proxies:
         # The client address is the one the trusted proxies saw (X-Forwarded-For), not theirs.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
-    app.register_blueprint(chat.bp)
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
     app.register_blueprint(responses.bp)
-    app.register_blueprint(embeddings.bp)
     app.register_blueprint(openapi.bp)
     return app
 

@@ -1,4 +1,4 @@
-"""The chat service: validate -> resolve the candidates -> forward -> a normalized answer.
+"""The chat-completions recipe: validate, forward the client's own JSON, normalize the answer.
 
 What is particular to chat completions lives here: the request's validation, and how a vendor's
 answer becomes the client's (normalized: ids, model name, tool calls, finish_reason). Attempts,
@@ -11,17 +11,16 @@ from typing import Any
 
 import orjson
 
-from app.calls import ClientCall
 from app.capabilities import required_capabilities
-from app.catalog import Vendor
-from app.disconnect import ClientWatch
-from app.forward import Call, Forwarder, UnusableAnswer, WholeAnswer
+from app.endpoint import ClientRequest, Exchange, UnusableAnswer
 from app.normalize import normalize_completion
-from app.relay import ChatEvents, StreamAnswer
+from app.relay import ChatEvents, StreamTranslator
 from app.schemas import validate_chat_request
-from app.selector import Selector
 
-__all__ = ["ChatExchange", "ChatService", "chat_completion"]
+__all__ = ["CHAT", "ChatExchange", "ChatRecipe", "chat_completion"]
+
+# The chat field that asks for each capability, named in "no model supports ..." errors.
+CHAT_FIELDS = {"image": "messages", "video": "messages", "tools": "tools", "streaming": "stream"}
 
 
 def chat_completion(document: dict[str, Any], requested_model: str) -> dict[str, Any]:
@@ -32,34 +31,30 @@ def chat_completion(document: dict[str, Any], requested_model: str) -> dict[str,
     return normalize_completion(document, requested_model)
 
 
-class ChatExchange:
+class ChatExchange(Exchange):
     """Chat completions on the vendor side, normalized on the way back."""
 
-    def __init__(self, requested_model: str) -> None:
-        self._model = requested_model
+    def translate(self, document: dict[str, Any]) -> bytes:
+        return orjson.dumps(chat_completion(document, self.requested_model))
 
-    def url(self, vendor: Vendor) -> str:
-        return vendor.chat_url
-
-    def answer(self, document: dict[str, Any]) -> bytes:
-        return orjson.dumps(chat_completion(document, self._model))
-
-    def translator(self) -> ChatEvents:
+    def translator(self) -> StreamTranslator:
         return ChatEvents()
 
 
-class ChatService:
-    """Answers chat requests through the shared forwarding pipeline."""
+class ChatRecipe:
+    """POST /v1/chat/completions: the client's JSON reaches the vendor with only the model replaced."""
 
-    def __init__(self, selector: Selector, forwarder: Forwarder) -> None:
-        self._selector = selector
-        self._forwarder = forwarder
+    name = "chat"
+    path = "/v1/chat/completions"
+    model_type = "chat"
+    fields = CHAT_FIELDS
+    error_shape = None
 
-    def answer(self, call: ClientCall, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
-        """Validate and answer ``call``; raises RouterError (with trace headers) when it cannot."""
-        body = call.body
+    def prepare(self, request: ClientRequest) -> ChatExchange:
+        body = request.body
         validate_chat_request(body)
-        candidates = self._selector.candidates(call.vendor, body.get("model"), "chat", required_capabilities(body))
-        model = call.requested_model
-        forwarded = Call(body, model, candidates, ChatExchange(model), call.stream, call.client)
-        return self._forwarder.forward(forwarded, watch)
+        stream = body.get("stream") is True
+        return ChatExchange(body, request.requested_model, stream, required_capabilities(body))
+
+
+CHAT = ChatRecipe()

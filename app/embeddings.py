@@ -1,8 +1,9 @@
-"""The embeddings service: validate -> resolve the embedding models -> forward.
+"""The embeddings recipe: validate, forward the client's own JSON, name the requested model.
 
 Embedding requests go only to models of type "embedding" (chat requests never do), through the
 same pipeline as chat: failover, cooldown, deadlines, metrics and token counts. The client's JSON
 reaches the vendor with only ``model`` replaced; the answer carries the requested model name.
+Embeddings are never streamed.
 """
 
 from __future__ import annotations
@@ -11,47 +12,37 @@ from typing import Any
 
 import orjson
 
-from app.calls import ClientCall
 from app.catalog import Vendor
-from app.disconnect import ClientWatch
 from app.embeddings_schema import validate_embeddings_request
-from app.forward import Call, Forwarder, UnusableAnswer, WholeAnswer
-from app.relay import StreamAnswer, StreamTranslator
-from app.selector import Selector
+from app.endpoint import ClientRequest, Exchange, UnusableAnswer
 
-__all__ = ["EmbeddingsExchange", "EmbeddingsService"]
+__all__ = ["EMBEDDINGS", "EmbeddingsExchange", "EmbeddingsRecipe"]
 
 
-class EmbeddingsExchange:
+class EmbeddingsExchange(Exchange):
     """The vendor's embeddings endpoint; its answer relayed with the requested model name."""
-
-    def __init__(self, requested_model: str) -> None:
-        self._model = requested_model
 
     def url(self, vendor: Vendor) -> str:
         return vendor.embeddings_url
 
-    def answer(self, document: dict[str, Any]) -> bytes:
+    def translate(self, document: dict[str, Any]) -> bytes:
         if not isinstance(document.get("data"), list):
             raise UnusableAnswer("answered embeddings without a data list")
-        return orjson.dumps({**document, "model": self._model})
-
-    def translator(self) -> StreamTranslator:
-        raise AssertionError("embeddings are never streamed")  # the service never asks for a stream
+        return orjson.dumps({**document, "model": self.requested_model})
 
 
-class EmbeddingsService:
-    """Answers embeddings requests through the shared forwarding pipeline."""
+class EmbeddingsRecipe:
+    """POST /v1/embeddings: OpenAI embeddings from the configured embedding models."""
 
-    def __init__(self, selector: Selector, forwarder: Forwarder) -> None:
-        self._selector = selector
-        self._forwarder = forwarder
+    name = "embeddings"
+    path = "/v1/embeddings"
+    model_type = "embedding"
+    fields: dict[str, str] = {}  # embedding models need no capabilities
+    error_shape = None
 
-    def answer(self, call: ClientCall, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
-        """Validate and answer ``call``; raises RouterError (with trace headers) when it cannot."""
-        body = call.body
-        validate_embeddings_request(body)
-        candidates = self._selector.candidates(call.vendor, body.get("model"), "embedding")
-        model = call.requested_model
-        forwarded = Call(body, model, candidates, EmbeddingsExchange(model), stream=False, client=call.client)
-        return self._forwarder.forward(forwarded, watch)
+    def prepare(self, request: ClientRequest) -> EmbeddingsExchange:
+        validate_embeddings_request(request.body)
+        return EmbeddingsExchange(request.body, request.requested_model)
+
+
+EMBEDDINGS = EmbeddingsRecipe()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from app.errors import RouterError, UpstreamError, UpstreamTimeout, VendorError
+from app.normalize import vendor_error
 
-__all__ = ["RETRYABLE_STATUSES", "AttemptFailed", "Cooling", "Failure"]
+__all__ = ["RETRYABLE_STATUSES", "AttemptFailed", "Cooling", "Failure", "carries_error"]
 
 # Vendor statuses worth another combination: timeouts, rate limits, overload and the vendor's own
 # faults (any 5xx, and 529, "overloaded", which some vendors send).
@@ -22,6 +24,13 @@ RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 # does not know (404), a key it refuses (401) or does not allow (403).
 _COMBINATION_FAULTS = frozenset({401, 403, 404})
 _CREDENTIAL_FAULTS = frozenset({401, 403})
+
+
+def carries_error(document: dict[str, Any]) -> bool:
+    """Whether a vendor's JSON object (a 200's body, or a stream event) is an error, not an answer:
+    a non-null ``error`` and no choices. Several OpenAI-compatible servers send ``"error": null``
+    beside a good answer."""
+    return document.get("error") is not None and not document.get("choices")
 
 
 class Cooling(enum.Enum):
@@ -75,25 +84,45 @@ class Failure:
         """The vendor answered an error status (or a 200 carrying an error object).
 
         Overload, rate limits and the vendor's own faults are retried elsewhere and cool the
-        combination. 401/403/404 are the configuration's fault when the client let the router
-        choose the model: retried elsewhere, cooling the key (401/403) or the combination (404);
-        when the client pinned the model they are answered at once. Anything else (400, 413,
-        422, ...) is the request's fault and answered at once.
+        combination. A refused key (401/403) is the key's fault whatever the client asked: it cools
+        and the next combination is tried (for a pinned model, that model's other keys: the
+        candidates hold nothing else). 404 is the configuration's fault when the client let the
+        router choose the model (retried elsewhere, cooling the combination) and final when the
+        client pinned it. Anything else (400, 413, 422, ...) is the request's fault and answered
+        at once.
         """
         status = error.status
         if status in RETRYABLE_STATUSES:
             return cls("vendor_error", error, True, Cooling.COMBINATION, status, retry_after)
         if status in _CREDENTIAL_FAULTS:
-            # A refused key stays refused whoever asks: cool it even when the answer is final.
-            return cls("vendor_error", error, not model_pinned, Cooling.CREDENTIAL, status, retry_after)
+            return cls("vendor_error", error, True, Cooling.CREDENTIAL, status, retry_after)
         if status in _COMBINATION_FAULTS and not model_pinned:
             return cls("vendor_error", error, True, Cooling.COMBINATION, status, retry_after)
         return cls("vendor_error", error, False, Cooling.NOTHING, status, retry_after)
 
-    @property
-    def status_class(self) -> str:
-        """The metric label for the vendor's status: 2xx, 4xx, 5xx, or none."""
-        return f"{self.status // 100}xx" if self.status else "none"
+    @classmethod
+    def error_in_body(cls, document: dict[str, Any], *, model_pinned: bool) -> Failure:
+        """An error object where an answer should be (a 200's body, or a stream event): judged
+        as a vendor status, the error's own integer ``code`` when that is 400-599, else 502."""
+        error = document.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 502
+        return cls.vendor_status(VendorError(status, vendor_error(status, document)), model_pinned=model_pinned)
+
+    @classmethod
+    def relay_fault(cls, error: RouterError) -> Failure:
+        """The router itself failed while relaying a stream: the vendor is not to blame, so
+        nothing cools down (the client still gets an error event)."""
+        return cls("router_error", error, False, Cooling.NOTHING)
+
+    def after_commit(self) -> Failure:
+        """The same failure when it ends a stream the client already reads: never retried (the
+        answer has begun), and it cools what it would cool had the router chosen the model, since a
+        combination whose streams break is as unreliable as one that fails before them."""
+        cooling = self.cooling
+        if isinstance(self.error, VendorError) and self.cooling is Cooling.NOTHING:
+            cooling = Failure.vendor_status(self.error, model_pinned=False).cooling
+        return Failure(self.outcome, self.error, False, cooling, self.status, self.retry_after)
 
 
 class AttemptFailed(Exception):

@@ -12,11 +12,12 @@ import re
 import time
 
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
 
 from app.clients import client_name
+from app.endpoint import ErrorShape
 from app.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -24,7 +25,6 @@ from app.errors import (
     PayloadTooLarge,
     RouterError,
     UnsupportedMediaType,
-    error_body,
 )
 from app.logs import answered_by_var, request_id_var
 from app.metrics import RouterMetrics
@@ -50,8 +50,12 @@ def is_api_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
-def install_http_edge(app: Flask, metrics: RouterMetrics) -> None:
-    """Register the request-id hooks, the access log, the per-client count and the JSON error handlers."""
+def install_http_edge(app: Flask, metrics: RouterMetrics, error_shapes: dict[str, ErrorShape] | None = None) -> None:
+    """Register the request-id hooks, the access log, the per-client count and the JSON error handlers.
+
+    ``error_shapes`` maps a path prefix to how errors under it are shaped (default: OpenAI's).
+    """
+    app.extensions["error_shapes"] = dict(error_shapes or {})
     app.before_request(_begin)
     app.after_request(_end)
 
@@ -69,10 +73,24 @@ def install_http_edge(app: Flask, metrics: RouterMetrics) -> None:
 
 
 def error_response(error: RouterError) -> Response:
-    """The JSON answer for a RouterError: its status, its body, its headers."""
-    response = Response(orjson.dumps(error.body()), error.status, mimetype="application/json")
-    response.headers.update(error.headers)
+    """The JSON answer for a RouterError in the shape of the endpoint asked: status, body, headers."""
+    shape = _error_shape(current_app.extensions.get("error_shapes"), request.path)
+    if shape is None:
+        response = Response(orjson.dumps(error.body()), error.status, mimetype="application/json")
+        response.headers.update(error.headers)
+        return response
+    status, body, headers = shape(error, g.get("request_id", "-"))
+    response = Response(orjson.dumps(body), status, mimetype="application/json")
+    response.headers.update(headers)
     return response
+
+
+def _error_shape(shapes: dict[str, ErrorShape] | None, path: str) -> ErrorShape | None:
+    """The shape of errors on ``path``: that of the endpoint it is under, if it has its own."""
+    for prefix, shape in (shapes or {}).items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return shape
+    return None
 
 
 def read_json_body() -> dict:
@@ -173,11 +191,7 @@ def _http_exception(exc: HTTPException) -> Response:
 
 def _unexpected(exc: Exception) -> Response:
     log.exception("unexpected error while handling %s %s", request.method, request.path)
-    return Response(
-        orjson.dumps(error_body("The router failed to handle the request.", "server_error", None, "internal_error")),
-        500,
-        mimetype="application/json",
-    )
+    return error_response(RouterError("The router failed to handle the request.", code="internal_error"))
 
 
 def _json_kind(value: object) -> str:

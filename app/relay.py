@@ -20,12 +20,13 @@ from typing import Any, Protocol
 import gevent
 import orjson
 
-from app.errors import RouterError, UpstreamError, VendorError
-from app.normalize import StreamNormalizer, vendor_error
+from app.errors import RouterError, UpstreamError
+from app.failures import Failure, carries_error
+from app.normalize import StreamNormalizer
 from app.sse import DONE, KEEPALIVE, Event, EventSplitter, FramingError, data_event
 from app.upstream import VendorResponse
 
-__all__ = ["ChatEvents", "Pump", "StreamAnswer", "StreamFailure", "StreamRelay", "StreamTranslator", "error_in_body"]
+__all__ = ["ChatEvents", "Pump", "StreamAnswer", "StreamFailure", "StreamRelay", "StreamTranslator"]
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,11 @@ DRAIN_SECONDS = 0.25
 
 
 class StreamFailure(Exception):
-    """The vendor's stream broke; ``error`` is what the client is told. ``bad_answer``: the
-    vendor broke the protocol (malformed events, an end without an answer), rather than the
-    connection breaking or the vendor sending an error event."""
+    """The vendor's stream broke; ``failure`` says how, what the client is told and what cools."""
 
-    def __init__(self, error: RouterError, *, bad_answer: bool = False) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.bad_answer = bad_answer
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.error.message)
+        self.failure = failure
 
 
 class StreamTranslator(Protocol):
@@ -61,6 +59,9 @@ class StreamTranslator(Protocol):
     def failed(self, error: RouterError) -> bytes:
         """The bytes that end a stream the vendor broke after commit."""
 
+    def keepalive(self) -> bytes:
+        """The bytes that keep an idle connection open while the vendor is silent."""
+
 
 class ChatEvents:
     """The chat-completions stream, relayed as the vendor sent it (after normalization)."""
@@ -76,6 +77,9 @@ class ChatEvents:
 
     def failed(self, error: RouterError) -> bytes:
         return data_event(orjson.dumps(error.body()))
+
+    def keepalive(self) -> bytes:
+        return KEEPALIVE
 
 
 def carries_answer(chunk: dict[str, Any]) -> bool:
@@ -101,8 +105,16 @@ def carries_answer(chunk: dict[str, Any]) -> bool:
 class StreamRelay:
     """Reads a vendor's event stream and returns the client's bytes, one batch per read."""
 
-    def __init__(self, response: VendorResponse, normalizer: StreamNormalizer, translator: StreamTranslator) -> None:
+    def __init__(
+        self,
+        response: VendorResponse,
+        normalizer: StreamNormalizer,
+        translator: StreamTranslator,
+        *,
+        model_pinned: bool = False,
+    ) -> None:
         self._response = response
+        self._pinned = model_pinned  # how a vendor's error event is judged (see Failure.vendor_status)
         self.normalizer = normalizer
         self._translator = translator
         self._splitter = EventSplitter()
@@ -122,7 +134,7 @@ class StreamRelay:
             try:
                 data = self._response.read_some()
             except UpstreamError as exc:
-                raise StreamFailure(exc) from None
+                raise StreamFailure(Failure.transport(exc)) from None
             if not data:
                 held.append(self._end_of_stream())
             else:
@@ -157,7 +169,7 @@ class StreamRelay:
                 data = self._response.read_some(within)
             except UpstreamError as exc:
                 self.finished = True
-                raise StreamFailure(exc) from None
+                raise StreamFailure(Failure.transport(exc)) from None
             if data is None:
                 return b""
             if not data:
@@ -181,6 +193,10 @@ class StreamRelay:
         """The client's bytes that end this stream with ``error``."""
         return self._translator.failed(error)
 
+    def keepalive(self) -> bytes:
+        """The client's bytes that keep the stream open while the vendor is silent."""
+        return self._translator.keepalive()
+
     def close(self) -> None:
         self.finished = True
         self._response.close()
@@ -202,8 +218,8 @@ class StreamRelay:
             if not isinstance(chunk, dict):
                 self._pending_failure = self._broken("sent an event that is not a JSON object")
                 break
-            if "error" in chunk:
-                self._pending_failure = StreamFailure(error_in_body(chunk))
+            if carries_error(chunk):
+                self._pending_failure = StreamFailure(Failure.error_in_body(chunk, model_pinned=self._pinned))
                 break
             chunk = self.normalizer.chunk(chunk)
             if carries_answer(chunk):
@@ -239,7 +255,7 @@ class StreamRelay:
 
     def _broken(self, problem: str) -> StreamFailure:
         """The vendor broke the event-stream protocol: ``problem`` says how."""
-        return StreamFailure(UpstreamError(self._response.combination.describe(problem)), bad_answer=True)
+        return StreamFailure(Failure.bad_answer(UpstreamError(self._response.combination.describe(problem))))
 
 
 def _is_json(data: bytes) -> bool:
@@ -248,15 +264,6 @@ def _is_json(data: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return True
-
-
-def error_in_body(document: dict[str, Any]) -> VendorError:
-    """An error object where an answer should be (a 200's body, or a stream event): its status is
-    the error's own integer ``code`` when that is 400-599, else 502."""
-    error = document.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 502
-    return VendorError(status, vendor_error(status, document))
 
 
 class _ClientLeft(BaseException):
@@ -273,7 +280,7 @@ class Pump:
         self._greenlet: Any = None
         self._reading = False  # waiting on the vendor: the only place a departed client interrupts
         self.client_gone = False
-        self.failure: StreamFailure | None = None
+        self.failure: Failure | None = None  # what ended the stream after commit, if it broke
         self.ended = False  # the relay reached the stream's end and everything was handed on
 
     def __iter__(self) -> Iterator[bytes]:
@@ -285,11 +292,11 @@ class Pump:
                 out = relay.read(keepalive)
             except _ClientLeft:
                 return
-            except StreamFailure as failure:
-                self.failure = failure
+            except StreamFailure as broke:
+                self.failure = broke.failure.after_commit()
             except Exception:
                 log.exception("stream relay failed")
-                self.failure = StreamFailure(UpstreamError("The router failed while relaying the stream."))
+                self.failure = Failure.relay_fault(UpstreamError("The router failed while relaying the stream."))
             finally:
                 self._reading = False
             if self.failure is not None:
@@ -298,7 +305,7 @@ class Pump:
             if out is None:
                 self.ended = True
                 return
-            yield out or KEEPALIVE
+            yield out or relay.keepalive()
 
     def notify_client_gone(self) -> None:
         """Called from the hub when the client's connection closed: stop at once (never blocks)."""

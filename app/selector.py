@@ -15,7 +15,7 @@ import bisect
 import itertools
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from app.catalog import Catalog, Combination, Credential, Model
 from app.cooldowns import Cooldowns
@@ -23,9 +23,8 @@ from app.errors import InvalidRequest, NotFound, ServiceUnavailable
 
 __all__ = ["Candidates", "Selector", "share", "share_pools"]
 
-# Words for error messages, and the request field each capability comes from, in reporting order.
+# Words for error messages, in reporting order.
 _CAPABILITY_WORDS = {"image": "images", "video": "video", "tools": "tools", "streaming": "streaming"}
-_CAPABILITY_PARAMS = {"image": "messages", "video": "messages", "tools": "tools", "streaming": "stream"}
 
 
 class Candidates(tuple):
@@ -77,8 +76,11 @@ class Selector:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         cooldowns: Cooldowns | None = None,
+        paths: Mapping[str, str] | None = None,
     ) -> None:
         self._catalog = catalog
+        # Where requests for each model type are served, for "send it to ..." in errors.
+        self._paths = paths or {}
         self._cooldown = cooldown_seconds
         self._max_cooldown = max(max_cooldown_seconds, cooldown_seconds)
         self._clock = clock
@@ -98,18 +100,20 @@ class Selector:
         model: str | None,
         kind: str = "chat",
         needs: frozenset[str] = frozenset(),
+        fields: Mapping[str, str] | None = None,
     ) -> Candidates:
         """Every combination a request may use; raises a RouterError naming what is missing.
 
         ``vendor`` is the ``?vendor=`` filter; ``model`` is the requested name: an alias means its
         group, a configured model id that model, anything else every model of type ``kind``.
-        ``needs`` are the capabilities the request uses (see app.capabilities).
+        ``needs`` are the capabilities the request uses (see app.capabilities); ``fields`` names
+        the client's field asking for each, for the error when no model has one.
         """
         name = model if model in self._catalog.aliases or model in self._configured_models else None
         key = (vendor, name, kind, needs)
         found = self._candidates.get(key)
         if found is None:
-            found = Candidates(self._filter(vendor, name, kind, needs))
+            found = Candidates(self._filter(vendor, name, kind, needs, fields or {}))
             self._candidates[key] = found
         return found
 
@@ -170,7 +174,9 @@ class Selector:
         index = bisect.bisect_right(cumulative, self._rng.random() * total)
         return fresh[min(index, len(fresh) - 1)]  # min(): float rounding may land on the very end
 
-    def _filter(self, vendor: str | None, name: str | None, kind: str, needs: frozenset[str]) -> list[Combination]:
+    def _filter(
+        self, vendor: str | None, name: str | None, kind: str, needs: frozenset[str], fields: Mapping[str, str]
+    ) -> list[Combination]:
         catalog = self._catalog
         if vendor is not None and vendor not in catalog.model_vendors():
             known = ", ".join(catalog.model_vendors())
@@ -179,7 +185,7 @@ class Selector:
         models = self._resolve(vendor, name, kind)
         fitting = [m for m in models if needs <= m.capabilities]
         if not fitting:
-            raise _unsupported(models, needs, _scope(vendor, name, catalog))
+            raise _unsupported(models, needs, _scope(vendor, name, catalog), fields)
         wanted = set(fitting)
         found = [c for c in catalog.combinations if c.model in wanted]
         if not found:
@@ -193,13 +199,17 @@ class Selector:
             )
         return found
 
+    def _wrong_type(self, what: str, its_type: str) -> InvalidRequest:
+        path = self._paths.get(its_type)
+        return InvalidRequest(f"{what}; send it to {path}" if path else what, param="model", code="wrong_model_type")
+
     def _resolve(self, vendor: str | None, name: str | None, kind: str) -> list[Model]:
         """The models a requested name stands for, within the vendor filter; never empty."""
         catalog = self._catalog
         if name in catalog.aliases:
             group = catalog.aliases[name]
             if group[0].type != kind:
-                raise _wrong_type(f"Alias {name!r} stands for models of type {group[0].type!r}", kind)
+                raise self._wrong_type(f"Alias {name!r} stands for models of type {group[0].type!r}", group[0].type)
             models = [m for m in group if vendor in (None, m.vendor)]
             if not models:
                 message = f"Alias {name!r} has no model of vendor {vendor!r}"
@@ -208,7 +218,7 @@ class Selector:
         if name is not None:
             named = [m for m in catalog.models if m.id == name]
             if all(m.type != kind for m in named):
-                raise _wrong_type(f"Model {name!r} has type {named[0].type!r}", kind)
+                raise self._wrong_type(f"Model {name!r} has type {named[0].type!r}", named[0].type)
             models = [m for m in named if m.type == kind and vendor in (None, m.vendor)]
             if not models:
                 message = f"Model {name!r} is not offered by vendor {vendor!r}"
@@ -232,23 +242,18 @@ def _scope(vendor: str | None, name: str | None, catalog: Catalog) -> str:
     return words
 
 
-def _unsupported(models: list[Model], needs: frozenset[str], scope: str) -> InvalidRequest:
+def _unsupported(models: list[Model], needs: frozenset[str], scope: str, fields: Mapping[str, str]) -> InvalidRequest:
     """The 400 for a request no model fits: names the first capability none of them has."""
     for capability in _CAPABILITY_WORDS:
         if capability in needs and not any(capability in m.capabilities for m in models):
             return InvalidRequest(
                 f"No configured model{scope} supports {_CAPABILITY_WORDS[capability]}",
-                param=_CAPABILITY_PARAMS[capability],
+                param=fields.get(capability),
                 code="capability_not_supported",
             )
     wanted = [c for c in _CAPABILITY_WORDS if c in needs]
     return InvalidRequest(
         f"No configured model{scope} supports {' and '.join(_CAPABILITY_WORDS[c] for c in wanted)} together",
-        param=_CAPABILITY_PARAMS[wanted[0]],
+        param=fields.get(wanted[0]),
         code="capability_not_supported",
     )
-
-
-def _wrong_type(what: str, kind: str) -> InvalidRequest:
-    endpoint = "/v1/embeddings" if kind == "chat" else "/v1/chat/completions"
-    return InvalidRequest(f"{what}; send it to {endpoint}", param="model", code="wrong_model_type")

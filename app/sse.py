@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DONE", "KEEPALIVE", "Event", "EventSplitter", "FramingError", "data_event"]
+__all__ = ["DONE", "KEEPALIVE", "Event", "EventSplitter", "FramingError", "data_event", "named_event"]
 
 DONE = b"[DONE]"
 KEEPALIVE = b": keep-alive\n\n"
@@ -36,6 +36,11 @@ def data_event(data: bytes, fields: tuple[bytes, ...] = ()) -> bytes:
     if fields:
         return b"\n".join(fields) + b"\ndata: " + data + b"\n\n"
     return b"data: " + data + b"\n\n"
+
+
+def named_event(kind: str, data: bytes) -> bytes:
+    """The bytes of one event with an ``event:`` name (as the Responses and Messages APIs send)."""
+    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 
 
 class EventSplitter:

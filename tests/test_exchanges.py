@@ -8,11 +8,15 @@ import pytest
 
 from app.catalog import Vendor
 from app.embeddings import EmbeddingsExchange
-from app.forward import UnusableAnswer
-from app.responses.service import ResponsesExchange
+from app.endpoint import UnusableAnswer
+from app.responses.recipe import ResponsesExchange
 
 VENDOR = Vendor("gemini", "http://gemini.test/v1beta/openai")
 REQUEST = {"model": "any-model", "input": "Weather in Oslo?", "metadata": {"team": "a"}}
+
+
+def responses_exchange() -> ResponsesExchange:
+    return ResponsesExchange({}, "any-model", request=REQUEST)
 
 
 def gemini_tool_call_completion() -> dict:
@@ -29,12 +33,12 @@ def gemini_tool_call_completion() -> dict:
 
 
 def test_responses_go_to_the_vendors_chat_completions_and_embeddings_to_its_embeddings():
-    assert ResponsesExchange(REQUEST, "any-model").url(VENDOR) == "http://gemini.test/v1beta/openai/chat/completions"
-    assert EmbeddingsExchange("any-model").url(VENDOR) == "http://gemini.test/v1beta/openai/embeddings"
+    assert responses_exchange().url(VENDOR) == "http://gemini.test/v1beta/openai/chat/completions"
+    assert EmbeddingsExchange({}, "any-model").url(VENDOR) == "http://gemini.test/v1beta/openai/embeddings"
 
 
 def test_responses_answer_is_built_from_the_normalized_completion():
-    answer = json.loads(ResponsesExchange(REQUEST, "any-model").answer(gemini_tool_call_completion()))
+    answer = json.loads(responses_exchange().translate(gemini_tool_call_completion()))
     assert (answer["object"], answer["model"], answer["status"]) == ("response", "any-model", "completed")
     [call] = answer["output"]
     assert call["type"] == "function_call"
@@ -45,7 +49,7 @@ def test_responses_answer_is_built_from_the_normalized_completion():
 
 def test_responses_answer_without_choices_is_unusable():
     with pytest.raises(UnusableAnswer, match="without choices"):
-        ResponsesExchange(REQUEST, "any-model").answer({"object": "chat.completion", "choices": []})
+        responses_exchange().translate({"object": "chat.completion", "choices": []})
 
 
 def test_embeddings_answer_is_the_vendors_with_the_requested_model():
@@ -55,10 +59,10 @@ def test_embeddings_answer_is_the_vendors_with_the_requested_model():
         "model": "text-embedding-3-small",
         "usage": {"prompt_tokens": 2, "total_tokens": 2},
     }
-    assert json.loads(EmbeddingsExchange("my-embedder").answer(document)) == {**document, "model": "my-embedder"}
+    assert json.loads(EmbeddingsExchange({}, "my-embedder").translate(document)) == {**document, "model": "my-embedder"}
 
 
 @pytest.mark.parametrize("data", [None, {"embedding": [1.0]}, "[]"])
 def test_embeddings_answer_without_a_data_list_is_unusable(data):
     with pytest.raises(UnusableAnswer, match="data list"):
-        EmbeddingsExchange("any-model").answer({"object": "list", "data": data})
+        EmbeddingsExchange({}, "any-model").translate({"object": "list", "data": data})

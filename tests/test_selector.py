@@ -4,8 +4,12 @@ from collections import Counter
 import pytest
 
 from app.catalog import load_catalog
+from app.chat import CHAT_FIELDS
 from app.errors import InvalidRequest, NotFound, ServiceUnavailable
 from app.selector import Selector, share, share_pools
+
+# Where the app serves each model type (the recipes' paths), for "send it to ..." in errors.
+PATHS = {"chat": "/v1/chat/completions", "embedding": "/v1/embeddings"}
 
 MODELS = [
     {"vendor": "openai", "model": "gpt-4o"},
@@ -39,7 +43,9 @@ def clock():
 
 @pytest.fixture
 def selector(catalog, clock):
-    return Selector(catalog, cooldown_seconds=30, max_cooldown_seconds=300, clock=clock, rng=random.Random(7))
+    return Selector(
+        catalog, cooldown_seconds=30, max_cooldown_seconds=300, clock=clock, rng=random.Random(7), paths=PATHS
+    )
 
 
 def test_every_combination_is_equally_likely(selector):
@@ -141,7 +147,9 @@ def chi_square(counts, expected):
 
 def routing_selector(write_config, models, credentials=CREDENTIALS, seed=11):
     catalog = load_catalog(write_config(models=models, credentials=credentials), environ={})
-    return Selector(catalog, cooldown_seconds=30, max_cooldown_seconds=300, clock=Clock(), rng=random.Random(seed))
+    return Selector(
+        catalog, cooldown_seconds=30, max_cooldown_seconds=300, clock=Clock(), rng=random.Random(seed), paths=PATHS
+    )
 
 
 ROUTED_MODELS = [
@@ -271,7 +279,7 @@ def test_no_model_fitting_the_request_is_a_400_naming_capability_and_filter(writ
     selector = routing_selector(write_config, models, ONE_KEY_EACH)
     vendor, model, needs, param, message = NO_FIT[case]
     with pytest.raises(InvalidRequest, match=message) as caught:
-        selector.candidates(vendor, model, needs=frozenset(needs))
+        selector.candidates(vendor, model, needs=frozenset(needs), fields=CHAT_FIELDS)
     assert caught.value.param == param
     assert caught.value.code == "capability_not_supported"
 

@@ -1,18 +1,13 @@
-"""POST /v1/responses[?vendor=X]: the Responses API, whole or streamed; GET of a stored response: 404."""
+"""GET /v1/responses/<id>: the router stores no responses, so there is nothing to retrieve (404).
 
-from flask import Blueprint, Response, current_app
+POST /v1/responses is the Responses recipe's (app/responses/recipe.py), served by app/blueprints/endpoints.py.
+"""
 
-from app.blueprints.answering import answer, client_call
+from flask import Blueprint, Response
+
 from app.errors import NotFound
 
-bp = Blueprint("responses", __name__)
-
-
-@bp.post("/v1/responses")
-def create_response() -> Response:
-    responses = current_app.extensions["router"].responses
-    call = client_call()
-    return answer(lambda watch: responses.answer(call, watch))
+bp = Blueprint("stored_responses", __name__)
 
 
 @bp.get("/v1/responses/<path:response_id>")

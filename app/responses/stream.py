@@ -30,6 +30,7 @@ from app.responses.answer import (
     response_object,
     response_usage,
 )
+from app.sse import KEEPALIVE, named_event
 
 __all__ = ["ResponsesStream"]
 
@@ -158,6 +159,10 @@ class ResponsesStream:
         response = self._response("failed", error=response_error(detail))
         return failed + self._event("response.failed", response=response)
 
+    def keepalive(self) -> bytes:
+        """An SSE comment: every SSE client ignores it, and it carries no sequence number."""
+        return KEEPALIVE
+
     # -- items ---------------------------------------------------------------------------------
 
     def _text(self, kind: str, delta: str, events: list[bytes]) -> None:
@@ -285,4 +290,4 @@ class ResponsesStream:
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = orjson.dumps({"type": kind, "sequence_number": self._sequence, **fields})
         self._sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+        return named_event(kind, data)

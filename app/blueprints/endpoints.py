@@ -1,38 +1,44 @@
-"""What every endpoint that forwards to vendors shares: reading the call, watching the client,
-shaping the answer.
+"""The one view every recipe is served by: read the request, serve it, shape the answer.
 
-A view reads its request with ``client_call`` and hands ``answer`` the service call; the client
-watch, the 499 for a client that left while waiting, and the whole-JSON or SSE response are here.
+``endpoint_blueprint(recipe)`` makes a recipe's blueprint: a POST view that reads the JSON body,
+``?vendor=`` and the client's name, has the recipe's Endpoint serve it while watching the client,
+and answers whole JSON or an SSE stream (or 499 for a client that left while waiting).
 """
 
-from collections.abc import Callable
+from flask import Blueprint, Response, current_app, request
 
-from flask import Response, current_app, request
-
-from app.calls import ClientCall
+from app.attempt import WholeAnswer
 from app.clients import client_name
 from app.disconnect import ClientWatch
+from app.endpoint import ClientRequest, Endpoint, Recipe
 from app.errors import ClientDisconnected
-from app.forward import WholeAnswer
 from app.http import read_json_body
-from app.relay import StreamAnswer
 
-__all__ = ["answer", "client_call", "client_watch"]
+__all__ = ["client_watch", "endpoint_blueprint"]
 
 # nginx buffers proxied answers unless told not to; SSE must flow event by event.
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def client_call() -> ClientCall:
-    """This request as a service takes it: the JSON body, the ``?vendor=`` filter, the client's name."""
-    return ClientCall(body=read_json_body(), vendor=request.args.get("vendor") or None, client=client_name())
+def endpoint_blueprint(recipe: Recipe) -> Blueprint:
+    """A blueprint serving ``recipe`` at ``POST recipe.path``."""
+    bp = Blueprint(recipe.name, __name__)
+
+    def serve() -> Response:
+        router = current_app.extensions["router"]
+        client_request = ClientRequest(read_json_body(), request.args.get("vendor") or None, client_name())
+        return _respond(router.endpoints[recipe.name], client_request, router.settings.client_send_timeout)
+
+    serve.__doc__ = recipe.__doc__
+    bp.add_url_rule(recipe.path, "serve", serve, methods=["POST"])
+    return bp
 
 
-def answer(service: Callable[[ClientWatch], WholeAnswer | StreamAnswer]) -> Response:
-    """Run ``service`` with a watch on this request's client; its answer as a Response."""
-    watch = client_watch(current_app.extensions["router"].settings.client_send_timeout)
+def _respond(endpoint: Endpoint, client_request: ClientRequest, send_timeout: float) -> Response:
+    """Serve ``client_request`` with a watch on this request's client; the answer as a Response."""
+    watch = client_watch(send_timeout)
     try:
-        found = service(watch)
+        found = endpoint.serve(client_request, watch)
     except ClientDisconnected:
         # Nobody is left to read this; 499 is nginx's "client closed request", for the logs.
         return Response(status=499)

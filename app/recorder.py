@@ -1,0 +1,130 @@
+"""What the forwarding pipeline reports as it goes: metrics, attempt log lines, who answered.
+
+The race (app/forward.py) calls one method per event of a request's life; this is the only
+place that turns those events into Prometheus series, warning lines and the access line's
+"answered by" fields, so the race reads as control flow only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from app.attempt import Attempt
+from app.catalog import Combination
+from app.failures import Failure
+from app.logs import answered_by_var
+from app.metrics import RouterMetrics
+from app.relay import StreamAnswer
+from app.selector import share
+
+__all__ = ["Recorder"]
+
+log = logging.getLogger("app.forward")  # the logger name operators' log searches already use
+
+
+class Recorder:
+    """Records attempts, hedges, streams and tokens for one worker's requests."""
+
+    def __init__(self, metrics: RouterMetrics, max_attempts: int) -> None:
+        self._metrics = metrics
+        self._max_attempts = max_attempts
+
+    def started(self, combination: Combination, after_failure_of: Combination | None) -> None:
+        """An attempt starts on ``combination`` (failing over from ``after_failure_of``, if any)."""
+        if after_failure_of is not None:
+            self._metrics.failed_over(after_failure_of)
+        self._metrics.selected(combination)
+
+    def won(self, attempt: Attempt, candidates: Sequence[Combination], seconds: float) -> None:
+        """``attempt`` answered after ``seconds``: counted, and named on the access line."""
+        combination = attempt.combination
+        self._metrics.attempted(combination, "ok", 200, seconds)
+        self._log(attempt, candidates, "ok", 200, seconds)
+        answered_by_var.set(
+            {
+                "credential": combination.credential.label,
+                "share": round(share(combination, candidates), 1),
+                "vendor_ms": round(seconds * 1000, 1),
+            }
+        )
+
+    def failed(self, attempt: Attempt, candidates: Sequence[Combination], failure: Failure, seconds: float) -> None:
+        """``attempt`` failed: counted, and a warning line of its own."""
+        self._metrics.attempted(attempt.combination, failure.outcome, failure.status, None)
+        self._log(attempt, candidates, failure.outcome, failure.status, seconds, failure.error.message)
+
+    def cancelled(self, combination: Combination) -> None:
+        """An attempt was stopped (a hedge's loser, or the client left) or its answer went unused."""
+        self._metrics.attempted(combination, "cancelled", None, None)
+
+    def hedge(self, won: bool) -> None:
+        """A request that hedged ended: the hedge answered it, or it did not."""
+        self._metrics.hedges.labels("won" if won else "lost").inc()
+
+    def finished(self, attempts: int, overhead: float | None) -> None:
+        """A request's race ended after ``attempts``; ``overhead`` is the router's own time if it answered."""
+        self._metrics.attempts.observe(attempts)
+        if overhead is not None:
+            self._metrics.overhead.observe(overhead)
+
+    def client_left_waiting(self) -> None:
+        self._metrics.series(self._metrics.client_disconnects, "waiting").inc()
+
+    def tokens(self, combination: Combination, usage: object, client: str) -> None:
+        self._metrics.counted_tokens(combination, usage, client)
+
+    def stream_opened(self) -> None:
+        self._metrics.streams_in_flight.inc()
+
+    def stream_closed(self, answer: StreamAnswer, combination: Combination, client: str) -> None:
+        """A committed stream closed, however it ended."""
+        self._metrics.streams_in_flight.dec()
+        if answer.discarded:
+            return  # a hedge's loser that had committed too: nothing was relayed, nothing to count
+        seconds = time.perf_counter() - answer.started
+        self._metrics.stream_ended(combination, answer.outcome, seconds)
+        self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage, client)
+        outcome = answer.outcome
+        if outcome == "client_gone":
+            self._metrics.series(self._metrics.client_disconnects, "streaming").inc()
+            log.info("client went away mid-stream after %.1f s; vendor connection closed", seconds)
+        elif outcome == "vendor_failed":
+            failure = answer.pump.failure
+            message = failure.error.message if failure is not None else ""
+            log.warning("stream ended with an error event after %.1f s: %s", seconds, message)
+
+    def _log(
+        self,
+        attempt: Attempt,
+        candidates: Sequence[Combination],
+        outcome: str,
+        status: int | None,
+        seconds: float,
+        detail: str = "",
+    ) -> None:
+        combination = attempt.combination
+        # A failed attempt is a warning of its own; the one that answered is named on the
+        # request's access line, so at info it costs no line of its own.
+        level = logging.DEBUG if outcome == "ok" else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        # The original router's wording, so existing log searches keep working, then the outcome.
+        log.log(
+            level,
+            "Even distribution selected combination - Vendor: %s, Model: %s, Credential: %s "
+            "(from %d total combinations, share %.1f%%); attempt %d/%d%s %s%s in %.1f ms%s",
+            combination.vendor.name,
+            combination.model.id,
+            combination.credential.label,
+            len(candidates),
+            share(combination, candidates),
+            attempt.number,
+            self._max_attempts,
+            " (hedge)" if attempt.hedge else "",
+            outcome,
+            f" HTTP {status}" if status else "",
+            seconds * 1000,
+            f": {detail}" if detail else "",
+        )
