@@ -208,7 +208,7 @@ class Content(fields.Field):
         role = self._fixed_role or (data.get("role") if isinstance(data, dict) else None)
         if role not in BLOCK_TYPES:
             return value  # the role is reported wrong by its own field
-        owner = "system" if self._fixed_role else f"A {role} message"
+        owner = "system" if self._fixed_role else f"{'An' if role == 'assistant' else 'A'} {role} message"
         for index, block in enumerate(value):
             if not isinstance(block, dict) or not isinstance(block.get("type"), str):
                 raise ValidationError({index: ['Must be an object with a string "type".']})

@@ -388,3 +388,20 @@ def test_input_token_estimate_counts_text_tools_images_and_pdf_pages():
     }
     assert estimate_input_tokens(calls) == 4 + 2
     assert estimate_input_tokens({"messages": []}) == 1
+
+
+def test_claude_codes_request_becomes_a_chat_body_every_vendor_takes():
+    from tests.unit.test_messages_schema import CLAUDE_CODE
+
+    validate_messages_request(CLAUDE_CODE)
+    translated = to_chat_request(CLAUDE_CODE)
+    chat = for_model(translated, Model("gemini", "gemini-2.5-pro", max_output_tokens=65536, reasoning=True))
+    validate_chat_request(chat)
+    assert [message["role"] for message in chat["messages"]] == ["system", "user", "assistant", "tool", "user"]
+    assert chat["messages"][0]["content"] == "You are Claude Code.\n\nBe careful.\n\n# Environment"
+    assert chat["max_completion_tokens"] == 65536
+    assert chat["reasoning_effort"] == "medium"
+    assert chat["stream_options"] == {"include_usage": True}
+    assert [tool["function"]["name"] for tool in chat["tools"]] == ["Bash", "DeferredToolPlaceholder"]
+    assert "cache_control" not in str(chat) and "defer_loading" not in str(chat) and "metadata" not in chat
+    assert estimate_input_tokens(chat) > 0
