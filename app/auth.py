@@ -2,10 +2,10 @@
 
 With ``ROUTER_API_KEYS`` set, every ``/v1/*`` request (and ``/metrics`` when
 ``METRICS_REQUIRE_KEY``) must carry ``Authorization: Bearer <key>``, which is what the OpenAI SDKs
-send from their ``api_key``. The key is compared in constant time against every configured key;
-the client it proves is known by its configured name, and for rate limits by a hash of the key,
-never the key itself. An address that failed the check too often (``AUTH_FAILURE_LIMIT``) is
-refused before its key is even looked at.
+send from their ``api_key``, or ``x-api-key: <key>``, where the Anthropic SDKs send theirs. The key
+is compared in constant time against every configured key; the client it proves is known by its
+configured name, and for rate limits by a hash of the key, never the key itself. An address that
+failed the check too often (``AUTH_FAILURE_LIMIT``) is refused before its key is even looked at.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 
 from flask import Flask, request
 
@@ -22,7 +23,7 @@ from app.http import is_api_path
 from app.limits import AuthFailureLimit, client_address
 from app.settings import ClientKey, Settings
 
-__all__ = ["ClientKeys", "install_client_auth"]
+__all__ = ["ClientKeys", "install_client_auth", "presented_key"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,19 @@ class ClientKeys:
         # Every configured key is compared, whichever matches: no early exit.
         matches = [hmac.compare_digest(given, digest) for digest in self._digests]
         return self._clients[matches.index(True)] if any(matches) else None
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents: ``Authorization: Bearer <key>``, else ``x-api-key: <key>``.
+
+    x-api-key is where the Anthropic SDKs (and Claude Code with ANTHROPIC_API_KEY) send theirs; a
+    bearer token wins when both are sent, as before x-api-key was read.
+    """
+    scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    return headers.get("x-api-key", "").strip() or None
 
 
 def install_client_auth(app: Flask, settings: Settings) -> None:
@@ -92,12 +106,12 @@ def install_client_auth(app: Flask, settings: Settings) -> None:
                 f"Too many failed API key checks from this address. Try again in {wait} s.",
                 headers={"Retry-After": str(wait)},
             )
-        scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != "bearer" or not presented:
+        presented = presented_key(request.headers)
+        if presented is None:
             failures.failed(address)
             raise AuthenticationFailed(
-                "Missing API key. Send it in the header 'Authorization: Bearer <key>'.", headers=_CHALLENGE
+                "Missing API key. Send it in the header 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                headers=_CHALLENGE,
             )
         # Header values reach WSGI as latin-1 text; encoding back gives the bytes the client sent.
         client = keys.identify(presented.encode("latin-1", errors="replace"))

@@ -48,6 +48,9 @@ BUILTIN_VENDORS: dict[str, str] = {
 # What a request may need from a model; a models entry's "config" says which it supports.
 CAPABILITIES: frozenset[str] = frozenset({"image", "video", "tools", "streaming"})
 _CONFIG_KEYS = {f"support_{name}": name for name in ("image", "video", "tools", "streaming")}
+# Config flags that are not capabilities: they change what is sent to the model, never which
+# requests the selector lets it serve, and each is off unless the entry turns it on.
+_OPTION_KEYS = frozenset({"support_reasoning"})
 MODEL_TYPES = ("chat", "embedding")
 # <VENDOR>_API_KEY_1 .. _20 are read besides <VENDOR>_API_KEY when there is no credentials file.
 ENV_KEY_SLOTS = 20
@@ -57,7 +60,7 @@ _VENDOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # longer than the request schema accepts.
 _ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}\Z")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
-_MODEL_KEYS = {"weight", "aliases", "type", "config"}
+_MODEL_KEYS = {"weight", "aliases", "type", "config", "max_output_tokens"}
 
 
 class ConfigError(ValueError):
@@ -105,6 +108,11 @@ class Model:
     aliases: tuple[str, ...] = ()
     type: str = "chat"
     capabilities: frozenset[str] = CAPABILITIES
+    # The most output tokens the model accepts; a translated request asking for more (Claude Code
+    # asks 128,000) is lowered to it. None: the request's value is sent as is.
+    max_output_tokens: int | None = None
+    # Whether the model takes ``reasoning_effort``: translations that derive one send it only then.
+    reasoning: bool = False
 
 
 @dataclass(frozen=True)
@@ -322,6 +330,8 @@ def _load_models(path: str, entries: list[Any], vendors: dict[str, Vendor]) -> t
                 aliases=_aliases(entry, where),
                 type=model_type,
                 capabilities=_capabilities(entry, where),
+                max_output_tokens=_max_output_tokens(entry, where),
+                reasoning=entry.get("config", {}).get("support_reasoning") is True,
             )
         )
     if not models:
@@ -359,17 +369,31 @@ def _capabilities(entry: dict[str, Any], where: str) -> frozenset[str]:
     config = entry["config"]
     if not isinstance(config, dict):
         raise ConfigError(f"{where}: 'config' must be an object of support_* flags")
-    unknown = sorted(config.keys() - _CONFIG_KEYS.keys())
+    unknown = sorted(config.keys() - _CONFIG_KEYS.keys() - _OPTION_KEYS)
     if unknown:
         raise ConfigError(
             f"{where}: unknown capability {', '.join(repr(k) for k in unknown)} in 'config'; "
-            f"known: {', '.join(_CONFIG_KEYS)}"
+            f"known: {', '.join([*_CONFIG_KEYS, *sorted(_OPTION_KEYS)])}"
         )
     for key, flag in config.items():
         if not isinstance(flag, bool):
             raise ConfigError(f"{where}: 'config.{key}' must be true or false; got {flag!r}")
+    if config and not config.keys() & _CONFIG_KEYS.keys():
+        # A config holding only options (support_reasoning) lists no capabilities: the model keeps
+        # its default of everything, so turning an option on never changes which requests it gets.
+        return CAPABILITIES
     # A flag left out of a config is false, as in the Go router: the config lists what works.
     return frozenset(name for key, name in _CONFIG_KEYS.items() if config.get(key) is True)
+
+
+def _max_output_tokens(entry: dict[str, Any], where: str) -> int | None:
+    """An entry's optional ``max_output_tokens``: an integer >= 1, or absent."""
+    if "max_output_tokens" not in entry:
+        return None
+    value = entry["max_output_tokens"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: 'max_output_tokens' must be a whole number of at least 1; got {value!r}")
+    return value
 
 
 def _alias_groups(path: str, models: tuple[Model, ...]) -> dict[str, tuple[Model, ...]]:

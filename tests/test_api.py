@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
 
 import pytest
 import responses
@@ -83,6 +85,40 @@ def test_models_lists_aliases_after_models_owned_by_the_router(make_app):
     assert gemini == ["gemini-2.0-flash", "fast"]
     alias = client.get("/v1/models/fast").get_json()
     assert alias == {"id": "fast", "object": "model", "created": alias["created"], "owned_by": "router"}
+
+
+@pytest.mark.parametrize("header", [{"anthropic-version": "2023-06-01"}, {"x-api-key": "any"}])
+def test_models_answer_anthropic_list_shape_to_anthropic_clients(make_app, header):
+    models = [
+        {"vendor": "openai", "model": "gpt-4o", "aliases": ["claude-opus-5-5"]},
+        {"vendor": "gemini", "model": "gemini-2.0-flash"},
+        {"vendor": "openai", "model": "text-embedding-3-small", "type": "embedding", "aliases": ["embed"]},
+    ]
+    client = make_app(models=models).test_client()
+    listed = client.get("/v1/models", headers=header).get_json()
+    created = listed["data"][0]["created_at"]
+    # RFC 3339 in UTC, the models file's modification time, as "created" is in OpenAI's shape.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created)
+    openai_created = client.get("/v1/models").get_json()["data"][0]["created"]
+    assert datetime.fromisoformat(created).timestamp() == openai_created
+    # Embedding models cannot answer /v1/messages, so Anthropic clients are not shown them.
+    assert listed == {
+        "data": [
+            {"type": "model", "id": name, "display_name": name, "created_at": created}
+            for name in ("gpt-4o", "gemini-2.0-flash", "claude-opus-5-5")
+        ],
+        "has_more": False,
+        "first_id": "gpt-4o",
+        "last_id": "claude-opus-5-5",
+    }
+    one = client.get("/v1/models/claude-opus-5-5", headers=header).get_json()
+    assert one == {"type": "model", "id": "claude-opus-5-5", "display_name": "claude-opus-5-5", "created_at": created}
+    assert client.get("/v1/models?vendor=nobody", headers=header).get_json() == {
+        "data": [],
+        "has_more": False,
+        "first_id": None,
+        "last_id": None,
+    }
 
 
 @responses.activate

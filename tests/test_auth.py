@@ -53,6 +53,23 @@ def test_every_configured_key_is_let_in(keyed):
     assert keyed.get("/v1/models", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
 
 
+def test_x_api_key_header_is_accepted_as_the_anthropic_sdks_send_it(keyed):
+    assert keyed.get("/v1/models", headers={"x-api-key": KEY}).status_code == 200
+    assert keyed.get("/v1/models", headers={"X-Api-Key": f" {OTHER_KEY} "}).status_code == 200
+    # A non-bearer Authorization (e.g. a proxy's Basic credentials) does not hide x-api-key.
+    assert keyed.get("/v1/models", headers={"Authorization": "Basic abc", "x-api-key": KEY}).status_code == 200
+    error = assert_openai_error(keyed.get("/v1/models", headers={"x-api-key": "wrong-key-0123456789"}), 401)
+    assert error["message"] == "Incorrect API key provided."
+    assert "x-api-key" in assert_openai_error(keyed.get("/v1/models", headers={"x-api-key": " "}), 401)["message"]
+
+
+def test_bearer_token_wins_over_x_api_key_when_both_are_sent(keyed):
+    both = {"Authorization": f"Bearer {KEY}", "x-api-key": "wrong-key-0123456789"}
+    assert keyed.get("/v1/models", headers=both).status_code == 200
+    both = {"Authorization": "Bearer wrong-key-0123456789", "x-api-key": KEY}
+    assert_openai_error(keyed.get("/v1/models", headers=both), 401)
+
+
 def test_key_is_checked_before_the_body_is_read(keyed):
     response = keyed.post("/v1/chat/completions", data=b"not json", content_type="text/plain")
     assert_openai_error(response, 401)

@@ -242,6 +242,22 @@ def test_weight_aliases_and_type_work_in_the_v3_format(write_config):
     assert catalog.aliases["fast"] == catalog.models
 
 
+def test_max_output_tokens_and_reasoning_are_read_and_default_to_none_and_off(write_config):
+    models = [
+        {"vendor": "openai", "model": "gpt-4o", "max_output_tokens": 16384},
+        {"vendor": "openai", "model": "o4-mini", "config": {"support_reasoning": True}},
+        {"vendor": "gemini", "model": "gemini-2.5-flash", "config": {"support_tools": True, "support_reasoning": True}},
+        {"vendor": "gemini", "model": "gemini-2.0-flash", "config": {"support_reasoning": False}},
+    ]
+    plain, reasoner, gemini, off = load_catalog(write_config(models=models), environ={}).models
+    assert (plain.max_output_tokens, plain.reasoning) == (16384, False)
+    assert (reasoner.max_output_tokens, reasoner.reasoning) == (None, True)
+    # Reasoning is not a capability: a config holding only it keeps everything, as no config does.
+    assert reasoner.capabilities == CAPABILITIES
+    assert off.capabilities == CAPABILITIES and not off.reasoning
+    assert gemini.capabilities == {"tools"} and gemini.reasoning
+
+
 ENTRY = {"vendor": "openai", "model": "gpt-4o"}
 BAD_VALUES = {
     "weight zero": ([{**ENTRY, "weight": 0}], r"entry 1 \(openai/gpt-4o\): 'weight' must be a number greater than 0"),
@@ -275,6 +291,26 @@ BAD_VALUES = {
         r"entry 1 \(openai/gpt-4o\): 'config.support_image' must be true or false",
     ),
     "config not an object": ([{**ENTRY, "config": True}], r"entry 1 \(openai/gpt-4o\): 'config' must be an object"),
+    "reasoning flag not a boolean": (
+        [{**ENTRY, "config": {"support_reasoning": 1}}],
+        r"entry 1 \(openai/gpt-4o\): 'config.support_reasoning' must be true or false",
+    ),
+    "max_output_tokens zero": (
+        [{**ENTRY, "max_output_tokens": 0}],
+        r"entry 1 \(openai/gpt-4o\): 'max_output_tokens' must be a whole number of at least 1; got 0",
+    ),
+    "max_output_tokens a float": (
+        [{**ENTRY, "max_output_tokens": 8192.5}],
+        r"entry 1 \(openai/gpt-4o\): 'max_output_tokens' must be a whole number",
+    ),
+    "max_output_tokens a string": (
+        [{**ENTRY, "max_output_tokens": "8192"}],
+        r"entry 1 \(openai/gpt-4o\): 'max_output_tokens' must be .* got '8192'",
+    ),
+    "max_output_tokens a boolean": (
+        [{**ENTRY, "max_output_tokens": True}],
+        r"entry 1 \(openai/gpt-4o\): 'max_output_tokens' must be .* got True",
+    ),
     "v3 models not a list": ({"models": {"vendor": "openai"}}, r"models.json: 'models' must be a list"),
     "v3 vendors not an object": ({"vendors": [], "models": [ENTRY]}, r"models.json: 'vendors' must be an object"),
     "v3 vendor URL wrong": (
