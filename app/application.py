@@ -14,6 +14,7 @@ from app.cooldowns import open_cooldowns
 from app.embeddings import EMBEDDINGS
 from app.endpoint import Endpoint, Recipe
 from app.forward import Forwarder, Timing
+from app.messages.recipe import MESSAGES
 from app.recorder import Recorder
 from app.redact import register_secrets
 from app.responses.recipe import RESPONSES
@@ -27,7 +28,7 @@ log = logging.getLogger("router")
 
 # Every API the router answers through vendors: one recipe each, served by one view and one
 # pipeline. Adding an endpoint is a recipe module and a line here.
-RECIPES: tuple[Recipe, ...] = (CHAT, RESPONSES, EMBEDDINGS)
+RECIPES: tuple[Recipe, ...] = (CHAT, RESPONSES, EMBEDDINGS, MESSAGES)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     when the configuration cannot work.
     """
     from app.auth import install_client_auth
-    from app.blueprints import health, models, openapi, responses
+    from app.blueprints import health, messages, models, openapi, responses
     from app.blueprints.endpoints import endpoint_blueprint
     from app.cors import install_cors
     from app.http import install_http_edge
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Hook order is request order: preflights need no key, and only a proven key is counted.
     install_cors(app, settings.cors_origins)
     install_client_auth(app, settings)
-    install_rate_limits(app, settings, (*blueprints, responses.bp, models.bp))
+    install_rate_limits(app, settings, (*blueprints, responses.bp, messages.bp, models.bp))
     if settings.trusted_proxies:
         # The client address is the one the trusted proxies saw (X-Forwarded-For), not theirs.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     app.register_blueprint(responses.bp)
+    app.register_blueprint(messages.bp)
     app.register_blueprint(openapi.bp)
     return app
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import gevent
 import orjson
 
+from app.endpoint import UnusableAnswer
 from app.errors import RouterError, UpstreamError
 from app.failures import Failure, carries_error
 from app.normalize import StreamNormalizer
@@ -204,28 +205,39 @@ class StreamRelay:
     def _translate(self, events: list[Event]) -> bytes:
         parts: list[bytes] = []
         translator = self._translator
-        for event in events:
-            if event.data == DONE:
-                parts.append(translator.done())
-                self.finished = True
-                self._drain_after_done = True
-                break
-            try:
-                chunk = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                self._pending_failure = self._broken("sent an event that is not JSON")
-                break
-            if not isinstance(chunk, dict):
-                self._pending_failure = self._broken("sent an event that is not a JSON object")
-                break
-            if carries_error(chunk):
-                self._pending_failure = StreamFailure(Failure.error_in_body(chunk, model_pinned=self._pinned))
-                break
-            chunk = self.normalizer.chunk(chunk)
-            if carries_answer(chunk):
-                self.events += 1
-            parts.append(translator.event(chunk, event.fields))
+        try:
+            for event in events:
+                if not self._translate_one(event, translator, parts):
+                    break
+        except UnusableAnswer as problem:
+            # The vendor's events cannot be what this endpoint's client reads (e.g. tool arguments
+            # that are not a JSON object): a broken answer, like a malformed event.
+            self._pending_failure = self._broken(str(problem))
         return b"".join(parts)
+
+    def _translate_one(self, event: Event, translator: StreamTranslator, parts: list[bytes]) -> bool:
+        """Append the client's bytes for ``event``; False once the stream ends or fails with it."""
+        if event.data == DONE:
+            parts.append(translator.done())
+            self.finished = True
+            self._drain_after_done = True
+            return False
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            self._pending_failure = self._broken("sent an event that is not JSON")
+            return False
+        if not isinstance(chunk, dict):
+            self._pending_failure = self._broken("sent an event that is not a JSON object")
+            return False
+        if carries_error(chunk):
+            self._pending_failure = StreamFailure(Failure.error_in_body(chunk, model_pinned=self._pinned))
+            return False
+        chunk = self.normalizer.chunk(chunk)
+        if carries_answer(chunk):
+            self.events += 1
+        parts.append(translator.event(chunk, event.fields))
+        return True
 
     def _drain(self) -> None:
         """Read the vendor's end of body (within DRAIN_SECONDS) so urllib3 pools its connection."""
@@ -251,7 +263,10 @@ class StreamRelay:
         if not self.normalizer.finish_seen:
             raise self._broken("ended the stream before the answer was complete")
         # The answer is complete but the vendor omitted [DONE]: clients wait for it, so add it.
-        return out + self._translator.done()
+        try:
+            return out + self._translator.done()
+        except UnusableAnswer as problem:
+            raise self._broken(str(problem)) from None
 
     def _broken(self, problem: str) -> StreamFailure:
         """The vendor broke the event-stream protocol: ``problem`` says how."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from app.forward import UnusableAnswer
+from app.endpoint import UnusableAnswer
 from app.messages.request import ToolNames
 
 __all__ = [

@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
+from app.endpoint import UnusableAnswer
 from app.errors import RouterError
-from app.forward import UnusableAnswer
 from app.messages.answer import message_usage, new_message_id, reasoning_text, stop_reason
 from app.messages.errors import stream_error_type
 from app.messages.request import ToolNames

@@ -1,0 +1,299 @@
+"""POST /v1/messages over real sockets: gunicorn + gevent router, fake vendor, the official anthropic SDK.
+
+Each vendor is pinned in turn with ``?vendor=``; the fake plays Gemini with its quirks (tool calls
+without ids, "stop" instead of "tool_calls", each streamed call in a chunk of its own).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import anthropic
+import pytest
+import requests
+
+VENDORS = ["openai", "gemini"]
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Get weather information for a location",
+    "input_schema": {
+        "type": "object",
+        "properties": {"location": {"type": "string"}},
+        "required": ["location"],
+    },
+}
+# A 1x1 PNG, as Claude Code sends screenshots: base64 in an image block.
+PIXEL = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+    )
+).decode()
+
+
+def messages_client(router, **options) -> anthropic.Anthropic:
+    """The SDK pointed at the router, with no retries of its own (a retry would hide a status)."""
+    options.setdefault("max_retries", 0)
+    return anthropic.Anthropic(base_url=router.base, api_key="unused", **options)
+
+
+@pytest.fixture
+def client(router, fake) -> anthropic.Anthropic:
+    return messages_client(router)
+
+
+def pinned(vendor: str) -> dict:
+    return {"extra_query": {"vendor": vendor}}
+
+
+def sent_to_vendor(fake, vendor: str) -> dict:
+    """The request the vendor received for the one request of this test."""
+    [received] = fake.requests(vendor)
+    assert received["endpoint"] == "chat"
+    return received
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_whole_message_answers_text_with_usage_and_the_requested_model(client, fake, vendor):
+    raw = client.messages.with_raw_response.create(
+        model="claude-sonnet-router",
+        max_tokens=4096,
+        system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "Hello"}],
+        extra_headers={"anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14"},
+        **pinned(vendor),
+    )
+    message = raw.parse()
+    assert message.id.startswith("msg_") and message.type == "message" and message.role == "assistant"
+    assert message.model == "claude-sonnet-router"
+    [block] = message.content
+    assert block.type == "text" and block.text == f"Hello from {vendor}! You said: Hello"
+    assert message.stop_reason == "end_turn"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    assert message.usage.cache_read_input_tokens == 0
+    assert raw.headers["x-vendor-source"] == vendor
+    received = sent_to_vendor(fake, vendor)
+    body = received["body"]
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    assert body["model"] == raw.headers["x-model-source"]
+    assert "system" not in body and "max_tokens" not in body and "cache_control" not in json.dumps(body)
+    # Anthropic's own headers never reach another vendor (OpenAI answers 400 "invalid beta flag").
+    assert not any(name.startswith("anthropic-") for name in received["headers"])
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_streamed_message_arrives_as_anthropic_events_and_the_final_message_has_usage(client, fake, vendor):
+    with client.messages.stream(
+        model="claude-sonnet-router",
+        max_tokens=1024,
+        messages=[{"role": "user", "content": "Hello"}],
+        **pinned(vendor),
+    ) as stream:
+        texts = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(texts) == f"Hello from {vendor}! You said: Hello"
+    assert [block.type for block in final.content] == ["text"]
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens > 0 and final.usage.input_tokens > 0
+    body = sent_to_vendor(fake, vendor)["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def raw_events(router, vendor: str, body: dict) -> list[tuple[str, dict]]:
+    """The (event, data) pairs of a streamed answer, read off the wire."""
+    response = requests.post(
+        f"{router.base}/v1/messages", params={"vendor": vendor}, json=body, stream=True, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    events, name = [], None
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: ") :])))
+    return events
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_stream_events_follow_the_messages_state_machine(router, fake, vendor):
+    body = {"model": "any-model", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    events = raw_events(router, vendor, body)
+    names = [name for name, _ in events]
+    assert all(name == data["type"] for name, data in events), "event: always equals data.type"
+    assert names[0] == "message_start" and names.count("message_start") == 1
+    assert names[1] == "content_block_start", "no ping or empty block before the first content"
+    assert names[-2:] == ["message_delta", "message_stop"]
+    start = events[0][1]["message"]
+    assert {"input_tokens", "output_tokens"} <= start["usage"].keys()
+    assert events[-2][1]["usage"]["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_round_trip_keeps_ids_and_carries_the_result_back(client, fake, vendor, stream):
+    request = {
+        "model": "any-model",
+        "max_tokens": 256,
+        "tools": [WEATHER_TOOL],
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        **pinned(vendor),
+    }
+    if stream:
+        with client.messages.stream(**request) as events:
+            first = events.get_final_message()
+    else:
+        first = client.messages.create(**request)
+    assert first.stop_reason == "tool_use"
+    [call] = [block for block in first.content if block.type == "tool_use"]
+    assert call.name == "get_weather" and call.input == {"location": "example"}
+    assert call.id
+    fake.reset()
+    follow_up = {
+        **request,
+        "tool_choice": {"type": "none"},
+        "messages": [
+            *request["messages"],
+            {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 21 C"},
+                    {"type": "text", "text": "Thanks, and tomorrow?"},
+                ],
+            },
+        ],
+    }
+    answer = client.messages.create(**follow_up)
+    assert answer.stop_reason == "end_turn"
+    messages = sent_to_vendor(fake, vendor)["body"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "user"]
+    assert messages[1]["tool_calls"][0]["id"] == call.id
+    assert messages[2] == {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_parallel_tool_calls_each_become_their_own_tool_use_block_in_a_stream(client, fake, vendor):
+    fake.behave(vendor, parallel=2, content_delay=0.01)
+    weather_elsewhere = {**WEATHER_TOOL, "name": "get_forecast"}
+    with client.messages.stream(
+        model="any-model",
+        max_tokens=256,
+        tools=[WEATHER_TOOL, weather_elsewhere],
+        messages=[{"role": "user", "content": "Weather in Oslo and tomorrow?"}],
+        **pinned(vendor),
+    ) as stream:
+        final = stream.get_final_message()
+    calls = [block for block in final.content if block.type == "tool_use"]
+    assert [call.name for call in calls] == ["get_weather", "get_forecast"]
+    assert all(call.input == {"location": "example"} for call in calls)
+    assert len({call.id for call in calls}) == 2
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_an_image_block_reaches_the_vendor_as_an_image_part(client, fake, vendor):
+    client.messages.create(
+        model="any-model",
+        max_tokens=64,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}},
+                ],
+            }
+        ],
+        **pinned(vendor),
+    )
+    [message] = sent_to_vendor(fake, vendor)["body"]["messages"]
+    assert message["content"][1] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}
+
+
+def test_an_image_never_reaches_a_model_without_image_support(start_router, fake):
+    models = [
+        {"vendor": "openai", "model": "text-only", "config": {"support_image": False}},
+        {"vendor": "gemini", "model": "gemini-2.0-flash"},
+    ]
+    router = start_router(models=models)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
+    for _ in range(6):
+        messages_client(router).messages.create(
+            model="any-model", max_tokens=16, messages=[{"role": "user", "content": [image]}]
+        )
+    assert {received["vendor"] for received in fake.requests()} == {"gemini"}
+
+
+def test_errors_are_anthropic_shaped_and_raised_as_the_sdks_own_classes(start_router, fake):
+    router = start_router(ROUTER_API_KEYS="sk-client-messages-0123456789")
+    keyless = messages_client(router)
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        keyless.messages.create(model="any-model", max_tokens=16, messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.status_code == 401
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "authentication_error"
+    assert caught.value.body["request_id"]
+    keyed = anthropic.Anthropic(base_url=router.base, api_key="sk-client-messages-0123456789", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        keyed.messages.create(model="any-model", max_tokens=0, messages=[{"role": "user", "content": "Hi"}])
+    error = caught.value.body["error"]
+    assert error["type"] == "invalid_request_error" and "max_tokens" in error["message"]
+    # The same key as a bearer token (Claude Code's ANTHROPIC_AUTH_TOKEN) works too.
+    bearer = anthropic.Anthropic(base_url=router.base, auth_token="sk-client-messages-0123456789", max_retries=0)
+    assert bearer.messages.create(model="any-model", max_tokens=16, messages=[{"role": "user", "content": "Hi"}])
+    fake.behave("openai", status=503)
+    fake.behave("gemini", status=500)
+    with pytest.raises(anthropic.OverloadedError) as caught:
+        keyed.messages.create(model="any-model", max_tokens=16, messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.status_code == 529
+    assert caught.value.response.headers["retry-after"]
+    # A stream that fails before commit is an HTTP error too, never a 200 with an error event.
+    response = requests.post(
+        f"{router.base}/v1/messages",
+        headers={"x-api-key": "sk-client-messages-0123456789"},
+        json={"model": "any-model", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+        timeout=30,
+    )
+    assert response.status_code == 529 and response.json()["error"]["type"] == "overloaded_error"
+
+
+def test_a_vendors_own_400_keeps_its_message(client, fake):
+    fake.behave("openai", status=400, error_message="Invalid value for 'temperature'")
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            model="any-model", max_tokens=16, messages=[{"role": "user", "content": "Hi"}], **pinned("openai")
+        )
+    assert "Invalid value for 'temperature'" in caught.value.body["error"]["message"]
+
+
+def test_unknown_urls_under_messages_answer_anthropic_404s(router):
+    response = requests.get(f"{router.base}/v1/messages/nothing-here", timeout=10)
+    assert response.status_code == 404
+    assert response.json()["type"] == "error" and response.json()["error"]["type"] == "not_found_error"
+
+
+def test_count_tokens_estimates_without_calling_a_vendor(client, fake):
+    counted = client.messages.count_tokens(
+        model="any-model", messages=[{"role": "user", "content": "Hello there, how are you today?"}]
+    )
+    assert counted.input_tokens > 0
+    assert fake.requests() == []
+
+
+def test_a_stream_broken_after_commit_ends_with_one_error_event(router, fake):
+    fake.behave("openai", drop_after=2, content_delay=0.05)
+    body = {"model": "any-model", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    events = raw_events(router, "openai", body)
+    assert events[0][0] == "message_start"
+    assert events[-1][0] == "error" and events[-1][1]["error"]["type"] in ("overloaded_error", "api_error")
+    assert "message_stop" not in [name for name, _ in events]
+
+
+def test_silence_is_filled_with_ping_events_after_message_start(start_router, fake):
+    router = start_router(STREAM_KEEPALIVE_SECONDS="0.5")
+    fake.behave("openai", stall_after=1, stall=1.6)
+    body = {"model": "any-model", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    events = raw_events(router, "openai", body)
+    names = [name for name, _ in events]
+    assert "ping" in names and names.index("ping") > names.index("message_start")
+    assert all(data == {"type": "ping"} for name, data in events if name == "ping")
+    assert names[-1] == "message_stop"
