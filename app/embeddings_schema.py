@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import ValidationError, fields, validate
 
-from app.errors import InvalidRequest
-from app.schemas import MAX_NAME_LENGTH, first_error
+from app.schemas import MAX_NAME_LENGTH
+from app.validation import StrictSchema, check
 
 __all__ = ["MAX_INPUTS", "validate_embeddings_request"]
 
@@ -60,11 +60,7 @@ def _is_token_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(map(_is_token, value))
 
 
-class EmbeddingsRequest(Schema):
-    class Meta:
-        # Only checked, never copied: the client's own JSON is what is forwarded.
-        unknown = EXCLUDE
-
+class EmbeddingsRequest(StrictSchema):
     model = fields.String(allow_none=True, validate=validate.Length(max=MAX_NAME_LENGTH))
     input = EmbeddingInput(required=True)
     encoding_format = fields.String(validate=validate.OneOf(("float", "base64")))
@@ -76,10 +72,4 @@ _EMBEDDINGS_REQUEST = EmbeddingsRequest()
 
 def validate_embeddings_request(body: Any) -> None:
     """Raise InvalidRequest, with ``param`` naming the first bad field, unless ``body`` is valid."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        _EMBEDDINGS_REQUEST.load(body)
-    except ValidationError as exc:
-        param, message = first_error(exc.messages)
-        raise InvalidRequest(f"Invalid value for {param}: {message}" if param else message, param=param) from None
+    check(_EMBEDDINGS_REQUEST, body)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.errors import InvalidRequest
+from app.validation import JSONObject, StrictBoolean, StrictSchema, check, tool_choice_problem
 
 __all__ = ["MAX_CONTENT_PARTS", "MAX_MESSAGES", "MAX_TOOLS", "MAX_TOOL_CALLS", "is_plain_chat", "validate_chat_request"]
 
@@ -26,24 +27,6 @@ MAX_TOOL_CALLS = 4096
 MAX_NAME_LENGTH = 256
 # \Z, not $: "$" would accept a name ending in a newline.
 TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}\Z"
-
-
-class StrictBoolean(fields.Field):
-    """true or false, not "true", 1 or "yes" (marshmallow's Boolean coerces those)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ValidationError("Must be true or false.")
-        return value
-
-
-class JSONObject(fields.Field):
-    """Any JSON object, kept as is."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
-        if not isinstance(value, dict):
-            raise ValidationError("Must be an object.")
-        return value
 
 
 class Content(fields.Field):
@@ -87,23 +70,16 @@ class ToolChoice(fields.Field):
         return _FUNCTION_CHOICE.load(value)
 
 
-class _Strict(Schema):
-    class Meta:
-        # The loaded result is thrown away (the original JSON is forwarded), so unknown fields
-        # need no copying; they are neither rejected nor kept.
-        unknown = EXCLUDE
-
-
 _TOOL_NAME_ERROR = "Must be 1-64 letters, digits, underscores or dashes (^[a-zA-Z0-9_-]{{1,64}}$)."
 # A function tool's name, the same rule in every API the router speaks.
 TOOL_NAME_RULE = validate.Regexp(TOOL_NAME, error=_TOOL_NAME_ERROR)
 
 
-class FunctionName(_Strict):
+class FunctionName(StrictSchema):
     name = fields.String(required=True, validate=TOOL_NAME_RULE)
 
 
-class FunctionChoice(_Strict):
+class FunctionChoice(StrictSchema):
     type = fields.String(required=True, validate=validate.Equal("function"))
     function = fields.Nested(FunctionName, required=True)
 
@@ -130,23 +106,23 @@ class FunctionDefinition(FunctionName, FunctionFields):
     pass
 
 
-class Tool(_Strict):
+class Tool(StrictSchema):
     type = fields.String(required=True, validate=validate.Equal("function"))
     function = fields.Nested(FunctionDefinition, required=True)
 
 
-class ToolCallFunction(_Strict):
+class ToolCallFunction(StrictSchema):
     name = fields.String(required=True)
     arguments = fields.String(required=True)
 
 
-class ToolCall(_Strict):
+class ToolCall(StrictSchema):
     id = fields.String(required=True)
     type = fields.String(required=True)
     function = fields.Nested(ToolCallFunction)
 
 
-class Message(_Strict):
+class Message(StrictSchema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = Content(allow_none=True)
     name = fields.String(allow_none=True, validate=validate.Length(max=MAX_NAME_LENGTH))
@@ -169,7 +145,7 @@ class Message(_Strict):
             raise ValidationError("Only assistant messages may carry tool_calls.", "tool_calls")
 
 
-class ChatRequest(_Strict):
+class ChatRequest(StrictSchema):
     model = fields.String(allow_none=True, validate=validate.Length(max=MAX_NAME_LENGTH))
     messages = fields.List(
         fields.Nested(Message),
@@ -184,15 +160,15 @@ class ChatRequest(_Strict):
     @validates_schema
     def _tool_choice_names_a_tool(self, data: dict, **kwargs: Any) -> None:
         choice = data.get("tool_choice")
-        tools = data.get("tools") or []
-        if choice in (None, "none"):
+        if choice is None:
             return
-        if not tools:
-            raise ValidationError("Only allowed when tools are given.", "tool_choice")
-        if isinstance(choice, dict):
-            name = choice["function"]["name"]
-            if name not in {tool["function"]["name"] for tool in tools}:
-                raise ValidationError({"function": {"name": [f"No tool named {name!r} in tools."]}}, "tool_choice")
+        names = {tool["function"]["name"] for tool in data.get("tools") or []}
+        named = isinstance(choice, dict)
+        problem = tool_choice_problem(
+            "named" if named else choice, choice["function"]["name"] if named else None, names
+        )
+        if problem is not None:
+            raise ValidationError({"function": {"name": [problem]}} if named and names else problem, "tool_choice")
 
 
 _CHAT_REQUEST = ChatRequest()
@@ -205,11 +181,7 @@ def validate_chat_request(body: Any) -> None:
     if is_plain_chat(body):
         return
     _check_counts(body)
-    try:
-        _CHAT_REQUEST.load(body)
-    except ValidationError as exc:
-        param, message = first_error(exc.messages)
-        raise InvalidRequest(f"Invalid value for {param}: {message}" if param else message, param=param) from None
+    check(_CHAT_REQUEST, body)
 
 
 # The everyday request: text messages, no tools. For it the schema's answer is known in advance.
@@ -278,22 +250,3 @@ def _check_counts(body: dict) -> None:
             f"Invalid value for messages: At most {MAX_TOOL_CALLS} tool calls are allowed in one request.",
             param="messages",
         )
-
-
-def first_error(messages: Any, path: str = "") -> tuple[str | None, str]:
-    """The path (``tools[0].function.name``) and text of the first error marshmallow reported."""
-    if isinstance(messages, dict):
-        key, inner = next(iter(messages.items()))
-        if key == "_schema":
-            step = path
-        elif isinstance(key, int):
-            step = f"{path}[{key}]"
-        else:
-            step = f"{path}.{key}" if path else str(key)
-        return first_error(inner, step)
-    if isinstance(messages, list) and messages:
-        first = messages[0]
-        if isinstance(first, (dict, list)):
-            return first_error(first, path)
-        return path or None, str(first)
-    return path or None, str(messages)

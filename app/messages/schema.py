@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app.errors import InvalidRequest
 from app.schemas import (
@@ -21,10 +21,8 @@ from app.schemas import (
     MAX_MESSAGES,
     MAX_NAME_LENGTH,
     MAX_TOOLS,
-    JSONObject,
-    StrictBoolean,
-    first_error,
 )
+from app.validation import JSONObject, StrictBoolean, StrictSchema, check, tool_choice_problem
 
 __all__ = ["EFFORTS", "validate_messages_request"]
 
@@ -60,13 +58,8 @@ def validate_messages_request(body: Any, *, counting: bool = False) -> None:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     _refuse_unsupported(body)
-    schema = _COUNT_REQUEST if counting else _MESSAGES_REQUEST
-    try:
-        schema.load(body)
-    except ValidationError as exc:
-        param, message = first_error(exc.messages)
-        param = _dotted(param)
-        raise InvalidRequest(f"{param}: {message}" if param else message, param=param) from None
+    # Anthropic writes paths dotted and puts the path first: "messages.2.content: ...".
+    check(_COUNT_REQUEST if counting else _MESSAGES_REQUEST, body, spell=_dotted, say=lambda p, m: f"{p}: {m}")
 
 
 def _dotted(param: str | None) -> str | None:
@@ -97,15 +90,6 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
                 "input_schema) and run it in the client.",
                 param=f"tools.{index}.type",
             )
-
-
-class _Strict(Schema):
-    error_messages = {"type": "Must be an object."}
-
-    class Meta:
-        # The loaded result is thrown away (the translation reads the original JSON), so unknown
-        # fields are neither rejected nor copied.
-        unknown = EXCLUDE
 
 
 def _block_problem(block: dict[str, Any], allowed: tuple[str, ...], owner: str) -> dict[str, Any] | None:
@@ -227,18 +211,18 @@ class Number(fields.Field):
         return value
 
 
-class Message(_Strict):
+class Message(StrictSchema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = Content(required=True)
 
 
-class Tool(_Strict):
+class Tool(StrictSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=MAX_NAME_LENGTH))
     description = fields.String(allow_none=True)
     input_schema = JSONObject(required=True)
 
 
-class ToolChoice(_Strict):
+class ToolChoice(StrictSchema):
     type = fields.String(required=True, validate=validate.OneOf(TOOL_CHOICE_TYPES))
     name = fields.String()
     disable_parallel_tool_use = StrictBoolean(allow_none=True)
@@ -249,7 +233,7 @@ class ToolChoice(_Strict):
             raise ValidationError('Required when type is "tool".', "name")
 
 
-class Thinking(_Strict):
+class Thinking(StrictSchema):
     type = fields.String(required=True, validate=validate.OneOf(THINKING_TYPES))
     budget_tokens = fields.Integer(strict=True, validate=validate.Range(min=0))
 
@@ -259,17 +243,17 @@ class Thinking(_Strict):
             raise ValidationError('Required when type is "enabled".', "budget_tokens")
 
 
-class OutputFormat(_Strict):
+class OutputFormat(StrictSchema):
     type = fields.String(required=True, validate=validate.Equal("json_schema"))
     schema = JSONObject(required=True)
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictSchema):
     effort = fields.String(allow_none=True, validate=validate.OneOf(EFFORTS))
     format = fields.Nested(OutputFormat, allow_none=True)
 
 
-class MessagesRequest(_Strict):
+class MessagesRequest(StrictSchema):
     model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_NAME_LENGTH))
     max_tokens = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     messages = fields.List(
@@ -298,13 +282,13 @@ class MessagesRequest(_Strict):
     @validates_schema
     def _tool_choice_names_a_tool(self, data: dict, **kwargs: Any) -> None:
         choice = data.get("tool_choice")
-        tools = data.get("tools") or []
-        if choice is None or choice["type"] in ("auto", "none"):
+        if choice is None:
             return
-        if not tools:
-            raise ValidationError({"type": [f"{choice['type']!r} needs tools: none are given."]}, "tool_choice")
-        if choice["type"] == "tool" and choice["name"] not in {tool["name"] for tool in tools}:
-            raise ValidationError({"name": [f"No tool named {choice['name']!r} in tools."]}, "tool_choice")
+        names = {tool["name"] for tool in data.get("tools") or []}
+        kind = {"any": "required", "tool": "named"}.get(choice["type"], choice["type"])
+        problem = tool_choice_problem(kind, choice.get("name"), names)
+        if problem is not None:
+            raise ValidationError({"name" if kind == "named" and names else "type": [problem]}, "tool_choice")
 
     @validates_schema
     def _results_answer_earlier_calls(self, data: dict, **kwargs: Any) -> None:

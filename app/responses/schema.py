@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app.errors import InvalidRequest
 from app.schemas import (
@@ -20,11 +20,9 @@ from app.schemas import (
     MAX_TOOLS,
     TOOL_NAME_RULE,
     FunctionFields,
-    JSONObject,
-    StrictBoolean,
-    first_error,
 )
 from app.schemas import Content as ChatContent
+from app.validation import JSONObject, StrictBoolean, StrictSchema, check, tool_choice_problem
 
 __all__ = ["MAX_INPUT_ITEMS", "validate_responses_request"]
 
@@ -62,11 +60,7 @@ def validate_responses_request(body: Any) -> None:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     _refuse_unsupported(body)
-    try:
-        _RESPONSES_REQUEST.load(body)
-    except ValidationError as exc:
-        param, message = first_error(exc.messages)
-        raise InvalidRequest(f"Invalid value for {param}: {message}" if param else message, param=param) from None
+    check(_RESPONSES_REQUEST, body)
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -107,15 +101,6 @@ def _tool_type_message(kind: str) -> str:
     )
 
 
-class _Strict(Schema):
-    error_messages = {"type": "Must be an object."}
-
-    class Meta:
-        # The loaded result is thrown away (the translation reads the original JSON), so unknown
-        # fields are neither rejected nor copied.
-        unknown = EXCLUDE
-
-
 class Content(ChatContent):
     """A message's content: a string or a list of typed parts, each with the fields chat needs."""
 
@@ -148,7 +133,7 @@ def _part_problem(part: dict[str, Any]) -> dict[str, list[str]] | None:
     return None
 
 
-class MessageItem(_Strict):
+class MessageItem(StrictSchema):
     type = fields.String(validate=validate.Equal("message"))
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = Content(required=True)
@@ -165,7 +150,7 @@ class MessageItem(_Strict):
                 raise ValidationError({index: {"type": [f"A {role} message may hold only {kinds} parts."]}}, "content")
 
 
-class FunctionCallItem(_Strict):
+class FunctionCallItem(StrictSchema):
     type = fields.String(required=True)
     call_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_NAME_LENGTH))
     name = fields.String(required=True, validate=TOOL_NAME_RULE)
@@ -188,7 +173,7 @@ class ToolOutput(fields.Field):
         return value
 
 
-class FunctionCallOutputItem(_Strict):
+class FunctionCallOutputItem(StrictSchema):
     type = fields.String(required=True)
     call_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_NAME_LENGTH))
     output = ToolOutput(required=True)
@@ -230,7 +215,7 @@ class Input(fields.Field):
         return value
 
 
-class FunctionTool(_Strict, FunctionFields):
+class FunctionTool(StrictSchema, FunctionFields):
     type = fields.String(required=True, validate=validate.Equal("function"))
     name = fields.String(required=True, validate=TOOL_NAME_RULE)
 
@@ -254,7 +239,7 @@ class ToolChoice(fields.Field):
         return value
 
 
-class TextFormat(_Strict):
+class TextFormat(StrictSchema):
     type = fields.String(required=True, validate=validate.OneOf(("text", "json_object", "json_schema")))
     name = fields.String(validate=TOOL_NAME_RULE)
     schema = JSONObject()
@@ -270,16 +255,16 @@ class TextFormat(_Strict):
                 raise ValidationError("Required when type is json_schema.", field)
 
 
-class TextOptions(_Strict):
+class TextOptions(StrictSchema):
     format = fields.Nested(TextFormat, allow_none=True)
     verbosity = fields.String(allow_none=True)
 
 
-class ReasoningOptions(_Strict):
+class ReasoningOptions(StrictSchema):
     effort = fields.String(allow_none=True)
 
 
-class ResponsesRequest(_Strict):
+class ResponsesRequest(StrictSchema):
     model = fields.String(allow_none=True, validate=validate.Length(max=MAX_NAME_LENGTH))
     input = Input(required=True)
     instructions = fields.String(allow_none=True)
@@ -297,13 +282,13 @@ class ResponsesRequest(_Strict):
     @validates_schema
     def _tool_choice_names_a_tool(self, data: dict, **kwargs: Any) -> None:
         choice = data.get("tool_choice")
-        tools = data.get("tools") or []
-        if choice in (None, "none", "auto"):
+        if choice is None:
             return
-        if not tools:
-            raise ValidationError("Only allowed when tools are given.", "tool_choice")
-        if isinstance(choice, dict) and choice["name"] not in {tool["name"] for tool in tools}:
-            raise ValidationError({"name": [f"No tool named {choice['name']!r} in tools."]}, "tool_choice")
+        names = {tool["name"] for tool in data.get("tools") or []}
+        named = isinstance(choice, dict)
+        problem = tool_choice_problem("named" if named else choice, choice["name"] if named else None, names)
+        if problem is not None:
+            raise ValidationError({"name": [problem]} if named and names else problem, "tool_choice")
 
     @validates_schema
     def _outputs_answer_earlier_calls(self, data: dict, **kwargs: Any) -> None:

@@ -8,6 +8,7 @@ import anthropic
 import httpx2
 import pytest
 
+from app.endpoint import UnusableAnswer
 from app.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -21,7 +22,6 @@ from app.errors import (
     UpstreamTimeout,
     VendorError,
 )
-from app.forward import UnusableAnswer
 from app.messages.answer import to_message
 from app.messages.errors import DEFAULT_RETRY_AFTER, anthropic_error, stream_error_type
 from app.messages.request import ToolNames

@@ -14,8 +14,8 @@ import anthropic
 import httpx2
 import pytest
 
+from app.endpoint import UnusableAnswer
 from app.errors import UpstreamError, VendorError
-from app.forward import UnusableAnswer
 from app.messages.request import ToolNames
 from app.messages.stream import MessagesStream
 
