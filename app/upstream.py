@@ -9,30 +9,23 @@ contains the full URL, so it is never passed on).
 
 from __future__ import annotations
 
-import _socket
 import contextlib
 import email.utils
 import logging
-import socket
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from app.catalog import Combination, Credential, Vendor
 from app.errors import UpstreamError, UpstreamTimeout
+from app.wire import READ_SIZE, Adapter, BodyBroken, SocketBody, VendorSilent
 
 __all__ = ["USER_AGENT", "Upstream", "VendorResponse"]
 
 USER_AGENT = "generative-api-router/1.0"
-# Bytes asked of the socket per stream read: one read returns whatever has arrived, up to this.
-READ_SIZE = 65536
 # How much of a vendor's error body is read: error bodies are small; a huge one is not an error.
 MAX_ERROR_BODY = 64 * 1024
 # The largest whole answer accepted: a vendor (or what stands in its place) sending without end
@@ -40,139 +33,6 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger(__name__)
-
-
-# Header lines as http.client encodes and checks them (two regular expressions per header),
-# kept for the router's own few headers: host, auth per credential, content type, accept...
-_header_lines: dict[tuple[str, tuple[Any, ...]], bytes] = {}
-_HEADER_LINES_KEPT = 256  # a bound, in case a deployment has very many credentials
-_UNCACHED_HEADERS = frozenset({"Content-Length"})  # a new value nearly every call
-
-
-class _LeanConnection:
-    """A urllib3 connection that spends fewer system calls per request (mixed into HTTP and HTTPS).
-
-    The request's head and its body leave in one write instead of two; a write is one ``send``
-    (gevent's ``sendall`` asks the kernel for the send-buffer size each time); the check a
-    pooled connection gets before reuse is one non-blocking peek instead of a poll; and header
-    lines the router sends again and again are encoded and checked once.
-    """
-
-    _hold_head = False
-    _head: bytes | None = None
-
-    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **options: Any) -> None:
-        # Only a body of bytes is sent in one piece; then the head waits for it.
-        self._hold_head = isinstance(body, bytes) and bool(body)
-        try:
-            super().request(method, url, body, headers, **options)  # type: ignore[misc]
-        finally:
-            self._hold_head, self._head = False, None
-
-    def putheader(self, header: str, *values: Any) -> None:
-        key = (header, values)
-        line = _header_lines.get(key)
-        if line is not None:
-            self._buffer.append(line)  # type: ignore[attr-defined]
-            return
-        buffer = self._buffer  # type: ignore[attr-defined]
-        before = len(buffer)
-        super().putheader(header, *values)  # type: ignore[misc]
-        if len(buffer) == before + 1 and header not in _UNCACHED_HEADERS and len(_header_lines) < _HEADER_LINES_KEPT:
-            _header_lines[key] = buffer[-1]
-
-    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
-        if not self._hold_head or message_body is not None:
-            super()._send_output(message_body, encode_chunked=encode_chunked)  # type: ignore[misc]
-            return
-        buffer = self._buffer  # type: ignore[attr-defined]  # http.client's header lines
-        buffer.extend((b"", b""))
-        self._head = b"\r\n".join(buffer)
-        del buffer[:]
-
-    def send(self, data: Any) -> None:
-        if self._head is not None:
-            data, self._head = self._head + data, None
-        sock = self.sock  # type: ignore[attr-defined]
-        if sock is None or type(data) is not bytes:
-            super().send(data)  # type: ignore[misc]  # connects first, or reads a file-like body
-            return
-        sent = sock.send(data)
-        if sent < len(data):
-            sock.sendall(memoryview(data)[sent:])
-
-    @property
-    def is_connected(self) -> bool:
-        sock = self.sock  # type: ignore[attr-defined]
-        raw = getattr(sock, "_sock", None)  # the C-level socket under gevent's
-        if not isinstance(raw, _socket.socket):
-            return super().is_connected  # type: ignore[misc]
-        try:
-            # Anything readable on an idle connection (its end, or bytes nobody asked for) means
-            # it cannot carry a new request.
-            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False
-
-
-class _LeanHTTPConnection(_LeanConnection, HTTPConnection):
-    pass
-
-
-class _LeanHTTPSConnection(_LeanConnection, HTTPSConnection):
-    pass
-
-
-class _LeanHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _LeanHTTPConnection
-
-
-class _LeanHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _LeanHTTPSConnection
-
-
-class _Adapter(HTTPAdapter):
-    """requests' transport adapter without the parts a router pays for on every call and never uses."""
-
-    def __init__(self, **options: Any) -> None:
-        self._pool_keys: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
-        super().__init__(**options)
-
-    def init_poolmanager(self, *args: Any, **options: Any) -> None:
-        super().init_poolmanager(*args, **options)
-        self.poolmanager.pool_classes_by_scheme = {"http": _LeanHTTPPool, "https": _LeanHTTPSPool}
-
-    def build_connection_pool_key_attributes(
-        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        # The same few vendor URLs on every call: each parsed (and a CA bundle path checked on
-        # disk) once.
-        key = (request.url, verify, cert)
-        found = self._pool_keys.get(key)
-        if found is None:
-            found = self._pool_keys[key] = super().build_connection_pool_key_attributes(request, verify, cert)
-        return dict(found[0]), dict(found[1])
-
-    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
-        # Without extracting cookies (the router keeps none), guessing a text encoding, or
-        # copying the headers: urllib3's are case-insensitive already.
-        response = requests.Response()
-        response.status_code = resp.status
-        response.headers = resp.headers
-        response.raw = resp
-        response.reason = resp.reason
-        response.url = req.url  # type: ignore[assignment]
-        response.request = req
-        response.connection = self
-        return response
-
-
-def _went_silent() -> urllib3.exceptions.ReadTimeoutError:
-    """The error urllib3 raises for a read timeout, which _mapped_error turns into the router's."""
-    return urllib3.exceptions.ReadTimeoutError(None, "", "read timed out")  # type: ignore[arg-type]
 
 
 class VendorResponse:
@@ -184,7 +44,7 @@ class VendorResponse:
         self.headers: Mapping[str, str] = response.headers
         self._response = response
         self._read_timeout = read_timeout
-        self._stream: _SocketBody | None = None
+        self._stream: SocketBody | None = None
 
     @property
     def retry_after(self) -> float | None:
@@ -208,8 +68,9 @@ class VendorResponse:
     def read_error(self) -> bytes:
         """Up to MAX_ERROR_BODY bytes of an error answer's body (b"" if it breaks off); closes it."""
         try:
-            return self._response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
-        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            with self._mapped("mid-error"):
+                return self._response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
+        except UpstreamError:
             return b""  # the status alone still says what went wrong
         finally:
             self._response.close()
@@ -219,14 +80,12 @@ class VendorResponse:
         arrived within ``within`` seconds (the stream goes on: ask again)."""
         stream = self._stream
         if stream is None:
-            stream = self._stream = _SocketBody.over(self._response.raw, self._read_timeout)
-        try:
+            stream = self._stream = SocketBody.over(self._response.raw, self._read_timeout)
+        with self._mapped("mid-stream"):
             if stream is not None:
                 return stream.read(within)
             # No socket to read from directly (a compressed body, or a response made in tests).
             return self._response.raw.read1(READ_SIZE, decode_content=True)
-        except Exception as exc:
-            raise _mapped_error(exc, self.combination, "mid-stream", self._read_timeout) or exc from None
 
     def allow_silence(self, seconds: float) -> None:
         """From now on, let the vendor be silent up to ``seconds`` between bytes."""
@@ -246,156 +105,6 @@ class VendorResponse:
         return _mapped(self.combination, where, self._read_timeout)
 
 
-class _SocketBody:
-    """A streamed body read straight from the vendor's socket, its chunked framing decoded here.
-
-    Through urllib3 and http.client, one read of a chunked body is a dozen Python calls (chunk
-    size line, data, CRLF, each through a buffer layer) and a timer; here it is one ``recv`` of
-    whatever has arrived and a slice or two. A read may also wait a bounded time: a ``recv``
-    that times out has consumed nothing, so the stream goes on (urllib3's reads cannot be
-    interrupted without losing their place). Once the body has ended, the connection goes back
-    to urllib3's pool as if urllib3 had read it.
-    """
-
-    _SIZE, _DATA, _CRLF, _TRAILER, _END = range(5)
-
-    def __init__(self, raw: urllib3.HTTPResponse, sock: Any, read_timeout: float) -> None:
-        self._raw = raw
-        self._sock = sock
-        self._read_timeout = read_timeout
-        self._last_bytes = time.monotonic()
-        self._chunked = raw.chunked
-        self._left = 0 if self._chunked else raw.length_remaining  # None: the body ends with the connection
-        self._state = self._SIZE if self._chunked else self._DATA if self._left != 0 else self._END
-        self._pending = b""  # framing bytes not yet complete (a chunk-size line cut by a read)
-        self._first = True
-
-    def allow_silence(self, seconds: float) -> None:
-        """Let the vendor be silent up to ``seconds`` between bytes from now on."""
-        self._read_timeout = seconds
-
-    @classmethod
-    def over(cls, raw: Any, read_timeout: float) -> _SocketBody | None:
-        """A reader for ``raw`` (urllib3's response), or None if its body must go through urllib3."""
-        if raw.headers.get("Content-Encoding", "identity").lower() != "identity":
-            return None  # only urllib3 decompresses (streams ask for identity; a vendor may not obey)
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
-        # http.client's buffered reader: it may hold the first bytes of the body.
-        buffered = getattr(getattr(raw, "_fp", None), "fp", None)
-        if not isinstance(sock, socket.socket) or buffered is None:
-            return None
-        return cls(raw, sock, read_timeout)
-
-    def read(self, within: float | None) -> bytes | None:
-        while self._state != self._END:
-            data = self._recv(within)
-            if data is None:
-                return None
-            if not data:
-                if self._chunked or self._left:
-                    raise urllib3.exceptions.ProtocolError("the connection closed before the body ended")
-                self._state = self._END
-                break
-            self._last_bytes = time.monotonic()
-            payload = self._decode(data)
-            if self._state == self._END:
-                self._release()
-            if payload:
-                return payload
-        return b""
-
-    def _recv(self, within: float | None) -> bytes | None:
-        if self._first:
-            # What http.client buffered while reading the headers comes first (read1 returns all
-            # of it: its buffer is smaller than READ_SIZE); only then is the socket read directly.
-            self._first = False
-            try:
-                return self._raw._fp.fp.read1(READ_SIZE)
-            except TimeoutError:
-                raise _went_silent() from None
-        # The vendor may be silent for the read timeout in all, however many bounded reads that spans.
-        wait = self._last_bytes + self._read_timeout - time.monotonic()
-        if within is not None and within < wait:
-            self._sock.settimeout(max(within, 0.0))
-            try:
-                return self._sock.recv(READ_SIZE)
-            except (TimeoutError, BlockingIOError):  # BlockingIOError: nothing there, and no time to wait
-                return None
-        if wait <= 0:
-            raise _went_silent()
-        self._sock.settimeout(wait)
-        try:
-            return self._sock.recv(READ_SIZE)
-        except TimeoutError:
-            raise _went_silent() from None
-
-    def _decode(self, data: bytes) -> bytes:
-        """The payload in ``data``; the framing state carries over to the next read."""
-        if not self._chunked:
-            if self._left is not None:
-                if len(data) > self._left:
-                    raise urllib3.exceptions.ProtocolError("more bytes than the Content-Length")
-                self._left -= len(data)
-                if not self._left:
-                    self._state = self._END
-            return data
-        if self._pending:
-            data, self._pending = self._pending + data, b""
-        parts: list[bytes] = []
-        pos, end = 0, len(data)
-        while pos < end:
-            state = self._state
-            if state == self._DATA:
-                take = min(self._left, end - pos)
-                parts.append(data[pos : pos + take])
-                pos += take
-                self._left -= take
-                if not self._left:
-                    self._state = self._CRLF
-            elif state == self._CRLF:
-                if end - pos < 2:
-                    break
-                if data[pos : pos + 2] != b"\r\n":
-                    raise urllib3.exceptions.ProtocolError("a chunk did not end with CRLF")
-                pos += 2
-                self._state = self._SIZE
-            elif state in (self._SIZE, self._TRAILER):
-                line_end = data.find(b"\r\n", pos)
-                if line_end < 0:
-                    if end - pos > 4096:
-                        raise urllib3.exceptions.ProtocolError("a chunk-size line is too long")
-                    break
-                line, pos = data[pos:line_end], line_end + 2
-                if state == self._TRAILER:
-                    if not line:
-                        self._state = self._END
-                        break
-                    continue
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise urllib3.exceptions.ProtocolError("a chunk size is not a number") from None
-                if size < 0:
-                    raise urllib3.exceptions.ProtocolError("a chunk size is negative")
-                if size:
-                    self._left, self._state = size, self._DATA
-                else:
-                    self._state = self._TRAILER
-            else:
-                break
-        if pos < end:
-            if self._state == self._END:
-                raise urllib3.exceptions.ProtocolError("bytes after the end of the body")
-            self._pending = data[pos:]
-        return b"".join(parts) if len(parts) != 1 else parts[0]
-
-    def _release(self) -> None:
-        """The body ended cleanly: mark http.client's response read and pool the connection."""
-        # http.client's own end-of-body step; a new request on this connection checks it.
-        self._raw._fp._close_conn()
-        self._raw.release_conn()
-
-
 class Upstream:
     """Sends requests to vendors; each call returns a ``VendorResponse`` with its body unread."""
 
@@ -411,7 +120,7 @@ class Upstream:
         # merge settings, prepare, run hooks and extract cookies on every call (~80 us each), and
         # its shared cookie jar would carry one tenant's Set-Cookie into the next tenant's call.
         # The adapter keeps no cookies and never follows redirects.
-        self._adapter = _Adapter(pool_connections=max(len(vendors), 1), pool_maxsize=pool_size, max_retries=0)
+        self._adapter = Adapter(pool_connections=max(len(vendors), 1), pool_maxsize=pool_size, max_retries=0)
         self._connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         # The adapter alone ignores REQUESTS_CA_BUNDLE (a Session would read it): behind a
@@ -477,11 +186,15 @@ def _mapped(
     read_timeout: float,
     connect_timeout: float | None = None,
 ) -> Iterator[None]:
-    """Transport failures inside the block raised as the router's errors (see _mapped_error)."""
+    """Transport failures inside the block raised as the router's errors: the one error map, used
+    for sending and for every read. Anything else (a bug) is raised as it is."""
     try:
         yield
     except Exception as exc:
-        raise _mapped_error(exc, combination, where, read_timeout, connect_timeout) or exc from None
+        mapped = _mapped_error(exc, combination, where, read_timeout, connect_timeout)
+        if mapped is None:
+            raise
+        raise mapped from None
 
 
 def _mapped_error(
@@ -495,7 +208,7 @@ def _mapped_error(
     errors; None for anything else (a bug, raised as it is)."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return UpstreamTimeout(combination.describe(f"could not be reached within {connect_timeout:g} s"))
-    if isinstance(exc, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
+    if isinstance(exc, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, VendorSilent)):
         silent = "sent no answer within" if where == "before answering" else "went silent for"
         return UpstreamTimeout(combination.describe(f"{silent} {read_timeout:g} s{_suffix(where)}"))
     if isinstance(exc, requests.exceptions.SSLError):
@@ -504,9 +217,9 @@ def _mapped_error(
         return UpstreamError(combination.describe(_connection_problem(exc)))
     if isinstance(exc, requests.exceptions.RequestException):
         return UpstreamError(combination.describe(f"could not be called ({type(exc).__name__})"))
-    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, ValueError)):
-        # Reading a body: ProtocolError (connection dropped, broken chunk framing), DecodeError,
-        # and ValueError from reading a response that another greenlet just closed.
+    if isinstance(exc, (BodyBroken, urllib3.exceptions.HTTPError, OSError, ValueError)):
+        # Reading a body: the body cut or its framing broken (BodyBroken, urllib3's ProtocolError),
+        # DecodeError, and ValueError from reading a response that another greenlet just closed.
         return UpstreamError(combination.describe(f"dropped the connection {where}"))
     return None
 
