@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.harness import BIN, ROOT, FakeVendor
+from tests.support.processes import BIN, ROOT, FakeVendor
 
 BANNER = """
 ==============================================================================

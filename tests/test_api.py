@@ -8,7 +8,7 @@ import pytest
 import responses
 
 from tests.conftest import GEMINI_KEY, OPENAI_KEY, chat_body
-from tests.prometheus import parse
+from tests.support.prometheus import parse
 
 OPENAI_URL = "http://openai.test/v1/chat/completions"
 GEMINI_URL = "http://gemini.test/v1beta/openai/chat/completions"

@@ -12,7 +12,7 @@ from app.application import create_app
 from app.auth import ClientKeys
 from app.clients import client_name
 from app.settings import ClientKey, Settings, SettingsError
-from tests.harness import free_port
+from tests.support.processes import free_port
 from tests.test_api import assert_openai_error
 
 KEY = "rk-team-alpha-0123456789"

@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 import pytest
 import requests
 
-from tests.certs import TestCertificates, make_certificates, openssl_available
-from tests.harness import FakeVendor as HarnessFakeVendor
+from tests.support.certs import TestCertificates, make_certificates, openssl_available
+from tests.support.processes import FakeVendor as HarnessFakeVendor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,7 +58,7 @@ TIME_TOOL = {
 
 def start_fake(*args: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_vendor", "--port", "0", *args],
+        [sys.executable, "-m", "tests.support.fake_vendor", "--port", "0", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -8,8 +8,8 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from app.metrics import RouterMetrics
-from tests.harness import wait_until
-from tests.prometheus import parse
+from tests.support.processes import wait_until
+from tests.support.prometheus import parse
 
 
 def test_unknown_method_is_answered_but_never_a_label(client):

@@ -10,7 +10,7 @@ import responses
 
 from app.settings import ClientKey, Settings, SettingsError
 from tests.conftest import chat_body
-from tests.harness import free_port
+from tests.support.processes import free_port
 from tests.test_api import OPENAI_URL, assert_openai_error, completion
 
 KEY = "rk-limited-client-0123456789"

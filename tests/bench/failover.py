@@ -36,7 +36,7 @@ import requests
 
 from tests.bench import failstats
 from tests.bench.servers import HOST, LeanVendor
-from tests.harness import ROOT, Router, router_config, wait_until
+from tests.support.processes import ROOT, Router, router_config, wait_until
 
 __all__ = ["FAULT_MODES", "failover_env", "run_failover"]
 

@@ -28,7 +28,7 @@ from tests.bench.peers import PEERS, Peer, PeerSkipped, default_cache, start_pee
 from tests.bench.procs import Sampler, cpu_between, cpu_seconds, loadavg, sample_tree
 from tests.bench.servers import HOST, LeanVendor
 from tests.bench.stats import INCREMENTAL_SHARE, STALL_SECONDS
-from tests.harness import ROOT, FakeVendor, Router, router_config, wait_until
+from tests.support.processes import ROOT, FakeVendor, Router, router_config, wait_until
 
 __all__ = ["main"]
 
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vendor-server",
         default="lean",
         choices=("lean", "fake"),
-        help="lean: tests/bench/vendor.py (default); fake: tests/fake_vendor.py (~50 µs CPU per stream event)",
+        help="lean: tests/bench/vendor.py (default); fake: tests/support/fake_vendor.py (~50 µs CPU per stream event)",
     )
     parser.add_argument("--loadgen", default="auto", choices=("auto", "wrk", "gevent"))
     parser.add_argument(

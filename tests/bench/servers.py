@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from tests.harness import ROOT, terminate
+from tests.support.processes import ROOT, terminate
 
 __all__ = ["HOST", "LeanVendor"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.harness import FakeVendor, Router, router_config
+from tests.support.processes import FakeVendor, Router, router_config
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import openai
 import pytest
 import requests
 
-from tests.harness import GEMINI_KEY, OPENAI_KEY
 from tests.integration.conftest import sdk
+from tests.support.processes import GEMINI_KEY, OPENAI_KEY
 
 HELLO = [{"role": "user", "content": "Hello"}]
 WEATHER_TOOL = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, Router, router_config
+from tests.support.processes import ROOT, Router, router_config
 
 OPENAI_KEYS = ("sk-check-openai-first-0123456789AAAA", "sk-check-openai-second-0123456789BBBB")
 GEMINI_KEY = "AIzaCheckGemini012345678CCCC"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import Router, wait_until
-from tests.prometheus import scrape
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.support.processes import Router, wait_until
+from tests.support.prometheus import scrape
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (CI installs it: apt-get install redis-server)"

@@ -24,8 +24,8 @@ import pytest
 import requests
 import yaml
 
-from tests.harness import ROOT, FakeVendor, Router, router_config, wait_until
-from tests.prometheus import JOB, PROMETHEUS, PrometheusServer, children
+from tests.support.processes import ROOT, FakeVendor, Router, router_config, wait_until
+from tests.support.prometheus import JOB, PROMETHEUS, PrometheusServer, children
 
 DASHBOARD_PATH = ROOT / "configs" / "grafana" / "router-dashboard.json"
 DASHBOARD = json.loads(DASHBOARD_PATH.read_text())

@@ -1,5 +1,5 @@
 """The Docker image, built from the real Dockerfile with podman and run from the image's own
-filesystem, CMD, USER and Env (tests/container_image.py says how, without a container runtime)."""
+filesystem, CMD, USER and Env (tests/support/container_image.py says how, without a container runtime)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 import requests
 import yaml
 
-from tests import container_image
-from tests.container_image import ImageConfig
-from tests.deploy_contract import CONTRACT_CMD
-from tests.harness import OPENAI_KEY, ROOT, FakeVendor, free_port, terminate, wait_until
+from tests.support import container_image
+from tests.support.container_image import ImageConfig
+from tests.support.deploy_contract import CONTRACT_CMD
+from tests.support.processes import OPENAI_KEY, ROOT, FakeVendor, free_port, terminate, wait_until
 
 # The first run builds the base with debootstrap (~1 min) and installs the requirements.
 pytestmark = [

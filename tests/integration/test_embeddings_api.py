@@ -10,9 +10,9 @@ import openai
 import pytest
 import requests
 
-from tests.harness import FakeVendor, Router, router_config
 from tests.integration.conftest import sdk
-from tests.prometheus import scrape
+from tests.support.processes import FakeVendor, Router, router_config
+from tests.support.prometheus import scrape
 
 VENDORS = ["openai", "gemini"]
 CHAT_MODELS = [

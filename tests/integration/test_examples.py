@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import ROOT, FakeVendor, Router, free_port, router_config
+from tests.support.processes import ROOT, FakeVendor, Router, free_port, router_config
 
 EXAMPLES = ROOT / "examples"
 POSTMAN = EXAMPLES / "postman" / "generative-api-router.postman_collection.json"

@@ -16,7 +16,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import FakeVendor, Router, router_config
+from tests.support.processes import FakeVendor, Router, router_config
 from tests.test_fuzz import CONTENT_TYPES, FIELD_PATHS, JSON_VALUES, replaced
 
 KEY = "rk-hostile-client-0123456789"

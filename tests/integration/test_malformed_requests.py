@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.harness import FakeVendor, Router, router_config
-from tests.prometheus import children
+from tests.support.processes import FakeVendor, Router, router_config
+from tests.support.prometheus import children
 
 HOST = b"Host: router\r\n"
 MANY_HEADERS = b"".join(b"X-Header-%d: v\r\n" % n for n in range(200))

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import ROOT
-from tests.prometheus import PROMTOOL
+from tests.support.processes import ROOT
+from tests.support.prometheus import PROMTOOL
 
 RULES = ROOT / "configs" / "prometheus" / "rules.yml"
 UNIT_TESTS = sorted((ROOT / "tests" / "prometheus_rules").glob("*.yml"))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import FakeVendor, Router, router_config, wait_until
-from tests.prometheus import children, pids_with_files, scrape
+from tests.support.processes import FakeVendor, Router, router_config, wait_until
+from tests.support.prometheus import children, pids_with_files, scrape
 
 GOOD = [{"vendor": "openai", "model": "gpt-4o"}, {"vendor": "gemini", "model": "gemini-2.0-flash"}]
 BROKEN = [{"vendor": "openai", "model": "gpt-4o"}, {"vendor": "openai", "modle": "gpt-5"}]  # the typo: "modle"

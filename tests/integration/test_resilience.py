@@ -12,8 +12,8 @@ import openai
 import pytest
 import requests
 
-from tests.harness import GEMINI_KEY, OPENAI_KEY, free_port, wait_until
 from tests.integration.conftest import sdk
+from tests.support.processes import GEMINI_KEY, OPENAI_KEY, free_port, wait_until
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

@@ -14,9 +14,9 @@ import openai
 import pytest
 import requests
 
-from tests.harness import wait_until
 from tests.integration.conftest import sdk
-from tests.prometheus import scrape
+from tests.support.processes import wait_until
+from tests.support.prometheus import scrape
 
 VENDORS = ["openai", "gemini"]
 WEATHER_TOOL = {

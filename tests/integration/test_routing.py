@@ -10,8 +10,8 @@ from typing import Any
 
 import requests
 
-from tests.harness import GEMINI_KEY, OPENAI_KEY, Router
 from tests.integration.conftest import sdk
+from tests.support.processes import GEMINI_KEY, OPENAI_KEY, Router
 
 HELLO = [{"role": "user", "content": "Hello"}]
 IMAGE_MESSAGE = [

@@ -9,8 +9,8 @@ import openai
 import pytest
 import requests
 
-from tests.harness import Router
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.support.processes import Router
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 
 CLIENT_KEY = "rk-client-alpha-5f4e3d2c1b0a9988"
 CLIENT_KEY_2 = "rk-client-beta-0a1b2c3d4e5f6677"

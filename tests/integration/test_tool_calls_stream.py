@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.harness import FakeVendor
+from tests.support.processes import FakeVendor
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 # Keys the integration routers use; tests grep logs and bodies for them.
@@ -59,17 +59,17 @@ def terminate(process: subprocess.Popen, grace: float = 5) -> None:
 
 
 class FakeVendor:
-    """The fake vendor (tests/fake_vendor.py) in a subprocess, with its control API as methods."""
+    """The fake vendor (tests/support/fake_vendor.py) in a subprocess, with its control API as methods."""
 
     def __init__(self, tls: tuple[str | Path, str | Path] | None = None, ca: str | Path | None = None) -> None:
         """``tls`` = (certificate chain, key) PEM files: serve HTTPS on ``https://localhost:P``.
 
-        ``ca`` is the certificate authority that signed it (see ``tests.certs``); the control
+        ``ca`` is the certificate authority that signed it (see ``tests.support.certs``); the control
         calls below trust it, and only it.
         """
         if (tls is None) != (ca is None):
             raise ValueError("tls and ca go together")
-        command = [sys.executable, "-m", "tests.fake_vendor", "--port", "0"]
+        command = [sys.executable, "-m", "tests.support.fake_vendor", "--port", "0"]
         if tls is not None:
             command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -78,7 +78,7 @@ class FakeVendor:
             self.process.kill()
             raise RuntimeError(f"fake vendor did not start: {line!r}")
         self.port = int(line.split()[1])
-        # A certificate names a host; "localhost" is the one tests.certs puts in it.
+        # A certificate names a host; "localhost" is the one tests.support.certs puts in it.
         self.base = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
         self._session = requests.Session()
         if ca is not None:
