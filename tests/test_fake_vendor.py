@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from tests.support.certs import TestCertificates, make_certificates, openssl_available
-from tests.support.processes import FakeVendor as HarnessFakeVendor
+from tests.support.processes import FakeVendorProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -905,7 +905,7 @@ def test_tls_fake_is_trusted_only_with_its_ca(certificates: TestCertificates) ->
 
 
 def test_harness_fake_vendor_with_tls_serves_https_on_localhost(certificates: TestCertificates) -> None:
-    fake = HarnessFakeVendor(tls=(certificates.cert, certificates.key), ca=certificates.ca)
+    fake = FakeVendorProcess(tls=(certificates.cert, certificates.key), ca=certificates.ca)
     try:
         assert fake.url("openai") == f"https://localhost:{fake.port}/openai"
         fake.behave("openai", content="over TLS")

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import sdk
-from tests.support.processes import FakeVendor, Router, router_config
+from tests.support.processes import FakeVendorProcess, RouterProcess, router_config
 from tests.support.prometheus import scrape
 
 VENDORS = ["openai", "gemini"]
@@ -30,17 +30,17 @@ FAKE_DIMENSIONS = 8
 
 
 @pytest.fixture(scope="module")
-def router(fake_vendor: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+def router(fake_vendor: FakeVendorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     """A router with a chat and an embedding model at each vendor, two workers."""
     directory = tmp_path_factory.mktemp("embeddings-router")
     config = router_config(directory, fake_vendor, models=CHAT_MODELS + EMBEDDING_MODELS)
-    server = Router(config, directory / "router.log", workers=2)
+    server = RouterProcess(config, directory / "router.log", workers=2)
     yield server
     server.stop()
 
 
 @pytest.fixture
-def client(router: Router, fake: FakeVendor) -> openai.OpenAI:
+def client(router: RouterProcess, fake: FakeVendorProcess) -> openai.OpenAI:
     # Not in strict mode: the SDK asks for base64 by default and its strict check runs before it
     # decodes the vectors, so strict mode fails on any server's answer, OpenAI's included.
     return sdk(router)

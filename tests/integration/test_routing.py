@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from tests.integration.conftest import sdk
-from tests.support.processes import GEMINI_KEY, OPENAI_KEY, Router
+from tests.support.processes import GEMINI_KEY, OPENAI_KEY, RouterProcess
 
 HELLO = [{"role": "user", "content": "Hello"}]
 IMAGE_MESSAGE = [
@@ -28,7 +28,7 @@ IMAGE_MESSAGE = [
 CHI_SQUARE_1_DOF = 10.83
 
 
-def post_many(server: Router, bodies: list[dict[str, Any]], threads: int = 8) -> list[requests.Response]:
+def post_many(server: RouterProcess, bodies: list[dict[str, Any]], threads: int = 8) -> list[requests.Response]:
     """POST each body to /v1/chat/completions from a few threads (one keep-alive session each)."""
     local = threading.local()
 

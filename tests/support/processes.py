@@ -58,7 +58,7 @@ def terminate(process: subprocess.Popen, grace: float = 5) -> None:
         process.wait(5)
 
 
-class FakeVendor:
+class FakeVendorProcess:
     """The fake vendor (tests/support/fake_vendor.py) in a subprocess, with its control API as methods."""
 
     def __init__(self, tls: tuple[str | Path, str | Path] | None = None, ca: str | Path | None = None) -> None:
@@ -112,7 +112,7 @@ class FakeVendor:
 
 def router_config(
     directory: Path,
-    fake: FakeVendor | None,
+    fake: FakeVendorProcess | None,
     models: Any = None,
     credentials: Any = None,
     vendors: Any = None,
@@ -154,7 +154,7 @@ def router_config(
     return env
 
 
-class Router:
+class RouterProcess:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` in a subprocess on a free port, its log in a file."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path, workers: int = 1) -> None:
