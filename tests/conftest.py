@@ -11,18 +11,11 @@ import pytest
 
 from app.application import create_app
 from app.settings import Settings
-
-# Keys used by tests: long enough to be registered as secrets, unique enough to grep logs for.
-OPENAI_KEY = "sk-test-openai-0123456789abcdef"
-GEMINI_KEY = "AIzaTestGemini0123456789abcd"
+from tests.support.keys import DEFAULT_CREDENTIALS
 
 DEFAULT_MODELS = [
     {"vendor": "openai", "model": "gpt-4o"},
     {"vendor": "gemini", "model": "gemini-2.0-flash"},
-]
-DEFAULT_CREDENTIALS = [
-    {"platform": "openai", "type": "api-key", "value": OPENAI_KEY},
-    {"platform": "gemini", "type": "api-key", "value": GEMINI_KEY},
 ]
 # Unit tests mock these hosts with `responses`; nothing ever resolves them.
 UNIT_BASE_URLS = {"openai": "http://openai.test/v1", "gemini": "http://gemini.test/v1beta/openai"}

@@ -7,7 +7,8 @@ import json
 import pytest
 import responses
 
-from tests.conftest import GEMINI_KEY, OPENAI_KEY, chat_body
+from tests.conftest import chat_body
+from tests.support.keys import GEMINI_KEY, OPENAI_KEY
 from tests.support.prometheus import parse
 
 OPENAI_URL = "http://openai.test/v1/chat/completions"

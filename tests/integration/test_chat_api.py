@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import sdk
-from tests.support.processes import GEMINI_KEY, OPENAI_KEY
+from tests.support.keys import GEMINI_KEY, OPENAI_KEY
 
 HELLO = [{"role": "user", "content": "Hello"}]
 WEATHER_TOOL = {

@@ -19,7 +19,8 @@ import yaml
 from tests.support import container_image
 from tests.support.container_image import ImageConfig
 from tests.support.deploy_contract import CONTRACT_CMD
-from tests.support.processes import OPENAI_KEY, ROOT, FakeVendorProcess, free_port, terminate, wait_until
+from tests.support.keys import OPENAI_KEY
+from tests.support.processes import ROOT, FakeVendorProcess, free_port, terminate, wait_until
 
 # The first run builds the base with debootstrap (~1 min) and installs the requirements.
 pytestmark = [

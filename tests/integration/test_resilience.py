@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from tests.integration.conftest import sdk
-from tests.support.processes import GEMINI_KEY, OPENAI_KEY, free_port, wait_until
+from tests.support.keys import GEMINI_KEY, OPENAI_KEY
+from tests.support.processes import free_port, wait_until
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

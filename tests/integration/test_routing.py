@@ -11,7 +11,8 @@ from typing import Any
 import requests
 
 from tests.integration.conftest import sdk
-from tests.support.processes import GEMINI_KEY, OPENAI_KEY, RouterProcess
+from tests.support.keys import GEMINI_KEY, OPENAI_KEY
+from tests.support.processes import RouterProcess
 
 HELLO = [{"role": "user", "content": "Hello"}]
 IMAGE_MESSAGE = [

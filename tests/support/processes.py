@@ -19,12 +19,10 @@ from typing import Any
 
 import requests
 
+from tests.support.keys import DEFAULT_CREDENTIALS
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-# Keys the integration routers use; tests grep logs and bodies for them.
-OPENAI_KEY = "sk-itest-openai-0123456789abcdef"
-GEMINI_KEY = "AIzaItestGemini0123456789abc"
 
 
 def free_port() -> int:
@@ -130,14 +128,7 @@ def router_config(
             {"vendor": "gemini", "model": "gemini-2.0-flash"},
         ]
     )
-    credentials = (
-        credentials
-        if credentials is not None
-        else [
-            {"platform": "openai", "type": "api-key", "value": OPENAI_KEY},
-            {"platform": "gemini", "type": "api-key", "value": GEMINI_KEY},
-        ]
-    )
+    credentials = credentials if credentials is not None else DEFAULT_CREDENTIALS
     env = {
         "MODELS_FILE": str(directory / "models.json"),
         "CREDENTIALS_FILE": str(directory / "credentials.json"),
