@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
-from app.application import create_app
-from app.settings import Settings
-from tests.support.keys import DEFAULT_CREDENTIALS
+# Helpers in tests/support assert too: pytest explains their failures as it does a test's.
+pytest.register_assert_rewrite("tests.support")
+
+from app.application import create_app  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from tests.support.keys import DEFAULT_CREDENTIALS  # noqa: E402
 
 DEFAULT_MODELS = [
     {"vendor": "openai", "model": "gpt-4o"},
@@ -69,8 +72,3 @@ def make_app(write_config: Callable[..., Settings]) -> Callable[..., Any]:
 def client(make_app: Callable[..., Any]):
     """A test client of an app with one OpenAI and one Gemini credential and model."""
     return make_app().test_client()
-
-
-def chat_body(**fields: Any) -> dict[str, Any]:
-    """A minimal valid chat request, with ``fields`` added or replaced."""
-    return {"model": "any-model", "messages": [{"role": "user", "content": "Hello"}], **fields}

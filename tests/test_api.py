@@ -7,33 +7,9 @@ import json
 import pytest
 import responses
 
-from tests.conftest import chat_body
+from tests.support.api import GEMINI_URL, OPENAI_URL, assert_openai_error, chat_body, completion
 from tests.support.keys import GEMINI_KEY, OPENAI_KEY
 from tests.support.prometheus import parse
-
-OPENAI_URL = "http://openai.test/v1/chat/completions"
-GEMINI_URL = "http://gemini.test/v1beta/openai/chat/completions"
-
-
-def completion(content="Hi there", model="vendor-model"):
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
-    }
-
-
-def assert_openai_error(response, status, param=None):
-    assert response.status_code == status
-    assert response.mimetype == "application/json"
-    error = response.get_json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    assert error["param"] == param
-    return error
 
 
 def test_health_is_plain_ok(client):

@@ -12,8 +12,8 @@ from app.application import create_app
 from app.auth import ClientKeys
 from app.clients import client_name
 from app.settings import ClientKey, Settings, SettingsError
+from tests.support.api import assert_openai_error
 from tests.support.processes import free_port
-from tests.test_api import assert_openai_error
 
 KEY = "rk-team-alpha-0123456789"
 OTHER_KEY = "rk-team-beta-9876543210"

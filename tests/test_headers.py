@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.settings import Settings, SettingsError
-from tests.conftest import chat_body
+from tests.support.api import chat_body
 
 APP_ORIGIN = "https://app.example.com"
 KEY = "rk-browser-client-0123456789"

@@ -9,9 +9,8 @@ import pytest
 import responses
 
 from app.settings import ClientKey, Settings, SettingsError
-from tests.conftest import chat_body
+from tests.support.api import OPENAI_URL, assert_openai_error, chat_body, completion
 from tests.support.processes import free_port
-from tests.test_api import OPENAI_URL, assert_openai_error, completion
 
 KEY = "rk-limited-client-0123456789"
 OTHER_KEY = "rk-other-client-0123456789"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import responses
 
-from tests.test_api import assert_openai_error
+from tests.support.api import assert_openai_error
 
 TEXT_ONLY = [{"vendor": "openai", "model": "gpt-4o", "config": {"support_tools": True, "support_streaming": True}}]
 PICTURE = {

@@ -8,8 +8,7 @@ import pytest
 import responses
 
 from app.schemas import MAX_MESSAGES, MAX_TOOL_CALLS, MAX_TOOLS
-from tests.conftest import chat_body
-from tests.test_api import OPENAI_URL, assert_openai_error, completion
+from tests.support.api import OPENAI_URL, assert_openai_error, chat_body, completion
 
 USER = {"role": "user", "content": "hi"}
 

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.support.processes import FakeVendorProcess, RouterProcess, router_config
+from tests.support.sdk import sdk
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +53,6 @@ def start_router(fake: FakeVendorProcess, tmp_path: Path) -> Iterator[Callable[.
     yield start
     for server in started:
         server.stop()
-
-
-def sdk(server: RouterProcess, **options: Any) -> openai.OpenAI:
-    """The official OpenAI SDK pointed at ``server``; no retries, so every failure is visible."""
-    options.setdefault("api_key", "unused-client-key")
-    return openai.OpenAI(base_url=server.url("/v1"), max_retries=0, **options)
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import openai
 import pytest
 import requests
 
-from tests.integration.conftest import sdk
 from tests.support.keys import GEMINI_KEY, OPENAI_KEY
+from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
 WEATHER_TOOL = {

@@ -10,9 +10,9 @@ import openai
 import pytest
 import requests
 
-from tests.integration.conftest import sdk
 from tests.support.processes import FakeVendorProcess, RouterProcess, router_config
 from tests.support.prometheus import scrape
+from tests.support.sdk import sdk
 
 VENDORS = ["openai", "gemini"]
 CHAT_MODELS = [

@@ -11,10 +11,10 @@ import openai
 import pytest
 import requests
 
-from tests.integration.conftest import sdk
 from tests.support.certs import make_certificates, openssl_available
 from tests.support.processes import FakeVendorProcess, RouterProcess, router_config, wait_until
 from tests.support.prometheus import scrape
+from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
 ONE_OPENAI = [{"vendor": "openai", "model": "gpt-4o"}]

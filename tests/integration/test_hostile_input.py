@@ -16,8 +16,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.fuzz import CONTENT_TYPES, FIELD_PATHS, JSON_VALUES, replaced
 from tests.support.processes import FakeVendorProcess, RouterProcess, router_config
-from tests.test_fuzz import CONTENT_TYPES, FIELD_PATHS, JSON_VALUES, replaced
 
 KEY = "rk-hostile-client-0123456789"
 LIMIT = 10 * 1024 * 1024  # the default MAX_BODY_BYTES

@@ -12,9 +12,9 @@ import openai
 import pytest
 import requests
 
-from tests.integration.conftest import sdk
 from tests.support.keys import GEMINI_KEY, OPENAI_KEY
 from tests.support.processes import free_port, wait_until
+from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

@@ -14,9 +14,9 @@ import openai
 import pytest
 import requests
 
-from tests.integration.conftest import sdk
 from tests.support.processes import wait_until
 from tests.support.prometheus import scrape
+from tests.support.sdk import sdk
 
 VENDORS = ["openai", "gemini"]
 WEATHER_TOOL = {

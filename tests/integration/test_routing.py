@@ -10,9 +10,9 @@ from typing import Any
 
 import requests
 
-from tests.integration.conftest import sdk
 from tests.support.keys import GEMINI_KEY, OPENAI_KEY
 from tests.support.processes import RouterProcess
+from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
 IMAGE_MESSAGE = [
