@@ -31,7 +31,7 @@ DASHBOARD_PATH = ROOT / "configs" / "grafana" / "router-dashboard.json"
 DASHBOARD = json.loads(DASHBOARD_PATH.read_text())
 RULES_PATH = ROOT / "configs" / "prometheus" / "rules.yml"
 RULES = yaml.safe_load(RULES_PATH.read_text())
-UNIT_TESTS = sorted((ROOT / "tests" / "prometheus_rules").glob("*.yml"))
+UNIT_TESTS = sorted((ROOT / "tests" / "integration" / "prometheus_rules").glob("*.yml"))
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 VENDORS = {"openai", "gemini"}
 # Grafana's own interval variables, fixed: the whole test fits in one minute.

@@ -16,18 +16,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 import requests
 
 from tests.support.certs import TestCertificates, make_certificates, openssl_available
-from tests.support.processes import FakeVendorProcess
+from tests.support.processes import ROOT, FakeVendorProcess
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "What is the weather?"}]
 WEATHER_TOOL = {
     "type": "function",
