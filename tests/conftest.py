@@ -69,6 +69,6 @@ def make_app(write_config: Callable[..., Settings]) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def client(make_app: Callable[..., Any]):
+def flask_client(make_app: Callable[..., Any]):
     """A test client of an app with one OpenAI and one Gemini credential and model."""
     return make_app().test_client()

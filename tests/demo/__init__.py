@@ -1,1 +1,1 @@
-"""`make demo` (`python -m tests.demo`): the router with the fake vendor in place of OpenAI and Gemini; see __main__.py."""
+"""`make demo`, i.e. `python -m tests.demo`: the router with the fake vendor standing in (__main__.py)."""

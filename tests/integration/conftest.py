@@ -56,5 +56,5 @@ def start_router(fake: FakeVendorProcess, tmp_path: Path) -> Iterator[Callable[.
 
 
 @pytest.fixture
-def client(router: RouterProcess, fake: FakeVendorProcess) -> openai.OpenAI:
+def openai_client(router: RouterProcess, fake: FakeVendorProcess) -> openai.OpenAI:
     return sdk(router)

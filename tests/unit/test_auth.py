@@ -116,8 +116,8 @@ def test_open_router_warns_once_at_start_and_keyed_router_does_not(make_app, cap
     assert not [r for r in caplog.records if "ROUTER_API_KEYS" in r.getMessage()]
 
 
-def test_open_router_needs_no_key(client):
-    assert client.get("/v1/models").status_code == 200
+def test_open_router_needs_no_key(flask_client):
+    assert flask_client.get("/v1/models").status_code == 200
 
 
 def test_every_configured_key_is_compared_even_when_the_first_matches(monkeypatch):

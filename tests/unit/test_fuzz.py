@@ -51,29 +51,31 @@ def assert_2xx_or_openai_4xx(response) -> None:
 @FUZZ
 @given(body=st.binary(max_size=300), content_type=CONTENT_TYPES)
 @responses.activate
-def test_random_bytes_with_any_content_type(client, body, content_type):
+def test_random_bytes_with_any_content_type(flask_client, body, content_type):
     mock_vendors()
-    assert_2xx_or_openai_4xx(client.post("/v1/chat/completions", data=body, content_type=content_type))
+    assert_2xx_or_openai_4xx(flask_client.post("/v1/chat/completions", data=body, content_type=content_type))
 
 
 @FUZZ
 @given(path=st.sampled_from(FIELD_PATHS), value=JSON_VALUES, query=st.sampled_from(["", "?vendor=openai", "?vendor=x"]))
 @responses.activate
-def test_any_field_replaced_by_any_json_value(client, path, value, query):
+def test_any_field_replaced_by_any_json_value(flask_client, path, value, query):
     mock_vendors()
     body = json.dumps(replaced(path, value))
-    assert_2xx_or_openai_4xx(client.post(f"/v1/chat/completions{query}", data=body, content_type="application/json"))
+    assert_2xx_or_openai_4xx(
+        flask_client.post(f"/v1/chat/completions{query}", data=body, content_type="application/json")
+    )
 
 
 @FUZZ
 @given(text=ANY_TEXT, name=ANY_TEXT, model=ANY_TEXT, ascii_only=st.booleans())
 @responses.activate
-def test_odd_unicode_anywhere_in_the_text(client, text, name, model, ascii_only):
+def test_odd_unicode_anywhere_in_the_text(flask_client, text, name, model, ascii_only):
     mock_vendors()
     body = chat_body(model=model, messages=[{"role": "user", "content": text, "name": name}])
     # ensure_ascii=False writes lone surrogates as raw (invalid) UTF-8; both must be handled.
     raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", errors="surrogatepass")
-    assert_2xx_or_openai_4xx(client.post("/v1/chat/completions", data=raw, content_type="application/json"))
+    assert_2xx_or_openai_4xx(flask_client.post("/v1/chat/completions", data=raw, content_type="application/json"))
 
 
 @FUZZ

@@ -25,14 +25,14 @@ def test_an_image_no_model_supports_is_refused_naming_input(make_app):
     assert len(responses.calls) == 0
 
 
-def test_retrieving_a_response_is_a_404_saying_nothing_is_stored(client):
-    error = assert_openai_error(client.get("/v1/responses/resp_abc"), 404, param="response_id")
+def test_retrieving_a_response_is_a_404_saying_nothing_is_stored(flask_client):
+    error = assert_openai_error(flask_client.get("/v1/responses/resp_abc"), 404, param="response_id")
     assert "never stores" in error["message"]
-    assert_openai_error(client.get("/v1/responses/resp_abc/input_items"), 404, param="response_id")
+    assert_openai_error(flask_client.get("/v1/responses/resp_abc/input_items"), 404, param="response_id")
 
 
-def test_a_body_that_is_not_json_is_a_400(client):
-    response = client.post("/v1/responses", data=b"{not json", content_type="application/json")
+def test_a_body_that_is_not_json_is_a_400(flask_client):
+    response = flask_client.post("/v1/responses", data=b"{not json", content_type="application/json")
     assert_openai_error(response, 400)
 
 
