@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import responses
+import responses as responses_mock  # the HTTP mocking library, not the Responses endpoint
 
 from tests.support.api import assert_openai_error
 
@@ -16,13 +16,13 @@ PICTURE = {
 }
 
 
-@responses.activate
+@responses_mock.activate
 def test_an_image_no_model_supports_is_refused_naming_input(make_app):
     client = make_app(models=TEXT_ONLY).test_client()
     error = assert_openai_error(client.post("/v1/responses", json={"input": [PICTURE]}), 400, param="input")
     assert error["code"] == "capability_not_supported"
     assert "images" in error["message"]
-    assert len(responses.calls) == 0
+    assert len(responses_mock.calls) == 0
 
 
 def test_retrieving_a_response_is_a_404_saying_nothing_is_stored(flask_client):
