@@ -902,7 +902,7 @@ def test_tls_fake_is_trusted_only_with_its_ca(certificates: TestCertificates) ->
         proc.wait(timeout=5)
 
 
-def test_harness_fake_vendor_with_tls_serves_https_on_localhost(certificates: TestCertificates) -> None:
+def test_fake_vendor_process_with_tls_serves_https_on_localhost(certificates: TestCertificates) -> None:
     fake = FakeVendorProcess(tls=(certificates.cert, certificates.key), ca=certificates.ca)
     try:
         assert fake.url("openai") == f"https://localhost:{fake.port}/openai"
