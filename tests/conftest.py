@@ -9,20 +9,16 @@ from typing import Any
 
 import pytest
 
-from app.application import create_app
-from app.settings import Settings
+# Helpers in tests/support assert too: pytest explains their failures as it does a test's.
+pytest.register_assert_rewrite("tests.support")
 
-# Keys used by tests: long enough to be registered as secrets, unique enough to grep logs for.
-OPENAI_KEY = "sk-test-openai-0123456789abcdef"
-GEMINI_KEY = "AIzaTestGemini0123456789abcd"
+from app.application import create_app  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from tests.support.keys import DEFAULT_CREDENTIALS  # noqa: E402
 
 DEFAULT_MODELS = [
     {"vendor": "openai", "model": "gpt-4o"},
     {"vendor": "gemini", "model": "gemini-2.0-flash"},
-]
-DEFAULT_CREDENTIALS = [
-    {"platform": "openai", "type": "api-key", "value": OPENAI_KEY},
-    {"platform": "gemini", "type": "api-key", "value": GEMINI_KEY},
 ]
 # Unit tests mock these hosts with `responses`; nothing ever resolves them.
 UNIT_BASE_URLS = {"openai": "http://openai.test/v1", "gemini": "http://gemini.test/v1beta/openai"}
@@ -73,11 +69,6 @@ def make_app(write_config: Callable[..., Settings]) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def client(make_app: Callable[..., Any]):
+def flask_client(make_app: Callable[..., Any]):
     """A test client of an app with one OpenAI and one Gemini credential and model."""
     return make_app().test_client()
-
-
-def chat_body(**fields: Any) -> dict[str, Any]:
-    """A minimal valid chat request, with ``fields`` added or replaced."""
-    return {"model": "any-model", "messages": [{"role": "user", "content": "Hello"}], **fields}

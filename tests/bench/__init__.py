@@ -41,7 +41,7 @@ calls the failing vendor still got per cooldown period and the time until it has
 RSS for growth. ``--quick`` shortens every measurement (and the failover timeline) for a smoke
 run. ``--help`` lists every option.
 
-The vendor is vendor.py, a lean epoll server answering like tests/fake_vendor.py; the fake itself
+The vendor is vendor.py, a lean epoll server answering like tests/support/fake_vendor.py; the fake itself
 (``--vendor-server fake``) spends ~50 µs of CPU per stream event and at 1,000 streams would be
 the bottleneck of the direct path on a 2-core machine.
 """

@@ -36,7 +36,7 @@ import requests
 
 from tests.bench import failstats
 from tests.bench.servers import HOST, LeanVendor
-from tests.harness import ROOT, Router, router_config, wait_until
+from tests.support.processes import ROOT, RouterProcess, router_config, wait_until
 
 __all__ = ["FAULT_MODES", "failover_env", "run_failover"]
 
@@ -87,7 +87,7 @@ def _one_run(
     bodies: tuple[bytes, bytes],
 ) -> dict[str, Any]:
     vendor = LeanVendor(pieces=args.pieces, interval=args.interval, log_calls=True)
-    router: Router | None = None
+    router: RouterProcess | None = None
     try:
         router_env = router_config(
             workdir / "config",
@@ -101,7 +101,7 @@ def _one_run(
         )
         router_env.update(env, LOG_LEVEL=args.log_level, PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"))
         (workdir / "metrics").mkdir()
-        router = Router(router_env, workdir / "router.log", workers=args.workers)
+        router = RouterProcess(router_env, workdir / "router.log", workers=args.workers)
         expected = _check(router.port, bodies)
         (workdir / "whole.json").write_bytes(bodies[0])
         (workdir / "stream.json").write_bytes(bodies[1])

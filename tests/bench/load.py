@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.harness import ROOT
+from tests.support.processes import ROOT
 
 __all__ = ["LoadGenerator", "pick_generator"]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import requests
 
-from tests.harness import free_port
+from tests.support.processes import free_port
 
 __all__ = ["PEERS", "Peer", "PeerSkipped", "default_cache", "start_peer"]
 

@@ -146,7 +146,7 @@ def table(result: dict[str, Any]) -> str:
     meta = result["meta"]
     machine, router = meta["machine"], meta["router"]
     dirty = " (app/ modified)" if meta["app_dirty"] else ""
-    vendor = "tests/bench/vendor.py" if router["vendor_server"] == "lean" else "tests/fake_vendor.py"
+    vendor = "tests/bench/vendor.py" if router["vendor_server"] == "lean" else "tests/support/fake_vendor.py"
     parts = [
         "",
         f"Router benchmark  {meta['started']}  commit {meta['commit']}{dirty}",

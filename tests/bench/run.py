@@ -28,7 +28,7 @@ from tests.bench.peers import PEERS, Peer, PeerSkipped, default_cache, start_pee
 from tests.bench.procs import Sampler, cpu_between, cpu_seconds, loadavg, sample_tree
 from tests.bench.servers import HOST, LeanVendor
 from tests.bench.stats import INCREMENTAL_SHARE, STALL_SECONDS
-from tests.harness import ROOT, FakeVendor, Router, router_config, wait_until
+from tests.support.processes import ROOT, FakeVendorProcess, RouterProcess, router_config, wait_until
 
 __all__ = ["main"]
 
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vendor-server",
         default="lean",
         choices=("lean", "fake"),
-        help="lean: tests/bench/vendor.py (default); fake: tests/fake_vendor.py (~50 µs CPU per stream event)",
+        help="lean: tests/bench/vendor.py (default); fake: tests/support/fake_vendor.py (~50 µs CPU per stream event)",
     )
     parser.add_argument("--loadgen", default="auto", choices=("auto", "wrk", "gevent"))
     parser.add_argument(
@@ -317,10 +317,12 @@ class Bench:
         self.generator: LoadGenerator = pick_generator(args.loadgen, workdir)
         say(f"load generator: {self.generator.describe()}; load average {self.loadavg_start}")
         # The lean vendor streams --pieces chunks --interval apart by default too: peers drop x_fake.
-        self.vendor: FakeVendor | LeanVendor = (
-            LeanVendor(pieces=args.pieces, interval=args.interval) if args.vendor_server == "lean" else FakeVendor()
+        self.vendor: FakeVendorProcess | LeanVendor = (
+            LeanVendor(pieces=args.pieces, interval=args.interval)
+            if args.vendor_server == "lean"
+            else FakeVendorProcess()
         )
-        self.router: Router | None = None
+        self.router: RouterProcess | None = None
         self.peers: list[Peer] = []
         self.peers_skipped: dict[str, str] = {}
         try:
@@ -382,7 +384,7 @@ class Bench:
         (workdir / "metrics").mkdir()
         if args.worker_connections:
             env["WORKER_CONNECTIONS"] = str(args.worker_connections)
-        self.router = Router(env, workdir / "router.log", workers=args.workers)
+        self.router = RouterProcess(env, workdir / "router.log", workers=args.workers)
         self.router_port = self.router.port
         self.log_offset = 0
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from tests.harness import ROOT, terminate
+from tests.support.processes import ROOT, terminate
 
 __all__ = ["HOST", "LeanVendor"]
 
@@ -16,7 +16,7 @@ HOST = "127.0.0.1"
 
 
 class LeanVendor:
-    """tests/bench/vendor.py in a subprocess, with the part of harness.FakeVendor's face the bench uses."""
+    """tests/bench/vendor.py in a subprocess, with the part of processes.FakeVendorProcess's face the bench uses."""
 
     def __init__(self, pieces: int | None = None, interval: float = 0.0, log_calls: bool = False) -> None:
         command = [sys.executable, "-m", "tests.bench.vendor", "--port", "0"]

@@ -1,6 +1,6 @@
 """A lean OpenAI-compatible vendor for the benchmark: one epoll loop, answers built from templates.
 
-Why not tests/fake_vendor.py: it spends about 50 µs of CPU per stream event (a greenlet, a timed
+Why not tests/support/fake_vendor.py: it spends about 50 µs of CPU per stream event (a greenlet, a timed
 recv and a JSON dump for each), so 1,000 streams of one event every 20 ms (50,000 events/s) need
 more than the whole 2-core machine before the router gets any; the direct path then stretches a
 440 ms stream to 1-2 s. This server sends an event with one ``send`` from a timer heap (a few

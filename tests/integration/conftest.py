@@ -9,41 +9,44 @@ from typing import Any
 import openai
 import pytest
 
-from tests.harness import FakeVendor, Router, router_config
+from tests.support.processes import FakeVendorProcess, RouterProcess, router_config
+from tests.support.sdk import sdk
 
 
 @pytest.fixture(scope="session")
-def fake_vendor() -> Iterator[FakeVendor]:
-    fake = FakeVendor()
+def fake_vendor() -> Iterator[FakeVendorProcess]:
+    fake = FakeVendorProcess()
     yield fake
     fake.stop()
 
 
 @pytest.fixture
-def fake(fake_vendor: FakeVendor) -> FakeVendor:
+def fake(fake_vendor: FakeVendorProcess) -> FakeVendorProcess:
     """The shared fake vendor, with no behaviours and no records left from earlier tests."""
     fake_vendor.reset()
     return fake_vendor
 
 
 @pytest.fixture(scope="session")
-def router(fake_vendor: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+def router(fake_vendor: FakeVendorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     """One router for tests that need no special settings: two workers, as on a 2-CPU host."""
     directory = tmp_path_factory.mktemp("router")
-    server = Router(router_config(directory, fake_vendor), directory / "router.log", workers=2)
+    server = RouterProcess(router_config(directory, fake_vendor), directory / "router.log", workers=2)
     yield server
     server.stop()
 
 
 @pytest.fixture
-def start_router(fake: FakeVendor, tmp_path: Path) -> Iterator[Callable[..., Router]]:
+def start_router(fake: FakeVendorProcess, tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     """Start a router with its own config and settings: ``start_router(models=..., ENV=value)``."""
-    started: list[Router] = []
+    started: list[RouterProcess] = []
 
-    def start(models: Any = None, credentials: Any = None, vendors: Any = None, workers: int = 1, **env: str) -> Router:
+    def start(
+        models: Any = None, credentials: Any = None, vendors: Any = None, workers: int = 1, **env: str
+    ) -> RouterProcess:
         directory = tmp_path / f"router{len(started)}"
         config = router_config(directory, fake, models=models, credentials=credentials, vendors=vendors)
-        server = Router({**config, **env}, directory / "router.log", workers=workers)
+        server = RouterProcess({**config, **env}, directory / "router.log", workers=workers)
         started.append(server)
         return server
 
@@ -52,12 +55,6 @@ def start_router(fake: FakeVendor, tmp_path: Path) -> Iterator[Callable[..., Rou
         server.stop()
 
 
-def sdk(server: Router, **options: Any) -> openai.OpenAI:
-    """The official OpenAI SDK pointed at ``server``; no retries, so every failure is visible."""
-    options.setdefault("api_key", "unused-client-key")
-    return openai.OpenAI(base_url=server.url("/v1"), max_retries=0, **options)
-
-
 @pytest.fixture
-def client(router: Router, fake: FakeVendor) -> openai.OpenAI:
+def openai_client(router: RouterProcess, fake: FakeVendorProcess) -> openai.OpenAI:
     return sdk(router)

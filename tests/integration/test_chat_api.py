@@ -10,8 +10,8 @@ import openai
 import pytest
 import requests
 
-from tests.harness import GEMINI_KEY, OPENAI_KEY
-from tests.integration.conftest import sdk
+from tests.support.keys import GEMINI_KEY, OPENAI_KEY
+from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
 WEATHER_TOOL = {
@@ -28,8 +28,8 @@ WEATHER_TOOL = {
 }
 
 
-def test_whole_answer_names_the_requested_model_and_the_chosen_vendor(client, fake):
-    raw = client.chat.completions.with_raw_response.create(model="any-model", messages=HELLO)
+def test_whole_answer_names_the_requested_model_and_the_chosen_vendor(openai_client, fake):
+    raw = openai_client.chat.completions.with_raw_response.create(model="any-model", messages=HELLO)
     answer = raw.parse()
     assert answer.model == "any-model"
     assert answer.id and answer.object == "chat.completion" and answer.created > 0
@@ -44,10 +44,10 @@ def test_whole_answer_names_the_requested_model_and_the_chosen_vendor(client, fa
     assert received["body"]["model"] == raw.headers["x-model-source"]
 
 
-def test_stream_delivers_chunks_with_one_id_and_the_requested_model(client, fake):
+def test_stream_delivers_chunks_with_one_id_and_the_requested_model(openai_client, fake):
     for vendor in ("openai", "gemini"):
         chunks = list(
-            client.chat.completions.create(
+            openai_client.chat.completions.create(
                 model="my-app-model", messages=HELLO, stream=True, extra_query={"vendor": vendor}
             )
         )
@@ -76,8 +76,8 @@ def test_stream_headers_are_sse_and_end_with_done(router, fake):
 
 
 @pytest.mark.parametrize("vendor", ["openai", "gemini"])
-def test_tool_call_whole_answer_has_ids_and_finish_reason_tool_calls(client, fake, vendor):
-    answer = client.chat.completions.create(
+def test_tool_call_whole_answer_has_ids_and_finish_reason_tool_calls(openai_client, fake, vendor):
+    answer = openai_client.chat.completions.create(
         model="any-model",
         messages=[{"role": "user", "content": "What's the weather in Boston?"}],
         tools=[WEATHER_TOOL],
@@ -93,10 +93,10 @@ def test_tool_call_whole_answer_has_ids_and_finish_reason_tool_calls(client, fak
 
 
 @pytest.mark.parametrize("vendor", ["openai", "gemini"])
-def test_tool_call_stream_keeps_one_id_per_call(client, fake, vendor):
+def test_tool_call_stream_keeps_one_id_per_call(openai_client, fake, vendor):
     fake.behave(vendor, parallel=2)
     chunks = list(
-        client.chat.completions.create(
+        openai_client.chat.completions.create(
             model="any-model",
             messages=[{"role": "user", "content": "Weather in Boston and Paris?"}],
             tools=[WEATHER_TOOL],
@@ -119,7 +119,7 @@ def test_tool_call_stream_keeps_one_id_per_call(client, fake, vendor):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_tool_conversation_history_with_null_content_is_accepted(client, fake):
+def test_tool_conversation_history_with_null_content_is_accepted(openai_client, fake):
     history = [
         {"role": "user", "content": "Weather in Boston?"},
         {
@@ -135,30 +135,30 @@ def test_tool_conversation_history_with_null_content_is_accepted(client, fake):
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "22C and sunny"},
     ]
-    answer = client.chat.completions.create(model="any-model", messages=history, tools=[WEATHER_TOOL])
+    answer = openai_client.chat.completions.create(model="any-model", messages=history, tools=[WEATHER_TOOL])
     assert answer.choices[0].message is not None
     assert fake.requests()[0]["body"]["messages"] == history
 
 
-def test_vendor_query_parameter_pins_the_vendor(client, fake):
+def test_vendor_query_parameter_pins_the_vendor(openai_client, fake):
     for _ in range(10):
-        raw = client.chat.completions.with_raw_response.create(
+        raw = openai_client.chat.completions.with_raw_response.create(
             model="any-model", messages=HELLO, extra_query={"vendor": "gemini"}
         )
         assert raw.headers["x-vendor-source"] == "gemini"
     assert {r["vendor"] for r in fake.requests()} == {"gemini"}
 
 
-def test_unknown_vendor_is_a_404_naming_it(client, fake):
+def test_unknown_vendor_is_a_404_naming_it(openai_client, fake):
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model="any-model", messages=HELLO, extra_query={"vendor": "mistral"})
+        openai_client.chat.completions.create(model="any-model", messages=HELLO, extra_query={"vendor": "mistral"})
     assert "mistral" in caught.value.message
     assert fake.requests() == []
 
 
-def test_configured_model_name_routes_to_that_model(client, fake):
+def test_configured_model_name_routes_to_that_model(openai_client, fake):
     for _ in range(10):
-        answer = client.chat.completions.create(model="gemini-2.0-flash", messages=HELLO)
+        answer = openai_client.chat.completions.create(model="gemini-2.0-flash", messages=HELLO)
         assert answer.model == "gemini-2.0-flash"
     assert {r["body"]["model"] for r in fake.requests()} == {"gemini-2.0-flash"}
 
@@ -217,10 +217,10 @@ def test_calls_are_spread_evenly_over_every_credential_and_model(start_router, f
     assert chi_square < 16.27, counts
 
 
-def test_vendor_error_keeps_its_status_and_becomes_an_openai_error(client, fake):
+def test_vendor_error_keeps_its_status_and_becomes_an_openai_error(openai_client, fake):
     fake.behave("gemini", status=400, error_message='Invalid JSON payload received. Unknown name "foo"')
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="any-model", messages=HELLO, extra_query={"vendor": "gemini"})
+        openai_client.chat.completions.create(model="any-model", messages=HELLO, extra_query={"vendor": "gemini"})
     error = caught.value
     assert error.status_code == 400
     assert error.body["message"] == 'Invalid JSON payload received. Unknown name "foo"'
@@ -240,11 +240,11 @@ def test_vendor_error_before_a_stream_is_json_not_sse(router, fake):
     assert response.json()["error"]["message"] == "The model does not exist"
 
 
-def test_stream_is_relayed_as_it_arrives_not_buffered(client, fake):
+def test_stream_is_relayed_as_it_arrives_not_buffered(openai_client, fake):
     fake.behave("openai", content_chunks=[f"piece {i} " for i in range(10)], interval=0.15)
     started = time.monotonic()
     arrivals = []
-    stream = client.chat.completions.create(
+    stream = openai_client.chat.completions.create(
         model="any-model", messages=HELLO, stream=True, extra_query={"vendor": "openai"}
     )
     for chunk in stream:
@@ -258,30 +258,32 @@ def test_stream_is_relayed_as_it_arrives_not_buffered(client, fake):
 
 @pytest.mark.parametrize("framing", ["chunked", "close"])
 @pytest.mark.parametrize("line_ending", ["\n", "\r\n", "\r"])
-def test_stream_survives_split_reads_and_any_framing(client, fake, framing, line_ending):
+def test_stream_survives_split_reads_and_any_framing(openai_client, fake, framing, line_ending):
     pieces = ["Gr\u00fc\u00df", " \u4e16\u754c", " \U0001f600", " data: [DONE] is text", " end"]
     fake.behave("openai", content_chunks=pieces, split=3, split_delay=0.001, framing=framing, line_ending=line_ending)
     chunks = list(
-        client.chat.completions.create(model="m", messages=HELLO, stream=True, extra_query={"vendor": "openai"})
+        openai_client.chat.completions.create(model="m", messages=HELLO, stream=True, extra_query={"vendor": "openai"})
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "".join(pieces)
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_close_delimited_stream_is_still_incremental(client, fake):
+def test_close_delimited_stream_is_still_incremental(openai_client, fake):
     fake.behave("openai", chunks=6, interval=0.2, framing="close")
     started = time.monotonic()
-    stream = client.chat.completions.create(model="m", messages=HELLO, stream=True, extra_query={"vendor": "openai"})
+    stream = openai_client.chat.completions.create(
+        model="m", messages=HELLO, stream=True, extra_query={"vendor": "openai"}
+    )
     next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
     first_at = time.monotonic() - started
     list(stream)
     assert first_at < 0.6 < time.monotonic() - started
 
 
-def test_usage_chunk_arrives_only_when_the_client_asked(client, fake):
+def test_usage_chunk_arrives_only_when_the_client_asked(openai_client, fake):
     asked = list(
-        client.chat.completions.create(
+        openai_client.chat.completions.create(
             model="m",
             messages=HELLO,
             stream=True,
@@ -291,7 +293,7 @@ def test_usage_chunk_arrives_only_when_the_client_asked(client, fake):
     )
     assert asked[-1].usage is not None and asked[-1].usage.total_tokens > 0
     not_asked = list(
-        client.chat.completions.create(model="m", messages=HELLO, stream=True, extra_query={"vendor": "openai"})
+        openai_client.chat.completions.create(model="m", messages=HELLO, stream=True, extra_query={"vendor": "openai"})
     )
     assert all(chunk.usage is None for chunk in not_asked)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, Router, router_config
+from tests.support.processes import ROOT, RouterProcess, router_config
 
 OPENAI_KEYS = ("sk-check-openai-first-0123456789AAAA", "sk-check-openai-second-0123456789BBBB")
 GEMINI_KEY = "AIzaCheckGemini012345678CCCC"
@@ -121,7 +121,7 @@ def test_bad_config_exits_1_with_the_message_start_up_gives(tmp_path, case):
 
     # The real server refuses to start with the same words.
     with pytest.raises(RuntimeError, match=r"did not start|exited"):
-        Router(env, tmp_path / "router.log")
+        RouterProcess(env, tmp_path / "router.log")
     log = (tmp_path / "router.log").read_text()
     assert message in log
     assert "pasted" not in result.stderr + log  # the refused key's text is never shown

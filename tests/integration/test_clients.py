@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import wait_until
-from tests.prometheus import collect_files, pids_with_files, scrape
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.support.processes import wait_until
+from tests.support.prometheus import collect_files, pids_with_files, scrape
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 
 ALPHA_KEY = "rk-client-alpha-0123456789abcdef"
 BETA_KEY = "rk-client-beta-fedcba9876543210"

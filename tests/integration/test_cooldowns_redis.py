@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import Router, wait_until
-from tests.prometheus import scrape
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.support.processes import RouterProcess, wait_until
+from tests.support.prometheus import scrape
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (CI installs it: apt-get install redis-server)"
@@ -31,7 +31,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-def chat(router: Router, vendor: str | None = None) -> requests.Response:
+def chat(router: RouterProcess, vendor: str | None = None) -> requests.Response:
     # A new connection per call, so gunicorn hands calls to any of its workers.
     return requests.post(
         router.url("/v1/chat/completions"),
@@ -42,7 +42,7 @@ def chat(router: Router, vendor: str | None = None) -> requests.Response:
     )
 
 
-def cooling(router: Router) -> float:
+def cooling(router: RouterProcess) -> float:
     return scrape(router.base).value("router_cooling_combinations")
 
 
@@ -111,7 +111,7 @@ def test_redis_killed_mid_run_both_instances_keep_serving_and_each_worker_says_s
         assert response.status_code == 200, response.text  # failing gemini is failed over, per worker
         assert time.monotonic() - started < 3  # nothing waits on the dead Redis
 
-    def unreachable(router: Router) -> list[str]:
+    def unreachable(router: RouterProcess) -> list[str]:
         """The loud lines; at DEBUG each failed retry adds a quiet one."""
         return [line for line in router.logs().splitlines() if " ERROR " in line and "cooldown storage" in line]
 

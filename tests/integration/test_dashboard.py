@@ -24,14 +24,14 @@ import pytest
 import requests
 import yaml
 
-from tests.harness import ROOT, FakeVendor, Router, router_config, wait_until
-from tests.prometheus import JOB, PROMETHEUS, PrometheusServer, children
+from tests.support.processes import ROOT, FakeVendorProcess, RouterProcess, router_config, wait_until
+from tests.support.prometheus import JOB, PROMETHEUS, PrometheusServer, children
 
 DASHBOARD_PATH = ROOT / "configs" / "grafana" / "router-dashboard.json"
 DASHBOARD = json.loads(DASHBOARD_PATH.read_text())
 RULES_PATH = ROOT / "configs" / "prometheus" / "rules.yml"
 RULES = yaml.safe_load(RULES_PATH.read_text())
-UNIT_TESTS = sorted((ROOT / "tests" / "prometheus_rules").glob("*.yml"))
+UNIT_TESTS = sorted((ROOT / "tests" / "integration" / "prometheus_rules").glob("*.yml"))
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 VENDORS = {"openai", "gemini"}
 # Grafana's own interval variables, fixed: the whole test fits in one minute.
@@ -168,18 +168,18 @@ def test_dashboard_shows_what_an_operator_looks_for():
 class Scraped:
     """The running Prometheus and what the dashboard's variables stand for."""
 
-    def __init__(self, prometheus: PrometheusServer, router: Router) -> None:
+    def __init__(self, prometheus: PrometheusServer, router: RouterProcess) -> None:
         self.prometheus = prometheus
         self.target = f"127.0.0.1:{router.port}"
         self.variables = {"instance": self.target, "vendor": "|".join(sorted(VENDORS)), **GRAFANA_INTERVALS}
 
 
-def chat(router: Router, body: dict[str, Any] | None = None, **params: str) -> requests.Response:
+def chat(router: RouterProcess, body: dict[str, Any] | None = None, **params: str) -> requests.Response:
     payload = {"model": "any-model", "messages": [{"role": "user", "content": "Hello"}], **(body or {})}
     return requests.post(router.url("/v1/chat/completions"), json=payload, params=params, timeout=30)
 
 
-def stream(router: Router, x_fake: dict[str, Any], read_events: int | None = None) -> None:
+def stream(router: RouterProcess, x_fake: dict[str, Any], read_events: int | None = None) -> None:
     """Open a stream asking for usage; read it whole, or only ``read_events`` lines and then hang up."""
     body = {
         "model": "any-model",
@@ -195,7 +195,7 @@ def stream(router: Router, x_fake: dict[str, Any], read_events: int | None = Non
                 return
 
 
-def reload_workers(router: Router) -> None:
+def reload_workers(router: RouterProcess) -> None:
     """SIGHUP: gunicorn reloads its config and replaces both workers."""
     before = children(router.process.pid)
     router.signal(signal.SIGHUP)
@@ -207,7 +207,7 @@ def reload_workers(router: Router) -> None:
     wait_until(lambda: requests.get(router.url("/health"), timeout=2).status_code == 200, timeout=10)
 
 
-def serve_mixed_traffic(router: Router, fake: FakeVendor) -> threading.Thread:
+def serve_mixed_traffic(router: RouterProcess, fake: FakeVendorProcess) -> threading.Thread:
     """Everything a dashboard panel shows, happening; returns a stream still running."""
     reload_workers(router)
 
@@ -250,7 +250,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (apt-get install prometheus)")
     directory = tmp_path_factory.mktemp("dashboard")
-    fake = FakeVendor()
+    fake = FakeVendorProcess()
     router = prometheus = None
     try:
         models = [
@@ -263,7 +263,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
             "RATE_LIMIT": "100/minute",
             "HEDGE_AFTER_SECONDS": "0.3",
         }
-        router = Router(env, directory / "router.log", workers=2)
+        router = RouterProcess(env, directory / "router.log", workers=2)
         prometheus = PrometheusServer(directory / "prometheus", [f"127.0.0.1:{router.port}"], [RULES_PATH])
         running = serve_mixed_traffic(router, fake)
         # Two scrapes (1 s apart) after the last request, then the rules: every series made by the

@@ -12,8 +12,13 @@ import sys
 
 import yaml
 
-from tests.deploy_contract import CONTRACT_CMD, gunicorn_default, referenced_variables, variables_the_router_reads
-from tests.harness import ROOT, free_port
+from tests.support.deploy_contract import (
+    CONTRACT_CMD,
+    gunicorn_default,
+    referenced_variables,
+    variables_the_router_reads,
+)
+from tests.support.processes import ROOT, free_port
 
 
 def dockerfile() -> list[tuple[str, str]]:

@@ -1,5 +1,5 @@
 """The Docker image, built from the real Dockerfile with podman and run from the image's own
-filesystem, CMD, USER and Env (tests/container_image.py says how, without a container runtime)."""
+filesystem, CMD, USER and Env (tests/support/container_image.py says how, without a container runtime)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import pytest
 import requests
 import yaml
 
-from tests import container_image
-from tests.container_image import ImageConfig
-from tests.deploy_contract import CONTRACT_CMD
-from tests.harness import OPENAI_KEY, ROOT, FakeVendor, free_port, terminate, wait_until
+from tests.support import container_image
+from tests.support.container_image import ImageConfig
+from tests.support.deploy_contract import CONTRACT_CMD
+from tests.support.keys import OPENAI_KEY
+from tests.support.processes import ROOT, FakeVendorProcess, free_port, terminate, wait_until
 
 # The first run builds the base with debootstrap (~1 min) and installs the requirements.
 pytestmark = [
@@ -74,7 +75,7 @@ def configs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def serve(
-    root: Path, config: ImageConfig, configs_dir: Path, fake: FakeVendor, user: str | None = None
+    root: Path, config: ImageConfig, configs_dir: Path, fake: FakeVendorProcess, user: str | None = None
 ) -> Iterator[Served]:
     port = free_port()
     env = {
@@ -117,7 +118,7 @@ def _healthy(served: Served) -> bool:
 
 
 @pytest.fixture(scope="module")
-def router(root: Path, config: ImageConfig, configs_dir: Path, fake_vendor: FakeVendor) -> Iterator[Served]:
+def router(root: Path, config: ImageConfig, configs_dir: Path, fake_vendor: FakeVendorProcess) -> Iterator[Served]:
     with serve(root, config, configs_dir, fake_vendor) as served:
         yield served
 
@@ -159,7 +160,7 @@ def test_image_runs_the_router_as_its_user_on_a_read_only_root(router: Served, c
 
 
 def test_image_serves_health_and_a_chat_through_the_vendor_with_the_key_from_the_environment(
-    router: Served, fake: FakeVendor
+    router: Served, fake: FakeVendorProcess
 ):
     health = requests.get(router.url("/health"), timeout=10)
     assert (health.status_code, health.text) == (200, "OK")
@@ -197,7 +198,7 @@ def test_image_healthcheck_passes_on_the_running_router_and_fails_on_a_closed_po
 
 
 def test_image_serves_as_the_uid_the_kubernetes_deployment_sets(
-    root: Path, config: ImageConfig, configs_dir: Path, fake: FakeVendor
+    root: Path, config: ImageConfig, configs_dir: Path, fake: FakeVendorProcess
 ):
     deployment = yaml.safe_load((ROOT / "configs" / "kubernetes" / "deployment.yaml").read_text())
     context = deployment["spec"]["template"]["spec"]["securityContext"]

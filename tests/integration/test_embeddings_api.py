@@ -10,9 +10,9 @@ import openai
 import pytest
 import requests
 
-from tests.harness import FakeVendor, Router, router_config
-from tests.integration.conftest import sdk
-from tests.prometheus import scrape
+from tests.support.processes import FakeVendorProcess, RouterProcess, router_config
+from tests.support.prometheus import scrape
+from tests.support.sdk import sdk
 
 VENDORS = ["openai", "gemini"]
 CHAT_MODELS = [
@@ -30,17 +30,17 @@ FAKE_DIMENSIONS = 8
 
 
 @pytest.fixture(scope="module")
-def router(fake_vendor: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+def router(fake_vendor: FakeVendorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     """A router with a chat and an embedding model at each vendor, two workers."""
     directory = tmp_path_factory.mktemp("embeddings-router")
     config = router_config(directory, fake_vendor, models=CHAT_MODELS + EMBEDDING_MODELS)
-    server = Router(config, directory / "router.log", workers=2)
+    server = RouterProcess(config, directory / "router.log", workers=2)
     yield server
     server.stop()
 
 
 @pytest.fixture
-def client(router: Router, fake: FakeVendor) -> openai.OpenAI:
+def openai_client(router: RouterProcess, fake: FakeVendorProcess) -> openai.OpenAI:
     # Not in strict mode: the SDK asks for base64 by default and its strict check runs before it
     # decodes the vectors, so strict mode fails on any server's answer, OpenAI's included.
     return sdk(router)
@@ -56,8 +56,8 @@ def floats(encoded: str) -> list[float]:
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_a_string_is_embedded_by_an_embedding_model_of_that_vendor(client, fake, vendor):
-    raw = client.embeddings.with_raw_response.create(model="any-model", input="Hello", **pinned(vendor))
+def test_a_string_is_embedded_by_an_embedding_model_of_that_vendor(openai_client, fake, vendor):
+    raw = openai_client.embeddings.with_raw_response.create(model="any-model", input="Hello", **pinned(vendor))
     answer = raw.parse()
     assert answer.model == "any-model"
     [item] = answer.data
@@ -74,57 +74,61 @@ def test_a_string_is_embedded_by_an_embedding_model_of_that_vendor(client, fake,
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_a_list_gets_one_vector_per_item_in_order(client, fake, vendor):
-    answer = client.embeddings.create(model="any-model", input=["red", "green", "red"], **pinned(vendor))
+def test_a_list_gets_one_vector_per_item_in_order(openai_client, fake, vendor):
+    answer = openai_client.embeddings.create(model="any-model", input=["red", "green", "red"], **pinned(vendor))
     assert [item.index for item in answer.data] == [0, 1, 2]
     assert answer.data[0].embedding == answer.data[2].embedding != answer.data[1].embedding
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_base64_encoding_is_relayed_as_the_vendor_sent_it(client, fake, vendor):
-    answer = client.embeddings.create(model="any-model", input="Hello", encoding_format="base64", **pinned(vendor))
+def test_base64_encoding_is_relayed_as_the_vendor_sent_it(openai_client, fake, vendor):
+    answer = openai_client.embeddings.create(
+        model="any-model", input="Hello", encoding_format="base64", **pinned(vendor)
+    )
     [item] = answer.data
     assert isinstance(item.embedding, str)
     assert len(floats(item.embedding)) == FAKE_DIMENSIONS
     # The same text as floats gives the same vector.
-    as_floats = client.embeddings.create(model="any-model", input="Hello", encoding_format="float", **pinned(vendor))
+    as_floats = openai_client.embeddings.create(
+        model="any-model", input="Hello", encoding_format="float", **pinned(vendor)
+    )
     assert floats(item.embedding) == pytest.approx(as_floats.data[0].embedding, rel=1e-6)
     assert [r["body"]["encoding_format"] for r in fake.requests(vendor)] == ["base64", "float"]
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_dimensions_reach_the_vendor(client, fake, vendor):
-    answer = client.embeddings.create(model="any-model", input=["a", "b"], dimensions=3, **pinned(vendor))
+def test_dimensions_reach_the_vendor(openai_client, fake, vendor):
+    answer = openai_client.embeddings.create(model="any-model", input=["a", "b"], dimensions=3, **pinned(vendor))
     assert [len(item.embedding) for item in answer.data] == [3, 3]
     assert fake.requests(vendor)[0]["body"]["dimensions"] == 3
 
 
-def test_token_inputs_are_embedded(client, fake):
-    assert len(client.embeddings.create(model="any-model", input=[1, 2, 3]).data) == 1
-    assert len(client.embeddings.create(model="any-model", input=[[1, 2], [3]]).data) == 2
+def test_token_inputs_are_embedded(openai_client, fake):
+    assert len(openai_client.embeddings.create(model="any-model", input=[1, 2, 3]).data) == 1
+    assert len(openai_client.embeddings.create(model="any-model", input=[[1, 2], [3]]).data) == 2
 
 
-def test_embedding_requests_never_reach_a_chat_model_and_chat_never_an_embedding_model(client, fake):
+def test_embedding_requests_never_reach_a_chat_model_and_chat_never_an_embedding_model(openai_client, fake):
     for _ in range(8):
-        client.embeddings.create(model="any-model", input="Hello")
-        client.chat.completions.create(model="any-model", messages=[{"role": "user", "content": "Hello"}])
-        client.responses.create(model="any-model", input="Hello")
+        openai_client.embeddings.create(model="any-model", input="Hello")
+        openai_client.chat.completions.create(model="any-model", messages=[{"role": "user", "content": "Hello"}])
+        openai_client.responses.create(model="any-model", input="Hello")
     received = [(r["endpoint"], r["body"]["model"]) for r in fake.requests()]
     assert {model for endpoint, model in received if endpoint == "embeddings"} == EMBEDDING_IDS
     assert {model for endpoint, model in received if endpoint == "chat"} == CHAT_IDS
     assert len(received) == 24
 
 
-def test_naming_a_model_of_the_other_type_answers_400_pointing_to_the_right_endpoint(client, fake):
+def test_naming_a_model_of_the_other_type_answers_400_pointing_to_the_right_endpoint(openai_client, fake):
     with pytest.raises(openai.BadRequestError) as caught:
-        client.embeddings.create(model="gpt-4o", input="Hello")
+        openai_client.embeddings.create(model="gpt-4o", input="Hello")
     assert caught.value.body["code"] == "wrong_model_type"
     assert "/v1/chat/completions" in caught.value.body["message"]
     for call in (
-        lambda: client.chat.completions.create(
+        lambda: openai_client.chat.completions.create(
             model="text-embedding-3-small", messages=[{"role": "user", "content": "Hello"}]
         ),
-        lambda: client.responses.create(model="text-embedding-3-small", input="Hello"),
+        lambda: openai_client.responses.create(model="text-embedding-3-small", input="Hello"),
     ):
         with pytest.raises(openai.BadRequestError) as caught:
             call()
@@ -133,19 +137,19 @@ def test_naming_a_model_of_the_other_type_answers_400_pointing_to_the_right_endp
     assert fake.requests() == []
 
 
-def test_a_named_embedding_model_is_the_one_used(client, fake):
+def test_a_named_embedding_model_is_the_one_used(openai_client, fake):
     for _ in range(4):
-        raw = client.embeddings.with_raw_response.create(model="gemini-embedding-001", input="Hello")
+        raw = openai_client.embeddings.with_raw_response.create(model="gemini-embedding-001", input="Hello")
         assert raw.parse().model == "gemini-embedding-001"
         assert raw.headers["x-model-source"] == "gemini-embedding-001"
     assert {r["body"]["model"] for r in fake.requests()} == {"gemini-embedding-001"}
 
 
-def test_usage_is_counted_as_prompt_tokens(router, client, fake):
+def test_usage_is_counted_as_prompt_tokens(router, openai_client, fake):
     before = scrape(router.base)
     counted = 0
     for vendor in VENDORS:
-        counted += client.embeddings.create(
+        counted += openai_client.embeddings.create(
             model="any-model", input=["one", "two"], **pinned(vendor)
         ).usage.prompt_tokens
     after = scrape(router.base)
@@ -198,8 +202,8 @@ def test_a_failing_vendor_is_failed_over_and_its_error_answered_when_pinned(star
         client.embeddings.create(model="any-model", input="Hello", **pinned("openai"))
 
 
-def test_models_list_names_embedding_models_too(client, fake):
-    assert {model.id for model in client.models.list()} == CHAT_IDS | EMBEDDING_IDS
+def test_models_list_names_embedding_models_too(openai_client, fake):
+    assert {model.id for model in openai_client.models.list()} == CHAT_IDS | EMBEDDING_IDS
 
 
 def test_a_named_clients_responses_and_embeddings_tokens_are_counted_under_its_name(start_router, fake):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import ROOT, FakeVendor, Router, free_port, router_config
+from tests.support.processes import ROOT, FakeVendorProcess, RouterProcess, free_port, router_config
 
 EXAMPLES = ROOT / "examples"
 POSTMAN = EXAMPLES / "postman" / "generative-api-router.postman_collection.json"
@@ -27,10 +27,12 @@ CHAT_AND_EMBEDDING_MODELS = [
 
 
 @pytest.fixture(scope="module")
-def full_router(fake_vendor: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+def full_router(fake_vendor: FakeVendorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     """A router with chat and embedding models, as configs/models.json has: every example works."""
     directory = tmp_path_factory.mktemp("examples-router")
-    server = Router(router_config(directory, fake_vendor, models=CHAT_AND_EMBEDDING_MODELS), directory / "router.log")
+    server = RouterProcess(
+        router_config(directory, fake_vendor, models=CHAT_AND_EMBEDDING_MODELS), directory / "router.log"
+    )
     yield server
     server.stop()
 

@@ -11,10 +11,10 @@ import openai
 import pytest
 import requests
 
-from tests.certs import make_certificates, openssl_available
-from tests.harness import FakeVendor, Router, router_config, wait_until
-from tests.integration.conftest import sdk
-from tests.prometheus import scrape
+from tests.support.certs import make_certificates, openssl_available
+from tests.support.processes import FakeVendorProcess, RouterProcess, router_config, wait_until
+from tests.support.prometheus import scrape
+from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
 ONE_OPENAI = [{"vendor": "openai", "model": "gpt-4o"}]
@@ -147,11 +147,11 @@ def test_streams_over_tls_arrive_whole_and_leave_their_connection_to_the_next_ca
     """The router reads a streamed body from the vendor's socket itself: over TLS too, event by
     event, and the connection goes back to the pool at the body's end."""
     certificates = make_certificates(tmp_path / "pki")
-    vendor = FakeVendor(tls=(certificates.cert, certificates.key), ca=certificates.ca)
+    vendor = FakeVendorProcess(tls=(certificates.cert, certificates.key), ca=certificates.ca)
     try:
         vendor.behave("openai", chunks=4, interval=0.05)
         env = router_config(tmp_path / "config", vendor, models=ONE_OPENAI)
-        router = Router({**env, "REQUESTS_CA_BUNDLE": str(certificates.ca)}, tmp_path / "router.log")
+        router = RouterProcess({**env, "REQUESTS_CA_BUNDLE": str(certificates.ca)}, tmp_path / "router.log")
         try:
             client = sdk(router)
             for _ in range(3):
@@ -169,16 +169,16 @@ def test_streams_over_tls_arrive_whole_and_leave_their_connection_to_the_next_ca
 @pytest.mark.skipif(not openssl_available(), reason="openssl is not installed")
 def test_vendor_behind_a_private_ca_is_reached_with_requests_ca_bundle(tmp_path):
     certificates = make_certificates(tmp_path / "pki")
-    vendor = FakeVendor(tls=(certificates.cert, certificates.key), ca=certificates.ca)
+    vendor = FakeVendorProcess(tls=(certificates.cert, certificates.key), ca=certificates.ca)
     try:
         env = router_config(tmp_path / "config", vendor, models=ONE_OPENAI)
-        trusted = Router({**env, "REQUESTS_CA_BUNDLE": str(certificates.ca)}, tmp_path / "trusted.log")
+        trusted = RouterProcess({**env, "REQUESTS_CA_BUNDLE": str(certificates.ca)}, tmp_path / "trusted.log")
         try:
             answer = sdk(trusted).chat.completions.create(model="any-model", messages=HELLO)
             assert answer.choices[0].message.content.startswith("Hello from openai")
         finally:
             trusted.stop()
-        untrusted = Router({**env, "REQUESTS_CA_BUNDLE": "", "SSL_CERT_FILE": ""}, tmp_path / "untrusted.log")
+        untrusted = RouterProcess({**env, "REQUESTS_CA_BUNDLE": "", "SSL_CERT_FILE": ""}, tmp_path / "untrusted.log")
         try:
             with pytest.raises(openai.APIStatusError) as caught:
                 sdk(untrusted).chat.completions.create(model="any-model", messages=HELLO)
@@ -363,7 +363,7 @@ def test_no_hedge_when_max_attempts_is_one(start_router, fake):
     assert len(fake.requests()) == 1
 
 
-def _closed_at(fake: FakeVendor, record: dict) -> float | None:
+def _closed_at(fake: FakeVendorProcess, record: dict) -> float | None:
     for current in fake.requests("openai"):
         if current["received_at"] == record["received_at"]:
             return current["client_closed_at"]

@@ -16,8 +16,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import FakeVendor, Router, router_config
-from tests.test_fuzz import CONTENT_TYPES, FIELD_PATHS, JSON_VALUES, replaced
+from tests.support.fuzz import CONTENT_TYPES, FIELD_PATHS, JSON_VALUES, replaced
+from tests.support.processes import FakeVendorProcess, RouterProcess, router_config
 
 KEY = "rk-hostile-client-0123456789"
 LIMIT = 10 * 1024 * 1024  # the default MAX_BODY_BYTES
@@ -30,16 +30,16 @@ MAX_CPU_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
-def router(fake_vendor: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+def router(fake_vendor: FakeVendorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     """One worker, so its pid and CPU time are the ones answering."""
     directory = tmp_path_factory.mktemp("hostile")
     env = {**router_config(directory, fake_vendor), "ROUTER_API_KEYS": KEY}
-    server = Router(env, directory / "router.log", workers=1)
+    server = RouterProcess(env, directory / "router.log", workers=1)
     yield server
     server.stop()
 
 
-def worker_pid(router: Router) -> int:
+def worker_pid(router: RouterProcess) -> int:
     [pid] = Path(f"/proc/{router.process.pid}/task/{router.process.pid}/children").read_text().split()
     return int(pid)
 
@@ -50,7 +50,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def post(router: Router, data, headers: dict[str, str] | None = None) -> requests.Response:
+def post(router: RouterProcess, data, headers: dict[str, str] | None = None) -> requests.Response:
     headers = {**AUTH, "Content-Type": "application/json", **(headers or {})}
     return requests.post(router.url(CHAT), data=data, headers=headers, timeout=60)
 

@@ -9,7 +9,7 @@ import uuid
 
 import requests
 
-from tests.harness import wait_until
+from tests.support.processes import wait_until
 
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "any-model", "messages": [{"role": "user", "content": "Hello"}]}

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.harness import FakeVendor, Router, router_config
-from tests.prometheus import children
+from tests.support.processes import FakeVendorProcess, RouterProcess, router_config
+from tests.support.prometheus import children
 
 HOST = b"Host: router\r\n"
 MANY_HEADERS = b"".join(b"X-Header-%d: v\r\n" % n for n in range(200))
@@ -55,10 +55,10 @@ MALFORMED = {
 
 
 @pytest.fixture(scope="module")
-def one_worker(fake_vendor: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+def one_worker(fake_vendor: FakeVendorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     """A router with a single worker, so "still serving" is about the worker that refused."""
     directory = tmp_path_factory.mktemp("malformed")
-    server = Router(router_config(directory, fake_vendor), directory / "router.log", workers=1)
+    server = RouterProcess(router_config(directory, fake_vendor), directory / "router.log", workers=1)
     yield server
     server.stop()
 

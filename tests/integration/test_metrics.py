@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.harness import wait_until
-from tests.prometheus import children, collect_files, pids_with_files, scrape
+from tests.support.processes import wait_until
+from tests.support.prometheus import children, collect_files, pids_with_files, scrape
 
 HELLO = [{"role": "user", "content": "Hello"}]
 CHAT = "/v1/chat/completions"

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from app.settings import Settings
-from tests.harness import ROOT, free_port, wait_until
-from tests.nginx import CONFIG, NGINX, Nginx
+from tests.support.nginx import CONFIG, NGINX, Nginx
+from tests.support.processes import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx-light; .ci/run does)"

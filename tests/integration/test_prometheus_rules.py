@@ -1,6 +1,6 @@
 """configs/prometheus/rules.yml checked and unit-tested by promtool (Debian's prometheus package).
 
-The unit tests (tests/prometheus_rules/*.yml) feed series just either side of each alert's
+The unit tests (tests/integration/prometheus_rules/*.yml) feed series just either side of each alert's
 threshold; here they run, and are shown to fail when a threshold moves. That the metrics they
 feed are the ones the router really exports is shown against a live router in test_dashboard.py.
 """
@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import ROOT
-from tests.prometheus import PROMTOOL
+from tests.support.processes import ROOT
+from tests.support.prometheus import PROMTOOL
 
 RULES = ROOT / "configs" / "prometheus" / "rules.yml"
-UNIT_TESTS = sorted((ROOT / "tests" / "prometheus_rules").glob("*.yml"))
+UNIT_TESTS = sorted((ROOT / "tests" / "integration" / "prometheus_rules").glob("*.yml"))
 
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)")
 

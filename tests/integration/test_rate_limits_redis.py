@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (CI installs it: apt-get install redis-server)"

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import FakeVendor, Router, router_config, wait_until
-from tests.prometheus import children, pids_with_files, scrape
+from tests.support.processes import FakeVendorProcess, RouterProcess, router_config, wait_until
+from tests.support.prometheus import children, pids_with_files, scrape
 
 GOOD = [{"vendor": "openai", "model": "gpt-4o"}, {"vendor": "gemini", "model": "gemini-2.0-flash"}]
 BROKEN = [{"vendor": "openai", "model": "gpt-4o"}, {"vendor": "openai", "modle": "gpt-5"}]  # the typo: "modle"
 FIXED = [{"vendor": "openai", "model": "gpt-4o"}, {"vendor": "openai", "model": "gpt-5"}]
 
 
-def model_ids(router: Router) -> set[str]:
+def model_ids(router: RouterProcess) -> set[str]:
     """The models /v1/models lists, asked on a new connection so any worker may answer."""
     response = requests.get(router.url("/v1/models"), headers={"Connection": "close"}, timeout=10)
     assert response.status_code == 200, response.text
@@ -38,11 +38,11 @@ def models_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def router(fake: FakeVendor, models_file: Path, tmp_path: Path) -> Iterator[Router]:
+def router(fake: FakeVendorProcess, models_file: Path, tmp_path: Path) -> Iterator[RouterProcess]:
     """A two-worker router on GOOD, once both workers have loaded it (each has written metric files)."""
     metrics = tmp_path / "metrics"
     env = router_config(models_file.parent, fake, models=GOOD)
-    server = Router({**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}, tmp_path / "router.log", workers=2)
+    server = RouterProcess({**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}, tmp_path / "router.log", workers=2)
     wait_until(
         lambda: len(workers := children(server.process.pid)) == 2 and workers <= pids_with_files(metrics),
         30,
@@ -52,7 +52,7 @@ def router(fake: FakeVendor, models_file: Path, tmp_path: Path) -> Iterator[Rout
     server.stop()
 
 
-def reload_with(router: Router, models_file: Path, models: list[dict]) -> int:
+def reload_with(router: RouterProcess, models_file: Path, models: list[dict]) -> int:
     """Write ``models`` to ``models_file`` and send SIGHUP; return where the log stood before."""
     offset = len(router.logs())
     models_file.write_text(json.dumps(models))
@@ -60,13 +60,13 @@ def reload_with(router: Router, models_file: Path, models: list[dict]) -> int:
     return offset
 
 
-def lines_since(router: Router, offset: int, containing: str) -> list[str]:
+def lines_since(router: RouterProcess, offset: int, containing: str) -> list[str]:
     """The log lines since ``offset`` that contain ``containing``; fails at once if gunicorn has stopped."""
     assert router.process.poll() is None, f"gunicorn exited; log:\n{router.logs()[-3000:]}"
     return [line for line in router.logs()[offset:].splitlines() if containing in line]
 
 
-def error_lines(router: Router, offset: int) -> list[str]:
+def error_lines(router: RouterProcess, offset: int) -> list[str]:
     return lines_since(router, offset, "ERROR")
 
 
@@ -146,5 +146,5 @@ def test_start_with_a_broken_config_still_fails(fake, tmp_path):
     env = router_config(tmp_path, fake, models=BROKEN)
 
     with pytest.raises(RuntimeError, match=r"router exited with [1-9]"):
-        Router(env, tmp_path / "router.log")
+        RouterProcess(env, tmp_path / "router.log")
     assert f"{env['MODELS_FILE']}: entry 2: missing 'model'" in (tmp_path / "router.log").read_text()

@@ -12,8 +12,9 @@ import openai
 import pytest
 import requests
 
-from tests.harness import GEMINI_KEY, OPENAI_KEY, free_port, wait_until
-from tests.integration.conftest import sdk
+from tests.support.keys import GEMINI_KEY, OPENAI_KEY
+from tests.support.processes import free_port, wait_until
+from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

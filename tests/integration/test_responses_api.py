@@ -14,9 +14,9 @@ import openai
 import pytest
 import requests
 
-from tests.harness import wait_until
-from tests.integration.conftest import sdk
-from tests.prometheus import scrape
+from tests.support.processes import wait_until
+from tests.support.prometheus import scrape
+from tests.support.sdk import sdk
 
 VENDORS = ["openai", "gemini"]
 WEATHER_TOOL = {
@@ -38,7 +38,7 @@ WEATHER_SCHEMA = {
 
 
 @pytest.fixture
-def client(router, fake) -> openai.OpenAI:
+def openai_client(router, fake) -> openai.OpenAI:
     """The SDK refusing any answer that lacks a field its models require, as OpenAI's own have them."""
     return sdk(router, _strict_response_validation=True)
 
@@ -55,8 +55,8 @@ def sent_to_vendor(fake, vendor: str) -> dict:
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_create_with_a_string_input_answers_output_text(client, fake, vendor):
-    raw = client.responses.with_raw_response.create(model="any-model", input="Hello", **pinned(vendor))
+def test_create_with_a_string_input_answers_output_text(openai_client, fake, vendor):
+    raw = openai_client.responses.with_raw_response.create(model="any-model", input="Hello", **pinned(vendor))
     response = raw.parse()
     assert response.output_text == f"Hello from {vendor}! You said: Hello"
     assert response.id.startswith("resp_") and response.object == "response"
@@ -71,8 +71,8 @@ def test_create_with_a_string_input_answers_output_text(client, fake, vendor):
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_instructions_become_a_leading_system_message_and_are_echoed(client, fake, vendor):
-    response = client.responses.create(
+def test_instructions_become_a_leading_system_message_and_are_echoed(openai_client, fake, vendor):
+    response = openai_client.responses.create(
         model="any-model", instructions="Answer in one word.", input="Hello", **pinned(vendor)
     )
     assert response.instructions == "Answer in one word."
@@ -83,8 +83,8 @@ def test_instructions_become_a_leading_system_message_and_are_echoed(client, fak
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_multi_turn_input_list_becomes_the_chat_history(client, fake, vendor):
-    response = client.responses.create(
+def test_multi_turn_input_list_becomes_the_chat_history(openai_client, fake, vendor):
+    response = openai_client.responses.create(
         model="any-model",
         input=[
             {"role": "developer", "content": "Be brief."},
@@ -108,9 +108,11 @@ def test_multi_turn_input_list_becomes_the_chat_history(client, fake, vendor):
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_function_tool_round_trip_ends_in_a_final_text(client, fake, vendor):
+def test_function_tool_round_trip_ends_in_a_final_text(openai_client, fake, vendor):
     conversation: list = [{"role": "user", "content": "What is the weather in Boston?"}]
-    first = client.responses.create(model="any-model", input=conversation, tools=[WEATHER_TOOL], **pinned(vendor))
+    first = openai_client.responses.create(
+        model="any-model", input=conversation, tools=[WEATHER_TOOL], **pinned(vendor)
+    )
     [call] = first.output
     assert call.type == "function_call" and call.name == "get_weather" and call.status == "completed"
     assert call.call_id.startswith("call_"), "Gemini sends no id; the router gives every call one"
@@ -122,7 +124,9 @@ def test_function_tool_round_trip_ends_in_a_final_text(client, fake, vendor):
     conversation += first.output
     conversation.append({"type": "function_call_output", "call_id": call.call_id, "output": "22C and sunny"})
     fake.behave(vendor, tool_calls=False, content="It is 22C and sunny in Boston.")
-    final = client.responses.create(model="any-model", input=conversation, tools=[WEATHER_TOOL], **pinned(vendor))
+    final = openai_client.responses.create(
+        model="any-model", input=conversation, tools=[WEATHER_TOOL], **pinned(vendor)
+    )
     assert final.output_text == "It is 22C and sunny in Boston."
 
     second = fake.requests(vendor)[-1]["body"]
@@ -150,13 +154,13 @@ def test_function_tool_round_trip_ends_in_a_final_text(client, fake, vendor):
 
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_stream_text_deltas_arrive_as_the_vendor_sends_them_and_the_final_response_has_usage(
-    router, client, fake, vendor
+    router, openai_client, fake, vendor
 ):
     fake.behave(vendor, chunks=5, interval=0.15)
     prompt_before = scrape(router.base).value("router_tokens_total", vendor=vendor, kind="prompt")
     arrivals: list[float] = []
     types: list[str] = []
-    with client.responses.stream(model="any-model", input="Write a short poem", **pinned(vendor)) as stream:
+    with openai_client.responses.stream(model="any-model", input="Write a short poem", **pinned(vendor)) as stream:
         for event in stream:
             types.append(event.type)
             if event.type == "response.output_text.delta":
@@ -187,19 +191,19 @@ def test_stream_text_deltas_arrive_as_the_vendor_sends_them_and_the_final_respon
 
 @pytest.mark.parametrize("vendor", VENDORS)
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_parallel_tool_calls_become_one_function_call_item_each(client, fake, vendor, stream):
+def test_parallel_tool_calls_become_one_function_call_item_each(openai_client, fake, vendor, stream):
     fake.behave(vendor, parallel=3)
     request = {"model": "any-model", "input": "Weather in Boston, Paris and Oslo?", "tools": [WEATHER_TOOL]}
     if stream:
         added: list[int] = []
-        with client.responses.stream(**request, **pinned(vendor)) as events:
+        with openai_client.responses.stream(**request, **pinned(vendor)) as events:
             for event in events:
                 if event.type == "response.output_item.added":
                     added.append(event.output_index)
             response = events.get_final_response()
         assert added == [0, 1, 2]
     else:
-        response = client.responses.create(**request, **pinned(vendor))
+        response = openai_client.responses.create(**request, **pinned(vendor))
     assert [item.type for item in response.output] == ["function_call"] * 3
     assert len({item.call_id for item in response.output}) == 3
     assert all(item.call_id.startswith("call_") for item in response.output)
@@ -208,10 +212,10 @@ def test_parallel_tool_calls_become_one_function_call_item_each(client, fake, ve
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_text_format_json_schema_is_forwarded_as_response_format(client, fake, vendor):
+def test_text_format_json_schema_is_forwarded_as_response_format(openai_client, fake, vendor):
     text_format = {"type": "json_schema", "name": "weather", "schema": WEATHER_SCHEMA, "strict": True}
     fake.behave(vendor, content='{"city": "Oslo", "celsius": 4}')
-    response = client.responses.create(
+    response = openai_client.responses.create(
         model="any-model", input="Weather in Oslo as JSON", text={"format": text_format}, **pinned(vendor)
     )
     assert json.loads(response.output_text) == {"city": "Oslo", "celsius": 4}
@@ -252,18 +256,18 @@ UNSUPPORTED = {
 
 
 @pytest.mark.parametrize("case", list(UNSUPPORTED))
-def test_every_unsupported_field_answers_400_naming_it(client, fake, case):
+def test_every_unsupported_field_answers_400_naming_it(openai_client, fake, case):
     fields, param, advice = UNSUPPORTED[case]
     request = {"model": "any-model", "input": "Hello", **fields}
     with pytest.raises(openai.BadRequestError) as caught:
-        client.responses.create(**request)
+        openai_client.responses.create(**request)
     error = caught.value.body
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
     assert advice in error["message"]
     assert fake.requests() == [], "nothing reaches a vendor"
 
 
-def test_invalid_fields_answer_400_with_the_path_of_the_bad_value(client, fake):
+def test_invalid_fields_answer_400_with_the_path_of_the_bad_value(openai_client, fake):
     bad = [
         ({"input": [{"role": "user", "content": "Hi"}, {"type": "function_call_output"}]}, "input[1].call_id"),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
@@ -273,15 +277,15 @@ def test_invalid_fields_answer_400_with_the_path_of_the_bad_value(client, fake):
     ]
     for fields, param in bad:
         with pytest.raises(openai.BadRequestError) as caught:
-            client.responses.create(model="any-model", **fields)
+            openai_client.responses.create(model="any-model", **fields)
         assert caught.value.body["param"] == param, fields
     assert fake.requests() == []
 
 
-def test_retrieving_a_response_is_404_because_none_is_stored(client, fake):
-    answer = client.responses.create(model="any-model", input="Hello")
+def test_retrieving_a_response_is_404_because_none_is_stored(openai_client, fake):
+    answer = openai_client.responses.create(model="any-model", input="Hello")
     with pytest.raises(openai.NotFoundError) as caught:
-        client.responses.retrieve(answer.id)
+        openai_client.responses.retrieve(answer.id)
     assert caught.value.body["type"] == "invalid_request_error"
     assert "never stores" in caught.value.body["message"]
 
@@ -311,14 +315,14 @@ def test_a_vendor_failing_before_the_first_event_is_failed_over_unnoticed(start_
     ],
     ids=["dropped", "error_event"],
 )
-def test_a_vendor_failing_after_the_first_event_makes_the_sdk_raise(client, fake, behaviour, words):
+def test_a_vendor_failing_after_the_first_event_makes_the_sdk_raise(openai_client, fake, behaviour, words):
     # Events 50 ms apart: the failure comes after the stream is committed, not in the same read as
     # its first event (that would be a failure before commit, answered as an error status).
     fake.behave("openai", chunks=10, interval=0.05, **behaviour)
     deltas: list[str] = []
     with (
         pytest.raises(openai.APIError) as caught,
-        client.responses.stream(model="any-model", input="Hello", **pinned("openai")) as stream,
+        openai_client.responses.stream(model="any-model", input="Hello", **pinned("openai")) as stream,
     ):
         for event in stream:
             if event.type == "response.output_text.delta":

@@ -10,8 +10,9 @@ from typing import Any
 
 import requests
 
-from tests.harness import GEMINI_KEY, OPENAI_KEY, Router
-from tests.integration.conftest import sdk
+from tests.support.keys import GEMINI_KEY, OPENAI_KEY
+from tests.support.processes import RouterProcess
+from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
 IMAGE_MESSAGE = [
@@ -28,7 +29,7 @@ IMAGE_MESSAGE = [
 CHI_SQUARE_1_DOF = 10.83
 
 
-def post_many(server: Router, bodies: list[dict[str, Any]], threads: int = 8) -> list[requests.Response]:
+def post_many(server: RouterProcess, bodies: list[dict[str, Any]], threads: int = 8) -> list[requests.Response]:
     """POST each body to /v1/chat/completions from a few threads (one keep-alive session each)."""
     local = threading.local()
 

@@ -9,8 +9,8 @@ import openai
 import pytest
 import requests
 
-from tests.harness import Router
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.support.processes import RouterProcess
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 
 CLIENT_KEY = "rk-client-alpha-5f4e3d2c1b0a9988"
 CLIENT_KEY_2 = "rk-client-beta-0a1b2c3d4e5f6677"
@@ -22,7 +22,7 @@ HELLO = {"model": "any-model", "messages": [{"role": "user", "content": "Hello"}
 CHAT = "/v1/chat/completions"
 
 
-def sdk(router: Router, api_key: str) -> openai.OpenAI:
+def sdk(router: RouterProcess, api_key: str) -> openai.OpenAI:
     """The official OpenAI SDK with ``api_key`` as its key, no retries."""
     return openai.OpenAI(base_url=router.url("/v1"), api_key=api_key, max_retries=0)
 

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.harness import FakeVendor
+from tests.support.processes import FakeVendorProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,10 +53,10 @@ EXPECTED = [
     ids=["gemini-no-index", "gemini-index-zero", "gemini-sequential-index", "openai-fragments"],
 )
 def test_parallel_tool_calls_stream_into_three_separate_calls_in_the_sdk(
-    client: openai.OpenAI, fake: FakeVendor, vendor: str, behaviour: dict[str, Any]
+    openai_client: openai.OpenAI, fake: FakeVendorProcess, vendor: str, behaviour: dict[str, Any]
 ) -> None:
     fake.behave(vendor, parallel=3, **behaviour)
-    with client.chat.completions.stream(
+    with openai_client.chat.completions.stream(
         model="any-model",
         messages=[{"role": "user", "content": "Weather, time and news, please."}],
         tools=TOOLS,

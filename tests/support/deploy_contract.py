@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from tests.harness import ROOT
+from tests.support.processes import ROOT
 
 # How the router is started everywhere: make run, the Docker image, Kubernetes, the tests.
 CONTRACT_CMD = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

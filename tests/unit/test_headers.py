@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.settings import Settings, SettingsError
-from tests.conftest import chat_body
+from tests.support.api import chat_body
 
 APP_ORIGIN = "https://app.example.com"
 KEY = "rk-browser-client-0123456789"
@@ -22,10 +22,10 @@ def preflight(client, origin: str, path: str = "/v1/chat/completions"):
     )
 
 
-def test_cors_is_off_by_default(client):
-    response = preflight(client, APP_ORIGIN)
+def test_cors_is_off_by_default(flask_client):
+    response = preflight(flask_client, APP_ORIGIN)
     assert "Access-Control-Allow-Origin" not in response.headers
-    response = client.get("/v1/models", headers={"Origin": APP_ORIGIN})
+    response = flask_client.get("/v1/models", headers={"Origin": APP_ORIGIN})
     assert "Access-Control-Allow-Origin" not in response.headers
 
 

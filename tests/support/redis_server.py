@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from tests.harness import free_port, wait_until
+from tests.support.processes import free_port, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None

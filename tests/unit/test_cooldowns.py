@@ -13,8 +13,8 @@ import pytest
 
 from app.cooldowns import Cooldowns, SharedCooldowns, open_cooldowns
 from app.settings import Settings, SettingsError
-from tests.harness import wait_until
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.support.processes import wait_until
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (CI installs it: apt-get install redis-server)"

@@ -12,8 +12,8 @@ from app.application import create_app
 from app.auth import ClientKeys
 from app.clients import client_name
 from app.settings import ClientKey, Settings, SettingsError
-from tests.harness import free_port
-from tests.test_api import assert_openai_error
+from tests.support.api import assert_openai_error
+from tests.support.processes import free_port
 
 KEY = "rk-team-alpha-0123456789"
 OTHER_KEY = "rk-team-beta-9876543210"
@@ -133,8 +133,8 @@ def test_open_router_warns_once_at_start_and_keyed_router_does_not(make_app, cap
     assert not [r for r in caplog.records if "ROUTER_API_KEYS" in r.getMessage()]
 
 
-def test_open_router_needs_no_key(client):
-    assert client.get("/v1/models").status_code == 200
+def test_open_router_needs_no_key(flask_client):
+    assert flask_client.get("/v1/models").status_code == 200
 
 
 def test_every_configured_key_is_compared_even_when_the_first_matches(monkeypatch):

@@ -9,9 +9,8 @@ import pytest
 import responses
 
 from app.settings import ClientKey, Settings, SettingsError
-from tests.conftest import chat_body
-from tests.harness import free_port
-from tests.test_api import OPENAI_URL, assert_openai_error, completion
+from tests.support.api import OPENAI_URL, assert_openai_error, chat_body, completion
+from tests.support.processes import free_port
 
 KEY = "rk-limited-client-0123456789"
 OTHER_KEY = "rk-other-client-0123456789"
@@ -149,9 +148,9 @@ def test_several_limits_apply_together(make_app):
     assert statuses == [200, 200, 200, 429]
 
 
-def test_no_rate_limit_means_no_headers_and_no_limit(client):
+def test_no_rate_limit_means_no_headers_and_no_limit(flask_client):
     for _ in range(20):
-        response = client.get("/v1/models")
+        response = flask_client.get("/v1/models")
         assert response.status_code == 200
     assert "X-RateLimit-Limit" not in response.headers
 

@@ -7,9 +7,9 @@ bodies, stalls, resets and split reads.
 
 Process
 -------
-``python -m tests.fake_vendor [--host 127.0.0.1] [--port 0] [--tls-cert CHAIN --tls-key KEY]``
+``python -m tests.support.fake_vendor [--host 127.0.0.1] [--port 0] [--tls-cert CHAIN --tls-key KEY]``
 (from the project root). Port 0 picks a free port. With ``--tls-cert``/``--tls-key`` (PEM files,
-e.g. from ``tests.certs``) it serves HTTPS instead of HTTP (gevent's ssl wrap), control API
+e.g. from ``tests.support.certs``) it serves HTTPS instead of HTTP (gevent's ssl wrap), control API
 included. When listening it prints exactly one line ``FAKE_VENDOR_LISTENING <port>`` to stdout.
 SIGTERM / SIGINT exit at once, even with streams open.
 

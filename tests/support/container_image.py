@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness import ROOT
+from tests.support.processes import ROOT
 
 # Outside the work tree and the temporary directory, so a fresh clone (CI) reuses it.
 BASE_CACHE = Path("/var/cache/router-test-base")

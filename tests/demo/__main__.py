@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.harness import BIN, ROOT, FakeVendor
+from tests.support.processes import BIN, ROOT, FakeVendorProcess
 
 BANNER = """
 ==============================================================================
@@ -28,7 +28,7 @@ BANNER = """
 
 def main() -> int:
     port = os.environ.get("PORT", "8082")
-    fake = FakeVendor()
+    fake = FakeVendorProcess()
     directory = Path(tempfile.mkdtemp(prefix="router-demo-"))
     credentials = directory / "credentials.json"
     credentials.write_text(

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.harness import ROOT, free_port, terminate, wait_until
+from tests.support.processes import ROOT, free_port, terminate, wait_until
 
 CONFIG = ROOT / "configs" / "nginx" / "router.conf"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)

@@ -16,18 +16,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 import requests
 
-from tests.certs import TestCertificates, make_certificates, openssl_available
-from tests.harness import FakeVendor as HarnessFakeVendor
+from tests.support.certs import TestCertificates, make_certificates, openssl_available
+from tests.support.processes import ROOT, FakeVendorProcess
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "What is the weather?"}]
 WEATHER_TOOL = {
     "type": "function",
@@ -58,7 +56,7 @@ TIME_TOOL = {
 
 def start_fake(*args: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_vendor", "--port", "0", *args],
+        [sys.executable, "-m", "tests.support.fake_vendor", "--port", "0", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -904,8 +902,8 @@ def test_tls_fake_is_trusted_only_with_its_ca(certificates: TestCertificates) ->
         proc.wait(timeout=5)
 
 
-def test_harness_fake_vendor_with_tls_serves_https_on_localhost(certificates: TestCertificates) -> None:
-    fake = HarnessFakeVendor(tls=(certificates.cert, certificates.key), ca=certificates.ca)
+def test_fake_vendor_process_with_tls_serves_https_on_localhost(certificates: TestCertificates) -> None:
+    fake = FakeVendorProcess(tls=(certificates.cert, certificates.key), ca=certificates.ca)
     try:
         assert fake.url("openai") == f"https://localhost:{fake.port}/openai"
         fake.behave("openai", content="over TLS")

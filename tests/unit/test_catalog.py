@@ -4,7 +4,7 @@ import os
 import pytest
 
 from app.catalog import BUILTIN_VENDORS, CAPABILITIES, ConfigError, load_catalog
-from tests.conftest import OPENAI_KEY
+from tests.support.keys import OPENAI_KEY
 
 
 def test_seed_formats_load_into_one_combination_per_credential_and_model(write_config):

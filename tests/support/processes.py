@@ -19,12 +19,10 @@ from typing import Any
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from tests.support.keys import DEFAULT_CREDENTIALS
 
-# Keys the integration routers use; tests grep logs and bodies for them.
-OPENAI_KEY = "sk-itest-openai-0123456789abcdef"
-GEMINI_KEY = "AIzaItestGemini0123456789abc"
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
@@ -58,18 +56,18 @@ def terminate(process: subprocess.Popen, grace: float = 5) -> None:
         process.wait(5)
 
 
-class FakeVendor:
-    """The fake vendor (tests/fake_vendor.py) in a subprocess, with its control API as methods."""
+class FakeVendorProcess:
+    """The fake vendor (tests/support/fake_vendor.py) in a subprocess, with its control API as methods."""
 
     def __init__(self, tls: tuple[str | Path, str | Path] | None = None, ca: str | Path | None = None) -> None:
         """``tls`` = (certificate chain, key) PEM files: serve HTTPS on ``https://localhost:P``.
 
-        ``ca`` is the certificate authority that signed it (see ``tests.certs``); the control
+        ``ca`` is the certificate authority that signed it (see ``tests.support.certs``); the control
         calls below trust it, and only it.
         """
         if (tls is None) != (ca is None):
             raise ValueError("tls and ca go together")
-        command = [sys.executable, "-m", "tests.fake_vendor", "--port", "0"]
+        command = [sys.executable, "-m", "tests.support.fake_vendor", "--port", "0"]
         if tls is not None:
             command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -78,7 +76,7 @@ class FakeVendor:
             self.process.kill()
             raise RuntimeError(f"fake vendor did not start: {line!r}")
         self.port = int(line.split()[1])
-        # A certificate names a host; "localhost" is the one tests.certs puts in it.
+        # A certificate names a host; "localhost" is the one tests.support.certs puts in it.
         self.base = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
         self._session = requests.Session()
         if ca is not None:
@@ -112,7 +110,7 @@ class FakeVendor:
 
 def router_config(
     directory: Path,
-    fake: FakeVendor | None,
+    fake: FakeVendorProcess | None,
     models: Any = None,
     credentials: Any = None,
     vendors: Any = None,
@@ -130,14 +128,7 @@ def router_config(
             {"vendor": "gemini", "model": "gemini-2.0-flash"},
         ]
     )
-    credentials = (
-        credentials
-        if credentials is not None
-        else [
-            {"platform": "openai", "type": "api-key", "value": OPENAI_KEY},
-            {"platform": "gemini", "type": "api-key", "value": GEMINI_KEY},
-        ]
-    )
+    credentials = credentials if credentials is not None else DEFAULT_CREDENTIALS
     env = {
         "MODELS_FILE": str(directory / "models.json"),
         "CREDENTIALS_FILE": str(directory / "credentials.json"),
@@ -154,7 +145,7 @@ def router_config(
     return env
 
 
-class Router:
+class RouterProcess:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` in a subprocess on a free port, its log in a file."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path, workers: int = 1) -> None:

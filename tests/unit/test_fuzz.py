@@ -7,102 +7,20 @@ Unicode, any Content-Type, any Authorization header), the answer is a 2xx or an 
 
 from __future__ import annotations
 
-import copy
 import json
-from typing import Any
 
 import pytest
 import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import chat_body
-from tests.test_api import completion
+from tests.support.api import chat_body, completion
+from tests.support.fuzz import ANY_TEXT, CONTENT_TYPES, FIELD_PATHS, JSON_VALUES, replaced
 
 # Enough examples to find shape bugs, few enough that this file runs in a few seconds.
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 VENDOR_URLS = ("http://openai.test/v1/chat/completions", "http://gemini.test/v1beta/openai/chat/completions")
 KEY = "rk-fuzz-client-0123456789"
-
-# Every code point, surrogates and controls included: JSON escapes what it cannot carry.
-ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | ANY_TEXT,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(ANY_TEXT, children, max_size=4),
-    max_leaves=12,
-)
-CONTENT_TYPES = st.sampled_from(
-    [
-        "application/json",
-        "application/json; charset=utf-8",
-        "APPLICATION/JSON",
-        "text/plain",
-        "application/x-www-form-urlencoded",
-        "multipart/form-data; boundary=x",
-        "application/jsonx",
-        "",
-    ]
-)
-FULL_REQUEST = chat_body(
-    messages=[
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{}"}}],
-        },
-        {"role": "tool", "tool_call_id": "c1", "content": "sunny", "name": "get"},
-    ],
-    tools=[{"type": "function", "function": {"name": "get", "description": "d", "parameters": {"type": "object"}}}],
-    tool_choice="auto",
-    stream=False,
-    stream_options={"include_usage": True},
-)
-# Every place a client could put a wrong type: (path of keys and indexes) in FULL_REQUEST.
-FIELD_PATHS = [
-    (),
-    ("model",),
-    ("messages",),
-    ("messages", 0),
-    ("messages", 0, "role"),
-    ("messages", 1, "content"),
-    ("messages", 1, "content", 0),
-    ("messages", 1, "content", 0, "type"),
-    ("messages", 1, "content", 0, "text"),
-    ("messages", 2, "content"),
-    ("messages", 2, "tool_calls"),
-    ("messages", 2, "tool_calls", 0),
-    ("messages", 2, "tool_calls", 0, "id"),
-    ("messages", 2, "tool_calls", 0, "function"),
-    ("messages", 2, "tool_calls", 0, "function", "arguments"),
-    ("messages", 3, "tool_call_id"),
-    ("messages", 3, "name"),
-    ("tools",),
-    ("tools", 0),
-    ("tools", 0, "type"),
-    ("tools", 0, "function"),
-    ("tools", 0, "function", "name"),
-    ("tools", 0, "function", "description"),
-    ("tools", 0, "function", "parameters"),
-    ("tools", 0, "function", "strict"),
-    ("tool_choice",),
-    ("stream",),
-    ("stream_options",),
-    ("temperature",),
-]
-
-
-def replaced(path: tuple, value: Any) -> Any:
-    """FULL_REQUEST with the value at ``path`` replaced by ``value`` (the whole body for ``()``)."""
-    if not path:
-        return value
-    body = copy.deepcopy(FULL_REQUEST)
-    target = body
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = value
-    return body
 
 
 def vendor_answer(request) -> tuple[int, dict, str]:
@@ -133,29 +51,31 @@ def assert_2xx_or_openai_4xx(response) -> None:
 @FUZZ
 @given(body=st.binary(max_size=300), content_type=CONTENT_TYPES)
 @responses.activate
-def test_random_bytes_with_any_content_type(client, body, content_type):
+def test_random_bytes_with_any_content_type(flask_client, body, content_type):
     mock_vendors()
-    assert_2xx_or_openai_4xx(client.post("/v1/chat/completions", data=body, content_type=content_type))
+    assert_2xx_or_openai_4xx(flask_client.post("/v1/chat/completions", data=body, content_type=content_type))
 
 
 @FUZZ
 @given(path=st.sampled_from(FIELD_PATHS), value=JSON_VALUES, query=st.sampled_from(["", "?vendor=openai", "?vendor=x"]))
 @responses.activate
-def test_any_field_replaced_by_any_json_value(client, path, value, query):
+def test_any_field_replaced_by_any_json_value(flask_client, path, value, query):
     mock_vendors()
     body = json.dumps(replaced(path, value))
-    assert_2xx_or_openai_4xx(client.post(f"/v1/chat/completions{query}", data=body, content_type="application/json"))
+    assert_2xx_or_openai_4xx(
+        flask_client.post(f"/v1/chat/completions{query}", data=body, content_type="application/json")
+    )
 
 
 @FUZZ
 @given(text=ANY_TEXT, name=ANY_TEXT, model=ANY_TEXT, ascii_only=st.booleans())
 @responses.activate
-def test_odd_unicode_anywhere_in_the_text(client, text, name, model, ascii_only):
+def test_odd_unicode_anywhere_in_the_text(flask_client, text, name, model, ascii_only):
     mock_vendors()
     body = chat_body(model=model, messages=[{"role": "user", "content": text, "name": name}])
     # ensure_ascii=False writes lone surrogates as raw (invalid) UTF-8; both must be handled.
     raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", errors="surrogatepass")
-    assert_2xx_or_openai_4xx(client.post("/v1/chat/completions", data=raw, content_type="application/json"))
+    assert_2xx_or_openai_4xx(flask_client.post("/v1/chat/completions", data=raw, content_type="application/json"))
 
 
 @FUZZ

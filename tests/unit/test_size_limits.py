@@ -8,8 +8,7 @@ import pytest
 import responses
 
 from app.schemas import MAX_MESSAGES, MAX_TOOL_CALLS, MAX_TOOLS
-from tests.conftest import chat_body
-from tests.test_api import OPENAI_URL, assert_openai_error, completion
+from tests.support.api import OPENAI_URL, assert_openai_error, chat_body, completion
 
 USER = {"role": "user", "content": "hi"}
 
@@ -36,14 +35,14 @@ def test_body_over_max_body_bytes_is_413_and_reaches_no_vendor(make_app):
 
 @responses.activate
 @pytest.mark.parametrize("depth", [254])
-def test_nesting_the_router_can_forward_is_accepted(client, depth):
+def test_nesting_the_router_can_forward_is_accepted(flask_client, depth):
     responses.post(OPENAI_URL, json=completion())
-    assert post_raw(client, nested(depth)).status_code == 200
+    assert post_raw(flask_client, nested(depth)).status_code == 200
 
 
 @pytest.mark.parametrize("depth", [255, 1024, 1025, 100_000])
-def test_deeper_nesting_is_a_400_not_a_500(client, depth):
-    error = assert_openai_error(post_raw(client, nested(depth)), 400)
+def test_deeper_nesting_is_a_400_not_a_500(flask_client, depth):
+    error = assert_openai_error(post_raw(flask_client, nested(depth)), 400)
     assert "deep" in error["message"] or "depth" in error["message"]
 
 
@@ -70,9 +69,9 @@ def test_deeper_nesting_is_a_400_not_a_500(client, depth):
     ],
     ids=["messages", "200k-messages", "tools", "tool-calls-in-one-message", "tool-calls-in-all"],
 )
-def test_too_many_items_are_refused_before_validation(client, body, param):
+def test_too_many_items_are_refused_before_validation(flask_client, body, param):
     assert MAX_TOOL_CALLS < 400 * 11
-    error = assert_openai_error(post_raw(client, json.dumps(body).encode()), 400, param)
+    error = assert_openai_error(post_raw(flask_client, json.dumps(body).encode()), 400, param)
     assert "At most" in error["message"]
 
 
@@ -84,18 +83,19 @@ def test_too_many_items_are_refused_before_validation(client, body, param):
         ({"tools": [{"type": "function", "function": {"name": "f" * 1_000_000}}]}, "tools[0].function.name"),
     ],
 )
-def test_huge_strings_in_bounded_fields_are_400(client, field, param):
-    response = post_raw(client, json.dumps(chat_body(**field)).encode())
+def test_huge_strings_in_bounded_fields_are_400(flask_client, field, param):
+    response = post_raw(flask_client, json.dumps(chat_body(**field)).encode())
     error = assert_openai_error(response, 400, param)
     assert len(error["message"]) < 300  # the error names the field; it does not quote the string
 
 
 @responses.activate
-def test_a_huge_message_within_the_body_limit_is_the_vendors_to_judge(client):
+def test_a_huge_message_within_the_body_limit_is_the_vendors_to_judge(flask_client):
     responses.post(OPENAI_URL, json=completion())
     content = "é" * 2_000_000
     response = post_raw(
-        client, json.dumps(chat_body(messages=[{"role": "user", "content": content}]), ensure_ascii=False).encode()
+        flask_client,
+        json.dumps(chat_body(messages=[{"role": "user", "content": content}]), ensure_ascii=False).encode(),
     )
     assert response.status_code == 200
     assert json.loads(responses.calls[0].request.body)["messages"][0]["content"] == content

@@ -15,8 +15,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy_contract import CONTRACT_CMD, gunicorn_default, referenced_variables, variables_the_router_reads
-from tests.harness import ROOT
+from tests.support.deploy_contract import (
+    CONTRACT_CMD,
+    gunicorn_default,
+    referenced_variables,
+    variables_the_router_reads,
+)
+from tests.support.processes import ROOT
 
 MANIFESTS = ROOT / "configs" / "kubernetes"
 # Files kept out of the default kustomization on purpose: an example with placeholders that

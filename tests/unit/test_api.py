@@ -9,43 +9,20 @@ from datetime import datetime
 import pytest
 import responses
 
-from tests.conftest import GEMINI_KEY, OPENAI_KEY, chat_body
-from tests.prometheus import parse
-
-OPENAI_URL = "http://openai.test/v1/chat/completions"
-GEMINI_URL = "http://gemini.test/v1beta/openai/chat/completions"
+from tests.support.api import GEMINI_URL, OPENAI_URL, assert_openai_error, chat_body, completion
+from tests.support.keys import GEMINI_KEY, OPENAI_KEY
+from tests.support.prometheus import parse
 
 
-def completion(content="Hi there", model="vendor-model"):
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
-    }
-
-
-def assert_openai_error(response, status, param=None):
-    assert response.status_code == status
-    assert response.mimetype == "application/json"
-    error = response.get_json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    assert error["param"] == param
-    return error
-
-
-def test_health_is_plain_ok(client):
-    response = client.get("/health")
+def test_health_is_plain_ok(flask_client):
+    response = flask_client.get("/health")
     assert response.status_code == 200
     assert response.data == b"OK"
     assert response.mimetype == "text/plain"
 
 
-def test_models_lists_every_configured_model(client):
-    data = client.get("/v1/models").get_json()
+def test_models_lists_every_configured_model(flask_client):
+    data = flask_client.get("/v1/models").get_json()
     assert data["object"] == "list"
     assert [(m["id"], m["owned_by"], m["object"]) for m in data["data"]] == [
         ("gpt-4o", "openai", "model"),
@@ -54,14 +31,14 @@ def test_models_lists_every_configured_model(client):
     assert all(isinstance(m["created"], int) for m in data["data"])
 
 
-def test_models_vendor_filter_and_empty_list_not_null(client):
-    assert [m["id"] for m in client.get("/v1/models?vendor=gemini").get_json()["data"]] == ["gemini-2.0-flash"]
-    assert client.get("/v1/models?vendor=nobody").get_json() == {"object": "list", "data": []}
+def test_models_vendor_filter_and_empty_list_not_null(flask_client):
+    assert [m["id"] for m in flask_client.get("/v1/models?vendor=gemini").get_json()["data"]] == ["gemini-2.0-flash"]
+    assert flask_client.get("/v1/models?vendor=nobody").get_json() == {"object": "list", "data": []}
 
 
-def test_model_retrieval(client):
-    assert client.get("/v1/models/gpt-4o").get_json()["owned_by"] == "openai"
-    assert_openai_error(client.get("/v1/models/nope"), 404, param="model")
+def test_model_retrieval(flask_client):
+    assert flask_client.get("/v1/models/gpt-4o").get_json()["owned_by"] == "openai"
+    assert_openai_error(flask_client.get("/v1/models/nope"), 404, param="model")
 
 
 def test_models_lists_aliases_after_models_owned_by_the_router(make_app):
@@ -142,9 +119,11 @@ def test_image_request_skips_models_without_image_support(make_app):
 
 
 @responses.activate
-def test_chat_forwards_with_vendor_key_and_answers_requested_model(client):
+def test_chat_forwards_with_vendor_key_and_answers_requested_model(flask_client):
     responses.post(OPENAI_URL, json=completion())
-    response = client.post("/v1/chat/completions?vendor=openai", json=chat_body(model="my-model", temperature=0.3))
+    response = flask_client.post(
+        "/v1/chat/completions?vendor=openai", json=chat_body(model="my-model", temperature=0.3)
+    )
     assert response.status_code == 200
     answer = response.get_json()
     assert answer["model"] == "my-model"
@@ -158,7 +137,7 @@ def test_chat_forwards_with_vendor_key_and_answers_requested_model(client):
 
 
 @responses.activate
-def test_stream_through_the_service(client):
+def test_stream_through_the_service(flask_client):
     events = [
         {"id": "g1", "created": 5, "model": "x", "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
         {"id": "g2", "created": 6, "model": "x", "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
@@ -166,7 +145,7 @@ def test_stream_through_the_service(client):
     ]
     sse = "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events) + "data: [DONE]\r\n\r\n"
     responses.post(GEMINI_URL, body=sse, content_type="text/event-stream")
-    response = client.post("/v1/chat/completions?vendor=gemini", json=chat_body(stream=True))
+    response = flask_client.post("/v1/chat/completions?vendor=gemini", json=chat_body(stream=True))
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream"
     blocks = response.get_data(as_text=True).split("\n\n")
@@ -179,21 +158,21 @@ def test_stream_through_the_service(client):
 
 
 @responses.activate
-def test_failover_to_another_combination_after_a_5xx(client):
+def test_failover_to_another_combination_after_a_5xx(flask_client):
     responses.post(OPENAI_URL, status=503, json={"error": {"message": "overloaded"}})
     responses.post(GEMINI_URL, json=completion())
     for _ in range(3):
-        response = client.post("/v1/chat/completions", json=chat_body())
+        response = flask_client.post("/v1/chat/completions", json=chat_body())
         assert response.status_code == 200
     # The failing combination cools down: after the first failover it is not tried again.
     assert len([c for c in responses.calls if c.request.url == OPENAI_URL]) <= 1
 
 
 @responses.activate
-def test_rate_limit_from_every_vendor_stays_429_with_retry_after(client):
+def test_rate_limit_from_every_vendor_stays_429_with_retry_after(flask_client):
     for url in (OPENAI_URL, GEMINI_URL):
         responses.post(url, status=429, json={"error": {"message": "slow down"}}, headers={"Retry-After": "7"})
-    response = client.post("/v1/chat/completions", json=chat_body())
+    response = flask_client.post("/v1/chat/completions", json=chat_body())
     error = assert_openai_error(response, 429)
     assert error["message"] == "slow down"
     assert response.headers["Retry-After"] == "7"
@@ -201,13 +180,13 @@ def test_rate_limit_from_every_vendor_stays_429_with_retry_after(client):
 
 
 @responses.activate
-def test_gemini_array_error_is_reshaped_and_not_retried(client):
+def test_gemini_array_error_is_reshaped_and_not_retried(flask_client):
     responses.post(
         GEMINI_URL,
         status=400,
         json=[{"error": {"code": 400, "message": 'Unknown name "x"', "status": "INVALID_ARGUMENT"}}],
     )
-    response = client.post("/v1/chat/completions?vendor=gemini", json=chat_body())
+    response = flask_client.post("/v1/chat/completions?vendor=gemini", json=chat_body())
     error = assert_openai_error(response, 400)
     assert error == {
         "message": 'Unknown name "x"',
@@ -219,15 +198,15 @@ def test_gemini_array_error_is_reshaped_and_not_retried(client):
 
 
 @responses.activate
-def test_html_from_a_vendor_becomes_json(client):
+def test_html_from_a_vendor_becomes_json(flask_client):
     responses.post(OPENAI_URL, status=502, body="<html>Bad Gateway</html>", content_type="text/html")
-    response = client.post("/v1/chat/completions?vendor=openai", json=chat_body())
+    response = flask_client.post("/v1/chat/completions?vendor=openai", json=chat_body())
     assert_openai_error(response, 502)
 
 
 @responses.activate
-def test_unreachable_vendor_is_a_502_naming_vendor_and_model_not_key(client):
-    response = client.post("/v1/chat/completions?vendor=openai", json=chat_body())  # nothing mocked: refused
+def test_unreachable_vendor_is_a_502_naming_vendor_and_model_not_key(flask_client):
+    response = flask_client.post("/v1/chat/completions?vendor=openai", json=chat_body())  # nothing mocked: refused
     error = assert_openai_error(response, 502)
     assert "openai" in error["message"] and "gpt-4o" in error["message"]
     assert OPENAI_KEY not in response.get_data(as_text=True)
@@ -254,8 +233,8 @@ def test_unreachable_vendor_is_a_502_naming_vendor_and_model_not_key(client):
         ({"json": chat_body(messages=[{"role": "robot", "content": "x"}])}, 400, "messages[0].role"),
     ],
 )
-def test_bad_input_is_a_clear_json_error(client, kwargs, status, param):
-    assert_openai_error(client.post("/v1/chat/completions", **kwargs), status, param)
+def test_bad_input_is_a_clear_json_error(flask_client, kwargs, status, param):
+    assert_openai_error(flask_client.post("/v1/chat/completions", **kwargs), status, param)
 
 
 def test_body_over_the_limit_is_413(make_app):
@@ -264,15 +243,17 @@ def test_body_over_the_limit_is_413(make_app):
     assert_openai_error(response, 413)
 
 
-def test_unknown_route_and_wrong_method_are_json(client):
-    assert_openai_error(client.get("/v2/nothing"), 404)
-    response = client.get("/v1/chat/completions")
+def test_unknown_route_and_wrong_method_are_json(flask_client):
+    assert_openai_error(flask_client.get("/v2/nothing"), 404)
+    response = flask_client.get("/v1/chat/completions")
     assert_openai_error(response, 405)
     assert "POST" in response.headers["Allow"]
 
 
-def test_configured_model_of_another_vendor_is_400(client):
-    assert_openai_error(client.post("/v1/chat/completions?vendor=gemini", json=chat_body(model="gpt-4o")), 400, "model")
+def test_configured_model_of_another_vendor_is_400(flask_client):
+    assert_openai_error(
+        flask_client.post("/v1/chat/completions?vendor=gemini", json=chat_body(model="gpt-4o")), 400, "model"
+    )
 
 
 def test_no_credentials_is_503_naming_the_missing_file(make_app):
@@ -281,16 +262,16 @@ def test_no_credentials_is_503_naming_the_missing_file(make_app):
     assert "credentials" in error["message"]
 
 
-def test_request_id_from_the_client_is_kept_and_a_bad_one_replaced(client):
-    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+def test_request_id_from_the_client_is_kept_and_a_bad_one_replaced(flask_client):
+    assert flask_client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
     for bad in ("has spaces and <tags>", "x" * 200):
-        replaced = client.get("/health", headers={"X-Request-ID": bad}).headers["X-Request-ID"]
+        replaced = flask_client.get("/health", headers={"X-Request-ID": bad}).headers["X-Request-ID"]
         assert replaced != bad and len(replaced) == 32
 
 
-def test_metrics_is_prometheus_text(client):
-    client.get("/health")
-    response = client.get("/metrics")
+def test_metrics_is_prometheus_text(flask_client):
+    flask_client.get("/health")
+    response = flask_client.get("/metrics")
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
     assert b"flask_http_request_total" in response.data
@@ -305,27 +286,27 @@ FINISH = {"id": "c", "created": 1, "choices": [{"index": 0, "delta": {}, "finish
 
 
 @responses.activate
-def test_error_event_before_any_content_fails_over_invisibly(client):
+def test_error_event_before_any_content_fails_over_invisibly(flask_client):
     overloaded = {"error": {"code": 503, "message": "The model is overloaded", "status": "UNAVAILABLE"}}
     responses.post(GEMINI_URL, body=sse(overloaded), content_type="text/event-stream")
     responses.post(OPENAI_URL, body=sse(CONTENT, FINISH), content_type="text/event-stream")
-    response = client.post("/v1/chat/completions?", json=chat_body(model="gemini-2.0-flash", stream=True))
+    response = flask_client.post("/v1/chat/completions?", json=chat_body(model="gemini-2.0-flash", stream=True))
     assert response.status_code == 503  # only gemini offers that model: nowhere to fail over to
     assert response.get_json()["error"]["message"] == "The model is overloaded"
-    response = client.post("/v1/chat/completions", json=chat_body(stream=True))
+    response = flask_client.post("/v1/chat/completions", json=chat_body(stream=True))
     assert response.status_code == 200
     assert response.headers["X-Vendor-Source"] == "openai"
     assert '"content":"Hi"' in response.get_data(as_text=True)
 
 
 @responses.activate
-def test_error_event_in_the_same_read_as_the_first_content_is_a_failure_before_commit(client):
+def test_error_event_in_the_same_read_as_the_first_content_is_a_failure_before_commit(flask_client):
     """The client has seen nothing yet, so the error is answered (or failed over), not streamed."""
     failure = {
         "error": {"message": "quota exceeded mid-answer", "type": "insufficient_quota", "code": "insufficient_quota"}
     }
     responses.post(OPENAI_URL, body=sse(CONTENT, failure, CONTENT), content_type="text/event-stream")
-    response = client.post("/v1/chat/completions?vendor=openai", json=chat_body(stream=True))
+    response = flask_client.post("/v1/chat/completions?vendor=openai", json=chat_body(stream=True))
     assert response.status_code == 502
     assert response.get_json() == {
         "error": {
@@ -338,23 +319,23 @@ def test_error_event_in_the_same_read_as_the_first_content_is_a_failure_before_c
 
 
 @responses.activate
-def test_role_only_chunk_then_error_fails_over_invisibly(client):
+def test_role_only_chunk_then_error_fails_over_invisibly(flask_client):
     role = {"id": "c", "created": 1, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
     overloaded = {"error": {"code": 503, "message": "The model is overloaded"}}
     responses.post(GEMINI_URL, body=sse(role, overloaded), content_type="text/event-stream")
     responses.post(OPENAI_URL, body=sse(CONTENT, FINISH), content_type="text/event-stream")
     for _ in range(4):
-        response = client.post("/v1/chat/completions", json=chat_body(stream=True))
+        response = flask_client.post("/v1/chat/completions", json=chat_body(stream=True))
         assert response.status_code == 200
         assert response.headers["X-Vendor-Source"] == "openai"
         assert response.get_data(as_text=True).endswith("data: [DONE]\n\n")
 
 
 @responses.activate
-def test_error_event_code_sets_status_and_error_type(client):
+def test_error_event_code_sets_status_and_error_type(flask_client):
     exhausted = {"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}
     responses.post(GEMINI_URL, body=sse(exhausted), content_type="text/event-stream")
-    response = client.post("/v1/chat/completions", json=chat_body(model="gemini-2.0-flash", stream=True))
+    response = flask_client.post("/v1/chat/completions", json=chat_body(model="gemini-2.0-flash", stream=True))
     assert response.status_code == 429
     assert response.get_json()["error"] == {
         "message": "Resource has been exhausted",
@@ -365,25 +346,25 @@ def test_error_event_code_sets_status_and_error_type(client):
 
 
 @responses.activate
-def test_stream_of_nothing_but_done_is_not_an_answer_and_cools_its_combination(client):
+def test_stream_of_nothing_but_done_is_not_an_answer_and_cools_its_combination(flask_client):
     responses.post(GEMINI_URL, body="data: [DONE]\n\n", content_type="text/event-stream")
     responses.post(OPENAI_URL, body=sse(CONTENT, FINISH), content_type="text/event-stream")
-    response = client.post("/v1/chat/completions", json=chat_body(model="gemini-2.0-flash", stream=True))
+    response = flask_client.post("/v1/chat/completions", json=chat_body(model="gemini-2.0-flash", stream=True))
     assert response.status_code == 502
     assert "ended the stream without an answer" in response.get_json()["error"]["message"]
     for _ in range(5):  # gemini cools down after the bad answer: the router's own choice avoids it
-        response = client.post("/v1/chat/completions", json=chat_body(stream=True))
+        response = flask_client.post("/v1/chat/completions", json=chat_body(stream=True))
         assert response.status_code == 200
         assert response.headers["X-Router-Attempts"] == "1"
         assert response.headers["X-Vendor-Source"] == "openai"
 
 
 @responses.activate
-def test_failovers_count_only_failures_followed_by_another_attempt(client):
+def test_failovers_count_only_failures_followed_by_another_attempt(flask_client):
     responses.post(GEMINI_URL, status=500, json={"error": {"message": "down"}})
     responses.post(OPENAI_URL, status=500, json={"error": {"message": "down too"}})
-    response = client.post("/v1/chat/completions", json=chat_body())
+    response = flask_client.post("/v1/chat/completions", json=chat_body())
     assert response.status_code == 500
     assert response.headers["X-Router-Attempts"] == "2"
-    metrics = parse(client.get("/metrics").get_data(as_text=True))
+    metrics = parse(flask_client.get("/metrics").get_data(as_text=True))
     assert metrics.value("router_failovers_total") == 1  # the second failure had nothing after it
