@@ -1,8 +1,9 @@
 """The router's settings: one frozen object built from the environment.
 
-Every variable the app reads is read here and documented here, except those named by the config
-files themselves (``${NAME}`` values and ``<VENDOR>_BASE_URL``, read by ``catalog``) and the
-server's own (PORT, WEB_CONCURRENCY, ... read by gunicorn.conf.py, which must not import the app).
+Every variable the router reads is read here and documented here, through one reader
+(app/environment.py), except those named by the config files themselves (``${NAME}`` values and
+``<VENDOR>_BASE_URL``, read by ``catalog``). ``ServerSettings`` are the few gunicorn.conf.py needs
+in the master before any worker forks; ``Settings`` (the app's) include the ones both share.
 Config files (models, credentials, vendors) are paths here; their contents belong to ``catalog``.
 """
 
@@ -13,14 +14,44 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["ANONYMOUS_CLIENT", "ClientKey", "Settings", "SettingsError", "rate_limit_variable"]
+from app.environment import EnvironmentReader, SettingsError
+
+__all__ = ["ANONYMOUS_CLIENT", "ClientKey", "ServerSettings", "Settings", "SettingsError", "rate_limit_variable"]
 
 # What a request that proved no client key is called in logs and metrics (with keys off: everyone).
 ANONYMOUS_CLIENT = "anonymous"
 
 
-class SettingsError(ValueError):
-    """An environment variable holds a value the router cannot use."""
+@dataclass(frozen=True)
+class ServerSettings:
+    """gunicorn's settings (read in gunicorn.conf.py, where each is explained), and the log
+    settings the app shares with it."""
+
+    port: int = 8082  # all interfaces, so nginx or a container runtime can reach it
+    workers: int = 0  # WEB_CONCURRENCY; 0: one per CPU
+    worker_connections: int = 1000
+    timeout: int = 30
+    graceful_timeout: int = 120
+    keepalive: int = 5
+    access_log: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        """Read the server's variables, falling back to the defaults above."""
+        reader = EnvironmentReader(os.environ if environ is None else environ)
+        return cls(
+            port=reader.integer("PORT", cls.port, minimum=1),
+            workers=reader.integer("WEB_CONCURRENCY", cls.workers, minimum=1),
+            worker_connections=reader.integer("WORKER_CONNECTIONS", cls.worker_connections, minimum=1),
+            timeout=reader.integer("GUNICORN_TIMEOUT", cls.timeout, minimum=0),
+            graceful_timeout=reader.integer("GRACEFUL_TIMEOUT", cls.graceful_timeout, minimum=0),
+            keepalive=reader.integer("KEEPALIVE", cls.keepalive, minimum=0),
+            access_log=reader.text("GUNICORN_ACCESS_LOG", "") or None,
+            log_level=reader.choice("LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")),
+            log_format=reader.choice("LOG_FORMAT", cls.log_format, ("text", "json")),
+        )
 
 
 @dataclass(frozen=True)
@@ -126,13 +157,14 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables, falling back to the defaults above."""
         env = os.environ if environ is None else environ
-        reader = _Reader(env)
+        reader = EnvironmentReader(env)
+        server = ServerSettings.from_env(env)
         return cls(
             models_file=reader.text("MODELS_FILE", cls.models_file),
             credentials_file=reader.text("CREDENTIALS_FILE", cls.credentials_file),
             vendors_file=reader.text("VENDORS_FILE", cls.vendors_file),
-            log_level=reader.choice("LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")),
-            log_format=reader.choice("LOG_FORMAT", cls.log_format, ("text", "json")),
+            log_level=server.log_level,
+            log_format=server.log_format,
             upstream_connect_timeout=reader.number("UPSTREAM_CONNECT_TIMEOUT", cls.upstream_connect_timeout),
             upstream_read_timeout=reader.number("UPSTREAM_READ_TIMEOUT", cls.upstream_read_timeout),
             max_attempts=reader.integer("MAX_ATTEMPTS", cls.max_attempts, minimum=1),
@@ -153,11 +185,11 @@ class Settings:
             rate_limit_storage=reader.text("RATE_LIMIT_STORAGE", cls.rate_limit_storage),
             trusted_proxies=reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
             cors_origins=_read_origins(reader),
-            worker_connections=reader.integer("WORKER_CONNECTIONS", cls.worker_connections, minimum=1),
+            worker_connections=server.worker_connections,
         )
 
 
-def _read_client_keys(reader: _Reader) -> tuple[ClientKey, ...]:
+def _read_client_keys(reader: EnvironmentReader) -> tuple[ClientKey, ...]:
     """Named client keys from ROUTER_API_KEYS (``key`` or ``name=key``) and ROUTER_API_KEYS_FILE.
 
     Errors name the variable and the entry's position or the file's line, never the entry itself:
@@ -197,7 +229,7 @@ def _read_client_keys(reader: _Reader) -> tuple[ClientKey, ...]:
     return _named_keys(entries, reader)
 
 
-def _named_keys(entries: list[tuple[str, str | None, str]], reader: _Reader) -> tuple[ClientKey, ...]:
+def _named_keys(entries: list[tuple[str, str | None, str]], reader: EnvironmentReader) -> tuple[ClientKey, ...]:
     """Check names, name the unnamed ones key-1, key-2, ... and attach each client's own limit."""
     clients: list[ClientKey] = []
     first_seen: dict[str, str] = {}  # name, key or limit variable -> the entry that used it first
@@ -241,7 +273,7 @@ def _name_bare_keys(keys: tuple[ClientKey | str, ...]) -> tuple[ClientKey, ...]:
     return tuple(named)
 
 
-def _read_rate_limit(reader: _Reader, name: str) -> str:
+def _read_rate_limit(reader: EnvironmentReader, name: str) -> str:
     """A flask-limiter limit, checked now with the parser flask-limiter uses, so a typo stops start-up."""
     value = reader.text(name, "")
     if not value:
@@ -257,7 +289,7 @@ def _read_rate_limit(reader: _Reader, name: str) -> str:
     return value
 
 
-def _read_ca_bundle(reader: _Reader) -> str | None:
+def _read_ca_bundle(reader: EnvironmentReader) -> str | None:
     """REQUESTS_CA_BUNDLE (what requests itself reads), else SSL_CERT_FILE (what OpenSSL reads)."""
     for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
         path = reader.text(name, "")
@@ -268,7 +300,7 @@ def _read_ca_bundle(reader: _Reader) -> str | None:
     return None
 
 
-def _read_cooldown_storage(reader: _Reader) -> str:
+def _read_cooldown_storage(reader: EnvironmentReader) -> str:
     """COOLDOWN_STORAGE: memory://, or a Redis URL checked now with redis-py's own parser."""
     value = reader.text("COOLDOWN_STORAGE", "memory://")
     if value == "memory://":
@@ -288,7 +320,7 @@ def _read_cooldown_storage(reader: _Reader) -> str:
     return value
 
 
-def _read_origins(reader: _Reader) -> tuple[str, ...]:
+def _read_origins(reader: EnvironmentReader) -> tuple[str, ...]:
     """CORS_ORIGINS: ``*`` or full origins (scheme://host[:port]), which browsers send verbatim."""
     origins = reader.items("CORS_ORIGINS")
     for origin in origins:
@@ -301,64 +333,3 @@ _ORIGIN = re.compile(r"https?://[^/\s]+\Z")
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 # RATE_LIMIT_<NAME> variables that are settings of their own: no client may be named so.
 _RESERVED_VARIABLES = frozenset({"RATE_LIMIT_STORAGE"})
-
-
-class _Reader:
-    """Reads typed values from an environment, naming the variable in every error."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def raw(self, name: str) -> str:
-        return self._env.get(name, "")
-
-    def text(self, name: str, default: str) -> str:
-        value = self.raw(name).strip()
-        return value or default
-
-    def items(self, name: str) -> tuple[str, ...]:
-        return tuple(part.strip() for part in self.raw(name).split(",") if part.strip())
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(name, default).lower()
-        if value not in allowed:
-            raise SettingsError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        return value
-
-    def number(self, name: str, default: float, minimum: float = 0.001) -> float:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name} must be a number of seconds; got {raw!r}") from None
-        if not value >= minimum or value == float("inf"):
-            raise SettingsError(f"{name} must be a finite number >= {minimum}; got {raw!r}")
-        return value
-
-    def optional_number(self, name: str) -> float | None:
-        """A number of seconds, or None when the variable is unset or empty (the feature is off)."""
-        return self.number(name, 0.0) if self.text(name, "") else None
-
-    def integer(self, name: str, default: int, minimum: int) -> int:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name} must be a whole number; got {raw!r}") from None
-        if value < minimum:
-            raise SettingsError(f"{name} must be >= {minimum}; got {raw!r}")
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.text(name, "").lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise SettingsError(f"{name} must be true or false; got {raw!r}")

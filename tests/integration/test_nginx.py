@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.settings import Settings
+from app.settings import ServerSettings, Settings
 from tests.support.nginx import CONFIG, NGINX, Nginx
-from tests.support.processes import ROOT, free_port, wait_until
+from tests.support.processes import free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx-light; .ci/run does)"
@@ -182,8 +182,8 @@ def test_config_timeouts_and_limits_agree_with_the_router_defaults():
     assert read_timeout > defaults.upstream_read_timeout
     body = directive("client_max_body_size")
     assert int(body[:-1]) * {"k": 1024, "m": 1024**2}[body[-1]] == defaults.max_body_bytes
-    # nginx closes idle upstream connections before gunicorn does (KEEPALIVE in gunicorn.conf.py).
-    [gunicorn_keepalive] = re.findall(r'_int\("KEEPALIVE", (\d+)\)', (ROOT / "gunicorn.conf.py").read_text())
+    # nginx closes idle upstream connections before gunicorn does (KEEPALIVE, app/settings.py).
+    gunicorn_keepalive = ServerSettings.keepalive
     assert seconds(directive("keepalive_timeout")) < int(gunicorn_keepalive)
     # Streams rely on the router's X-Accel-Buffering header being obeyed, and on no compression.
     assert "proxy_ignore_headers" not in active_config()

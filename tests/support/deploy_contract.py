@@ -2,7 +2,7 @@
 
 The variable names come from the code rather than the README, so a deploy file that sets a variable the
 code stopped reading (or never read: a typo) fails a test. app/settings.py reads every app
-setting and gunicorn.conf.py every server setting, each by a quoted literal name; the other
+setting and server setting (and app/server/hooks.py the metrics directory), each by a quoted literal name; the other
 names the router reads are patterns (``<VENDOR>_BASE_URL``) or named by the credentials file
 (``${OPENAI_API_KEY}``), so callers add those from the files they deploy.
 """
@@ -16,7 +16,8 @@ from tests.support.processes import ROOT
 # How the router is started everywhere: make run, the Docker image, Kubernetes, the tests.
 CONTRACT_CMD = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 
-_SOURCES = (ROOT / "app" / "settings.py", ROOT / "gunicorn.conf.py")
+# PROMETHEUS_MULTIPROC_DIR is read by the server hooks (and by prometheus_client itself).
+_SOURCES = (ROOT / "app" / "settings.py", ROOT / "app" / "server" / "hooks.py")
 
 
 def variables_the_router_reads() -> set[str]:
@@ -31,6 +32,8 @@ def referenced_variables(credentials_text: str) -> set[str]:
 
 
 def gunicorn_default(name: str) -> int:
-    """The default gunicorn.conf.py gives an integer setting, e.g. GRACEFUL_TIMEOUT -> 120."""
-    [value] = re.findall(rf"""_int\(["']{name}["'], (\d+)""", (ROOT / "gunicorn.conf.py").read_text())
-    return int(value)
+    """The default of an integer server setting, e.g. GRACEFUL_TIMEOUT -> 120."""
+    from app.settings import ServerSettings
+
+    attribute = {"PORT": "port", "GRACEFUL_TIMEOUT": "graceful_timeout", "KEEPALIVE": "keepalive"}[name]
+    return getattr(ServerSettings, attribute)
