@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.harness import FakeVendor, Router, node_tools_missing, npm_install, router_config
 
@@ -282,4 +285,39 @@ def test_claude_code_with_a_wrong_client_key_reports_the_routers_authentication_
     assert result["is_error"] is True, result["_where"]
     assert result.get("api_error_status") == 401, result["_where"]
     assert quiet_fake.requests() == []
+    assert proxy.attempts == []
+
+
+def test_claude_code_model_discovery_lists_the_routers_aliases_in_anthropics_shape(
+    claude, claude_router, quiet_fake, proxy, tmp_path
+):
+    """With gateway model discovery on, Claude Code first asks GET /v1/models?limit=1000 and keeps
+    the ids that start with "claude" or "anthropic" (a failed listing does not stop a -p run)."""
+    result = run_claude(
+        claude,
+        claude_router,
+        proxy,
+        tmp_path,
+        "say hi",
+        "--model",
+        OPENAI_ALIAS,
+        CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY="1",
+    )
+    assert result["is_error"] is False, result["_where"]
+    assert re.search(r"method=GET path=/v1/models\S* status=200", claude_router.logs()), result["_where"]
+    # Exactly the discovery request Claude Code 2.1.328 sends (captured): what does it get?
+    headers = {
+        "Authorization": f"Bearer {CLIENT_KEY}",
+        "anthropic-version": "2023-06-01",
+        "User-Agent": f"claude-code/{VERSION}",
+    }
+    listing = requests.get(claude_router.url("/v1/models"), params={"limit": 1000}, headers=headers, timeout=10)
+    assert listing.status_code == 200, listing.text
+    body = listing.json()
+    ids = [model["id"] for model in body["data"]]
+    assert {OPENAI_ALIAS, GEMINI_ALIAS} <= set(ids)
+    for model in body["data"]:
+        assert model["type"] == "model" and model["display_name"], model
+        datetime.fromisoformat(model["created_at"])  # RFC 3339
+    assert (body["has_more"], body["first_id"], body["last_id"]) == (False, ids[0], ids[-1])
     assert proxy.attempts == []
