@@ -321,3 +321,21 @@ def test_claude_code_model_discovery_lists_the_routers_aliases_in_anthropics_sha
         datetime.fromisoformat(model["created_at"])  # RFC 3339
     assert (body["has_more"], body["first_id"], body["last_id"]) == (False, ids[0], ids[-1])
     assert proxy.attempts == []
+
+
+def test_claude_code_recovers_from_a_vendor_error_mid_stream_with_a_whole_message(
+    claude, claude_router, quiet_fake, proxy, tmp_path
+):
+    """A stream that breaks after the router committed must end in Anthropic's ``event: error``
+    (not a made-up ``message_stop`` with half the text): Claude Code then asks again without
+    streaming and shows that whole answer. (Captured: after an ``event: error`` it retries at once
+    with ``"stream": false``; after a stream cut without ``message_stop``, once streamed, then not.)"""
+    quiet_fake.behave("openai", tool_calls=False, content="The whole answer.", chunks=5, error_event_after=2)
+    result = run_claude(claude, claude_router, proxy, tmp_path, "say hi", "--model", OPENAI_ALIAS)
+    where = result["_where"]
+    assert result["is_error"] is False, where
+    assert result["result"] == "The whole answer.", where
+    records = chat_requests(quiet_fake)
+    assert records[0]["body"]["stream"] is True
+    assert not records[-1]["body"].get("stream"), [r["body"].get("stream") for r in records]
+    assert_nothing_anthropic_reached_the_vendor(records)
