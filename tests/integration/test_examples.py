@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import ROOT, FakeVendorProcess, RouterProcess, free_port, router_config
+from tests.support.processes import (
+    ROOT,
+    FakeVendorProcess,
+    RouterProcess,
+    free_port,
+    node_tools_missing,
+    npm_install,
+    router_config,
+)
 
 EXAMPLES = ROOT / "examples"
 POSTMAN = EXAMPLES / "postman" / "generative-api-router.postman_collection.json"
@@ -127,22 +135,72 @@ def test_python_sdk_example_runs_against_the_router(full_router, fake):
     assert_sdk_example_output(result.stdout)
 
 
-@pytest.mark.skipif(not (shutil.which("node") and shutil.which("npm")), reason="node and npm are not installed")
-def test_node_sdk_example_runs_against_the_router(full_router, fake, tmp_path):
-    # npm installs next to the script, in a temporary copy: nothing is cached in the repository.
-    for name in ("package.json", "chat.mjs"):
-        shutil.copy(EXAMPLES / "node" / name, tmp_path)
-    install = subprocess.run(
-        ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stderr
-    result = run(["node", "chat.mjs"], full_router.base, cwd=tmp_path)
+@pytest.fixture(scope="module")
+def node_packages() -> Path:
+    """examples/node's packages: npm ci from its lock file into a cache (tests.support.processes.npm_install).
+
+    Without node/npm the Node examples skip, except under CI (``CI`` set), where they fail.
+    """
+    missing = node_tools_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return npm_install(EXAMPLES / "node")
+
+
+def node_example(script: str, packages: Path, directory: Path) -> Path:
+    """``script`` copied into ``directory`` next to the installed packages, as a user's checkout has it."""
+    for name in ("package.json", script):
+        shutil.copy(EXAMPLES / "node" / name, directory)
+    (directory / "node_modules").symlink_to(packages / "node_modules")
+    return directory
+
+
+def test_node_sdk_example_runs_against_the_router(full_router, fake, node_packages, tmp_path):
+    directory = node_example("chat.mjs", node_packages, tmp_path)
+    result = run(["node", "chat.mjs"], full_router.base, cwd=directory)
     assert result.returncode == 0, result.stderr
     assert_sdk_example_output(result.stdout)
+
+
+def test_node_anthropic_sdk_example_sends_a_message_and_streams_one(router, fake, node_packages, tmp_path):
+    directory = node_example("messages.mjs", node_packages, tmp_path)
+    result = run(["node", "messages.mjs"], router.base, cwd=directory)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("message: Hello from ") and lines[0].endswith("You said: Hello, how are you?")
+    assert lines[1].split()[:2] == ["answered", "by"] and lines[1].split()[2] in ("openai", "gemini")
+    assert re.fullmatch(r"  stop_reason: end_turn, [1-9]\d* tokens in, [1-9]\d* out", lines[2]), lines[2]
+    assert lines[3].startswith("stream: Hello from ") and lines[3].endswith("You said: Write a short poem")
+    assert re.fullmatch(r"  final message: end_turn, 1 block\(s\), [1-9]\d* tokens out", lines[4]), lines[4]
+    first, second = fake.requests()
+    assert first["body"]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert second["body"]["stream"] is True
+    assert not [h for r in (first, second) for h in r["headers"] if h.startswith("anthropic-")]
+
+
+def test_curl_messages_prints_a_message_or_its_events(router, fake):
+    result = run(["bash", "examples/curl/messages.sh"], router.base)
+    assert result.returncode == 0, result.stderr
+    message = json.loads(result.stdout)
+    assert (message["type"], message["role"], message["model"]) == ("message", "assistant", "any-model")
+    assert message["stop_reason"] == "end_turn"
+    [block] = message["content"]
+    assert block["type"] == "text" and block["text"].endswith("You said: Hello, how are you?")
+
+    streamed = run(["bash", "examples/curl/messages.sh"], router.base, STREAM="1")
+    assert streamed.returncode == 0, streamed.stderr
+    events = []
+    for event in streamed.stdout.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in event.splitlines() if not line.startswith(":"))
+        data = json.loads(fields["data"])
+        assert fields["event"] == data["type"]
+        events.append(data)
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text.endswith("You said: Hello, how are you?")
+    assert [e["delta"]["stop_reason"] for e in events if e["type"] == "message_delta"] == ["end_turn"]
 
 
 def postman_items() -> list[dict]:

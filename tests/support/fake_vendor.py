@@ -146,6 +146,21 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
     with tool calls; every stream chunk has a different ``id`` and the current ``created``;
     errors default to the gemini format; no ``system_fingerprint``.
 
+Directives (chat completions, whole and streamed, either quirks)
+    The conversation's current turn (the messages after the last assistant message) can direct
+    the answer, so a real client (an agent) can be walked through a tool round trip:
+
+    - ``[[fake:tool_call NAME {json args}]]`` in the text of its last ``user`` message: the
+      answer is a call to the tool named exactly NAME (as it appears in the request's ``tools``,
+      i.e. after any renaming by the router) with these arguments (``{}`` when left out), in the
+      shapes ``tool_calls`` describes, finish_reason included. One call per directive, in order;
+      this wins over ``tool_calls``, ``parallel``, ``content`` and ``content_chunks``. A NAME
+      not in ``tools``, or arguments that are not one JSON object followed by ``]]``, answer a
+      text saying so (``fake: ...``) instead.
+    - one or more ``tool`` messages (tool results came back): the answer is the text ``tool
+      result: <content>`` (one line per tool message) in place of the default content and of an
+      automatic tool call; ``content``, ``content_chunks`` and ``tool_calls: true`` still win.
+
 Content events (counted by drop_after / stall_after / malformed_after / error_event_after, N=0
 meaning right after the first role chunk) are the content deltas, or the tool-argument deltas
 (gemini: the whole tool-call deltas); SSE comments never count. A stream is: role delta,
@@ -164,6 +179,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import socket
 import struct
@@ -685,8 +701,64 @@ def usage_of(body: dict[str, Any], completion: str) -> dict[str, int]:
 _ARG_EXAMPLES = {"string": "example", "integer": 1, "number": 1.5, "boolean": True}
 
 
+DIRECTIVE = "[[fake:tool_call"
+_DIRECTIVE_RE = re.compile(r"\[\[fake:tool_call\s+([^\s\]]+)\s*")
+_JSON = json.JSONDecoder()
+
+
+def directed_answer(body: dict[str, Any], b: dict[str, Any]) -> tuple[list[tuple[str, str]] | None, str | None] | None:
+    """What the conversation's current turn directs: ([(name, arguments JSON)], None), (None, text) or None.
+
+    The current turn is the messages after the last assistant message. Tool results in it are
+    echoed as ``tool result: <content>`` (unless ``content``, ``content_chunks`` or ``tool_calls:
+    true`` says otherwise); else every ``[[fake:tool_call NAME {args}]]`` in its last user
+    message is a call to the tool of exactly that name in ``tools``.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    turn = []
+    for msg in reversed(messages):
+        if not isinstance(msg, dict) or msg.get("role") == "assistant":
+            break
+        turn.append(msg)
+    turn.reverse()
+    results = [message_text(m.get("content")) for m in turn if m.get("role") == "tool"]
+    if results:
+        if b["content"] is not None or b["content_chunks"] is not None or b["tool_calls"] is True:
+            return None
+        return None, "\n".join(f"tool result: {result}" for result in results)
+    users = [m for m in turn if m.get("role") == "user"]
+    text = message_text(users[-1].get("content")) if users else ""
+    if DIRECTIVE not in text:
+        return None
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    names = [t["function"].get("name") for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    calls = []
+    for match in _DIRECTIVE_RE.finditer(text):
+        name, pos = match.group(1), match.end()
+        args: Any = {}
+        try:
+            if not text.startswith("]]", pos):
+                args, pos = _JSON.raw_decode(text, pos)
+                pos = len(text) - len(text[pos:].lstrip())
+            if not isinstance(args, dict) or not text.startswith("]]", pos):
+                raise ValueError("NAME must be followed by one JSON object (or nothing), then ]]")
+        except ValueError as exc:
+            return None, f"fake: bad directive {text[match.start() : match.start() + 200]!r}: {exc}"
+        if name not in names:
+            return None, f"fake: the directive names tool {name!r}, not among the request's tools {names!r}"
+        calls.append((name, orjson.dumps(args).decode()))
+    if not calls:
+        return None, f"fake: no directive could be read in {text[:200]!r}"
+    return calls, None
+
+
 def planned_tool_calls(body: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str]] | None:
     """[(name, arguments JSON)] when this answer is a tool call, else None."""
+    directed = directed_answer(body, b)
+    if directed is not None:
+        return directed[0]
     tools = body.get("tools")
     tools = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
     choice = body.get("tool_choice")
@@ -957,6 +1029,9 @@ class FakeVendor:
             return b["content"]
         if b["content_chunks"] is not None:
             return "".join(b["content_chunks"])
+        directed = directed_answer(body, b)
+        if directed is not None and directed[1] is not None:
+            return directed[1]
         return default_content(vendor, body)
 
     def whole(self, vendor: str, body: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

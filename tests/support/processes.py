@@ -6,8 +6,11 @@ workers, on a free loopback port, configured only through environment variables 
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -211,3 +214,42 @@ class RouterProcess:
             return requests.get(self.url("/health"), timeout=1).status_code == 200
         except requests.RequestException:
             return False
+
+
+def node_tools_missing() -> str | None:
+    """Why node/npm cannot be used here, or None. Under CI (``CI`` set) a test fails on this, else skips."""
+    if shutil.which("node") and shutil.which("npm"):
+        return None
+    return "node and npm are not installed (.ci/run installs them: apt-get install nodejs npm)"
+
+
+def npm_install(package: Path, timeout: float = 900) -> Path:
+    """``npm ci`` the package.json + package-lock.json in ``package`` into a cache; return that directory.
+
+    The cache (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``router-tests/<name>-<hash of the lock>``)
+    is filled once per lock file and reused; nothing is installed into the repository. Only the
+    npm registry is contacted, and only on the first use of a lock. Raises RuntimeError if npm fails.
+    """
+    lock = (package / "package-lock.json").read_bytes()
+    digest = hashlib.sha256(lock + (package / "package.json").read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "router-tests"
+    home = cache / f"{package.name}-{digest}"
+    done = home / ".installed"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{package.name}.lock", "w") as guard:  # one installer at a time
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if done.exists():
+            return home
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir()
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(package / name, home / name)
+        command = ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"]
+        try:
+            result = subprocess.run(command, cwd=home, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"npm ci in {home} did not finish within {timeout:g} s") from None
+        if result.returncode != 0:
+            raise RuntimeError(f"npm ci in {home} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        return home

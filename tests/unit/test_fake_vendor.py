@@ -334,6 +334,124 @@ def test_gemini_quirks_in_streamed_tool_call(port: int, http: requests.Session) 
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def assembled(answer: requests.Response, stream: bool) -> tuple[str | None, list[tuple[str, Any]], str]:
+    """(text, [(tool name, parsed arguments)], finish_reason) of a whole or streamed answer."""
+    if not stream:
+        choice = answer.json()["choices"][0]
+        calls = choice["message"].get("tool_calls") or []
+        parsed = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
+        return choice["message"]["content"], parsed, choice["finish_reason"]
+    chunks = chunks_of(answer.text)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) or None
+    names: list[str] = []
+    arguments: list[str] = []
+    for chunk in chunks:
+        for call in chunk["choices"][0]["delta"].get("tool_calls") or []:
+            if "name" in call["function"]:  # a new call (Gemini's arrive whole, without index)
+                names.append(call["function"]["name"])
+                arguments.append("")
+            arguments[-1] += call["function"]["arguments"]
+    parsed = [(name, json.loads(args)) for name, args in zip(names, arguments, strict=True)]
+    return text, parsed, chunks[-1]["choices"][0]["finish_reason"]
+
+
+def directive(text: str) -> list[dict[str, Any]]:
+    """A conversation whose last user message (content parts, as agents send) carries ``text``."""
+    return [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "<reminder>"}, {"type": "text", "text": text}]},
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("vendor", ["openai", "gemini"])
+def test_directive_calls_the_named_tool_with_its_arguments(
+    port: int, http: requests.Session, vendor: str, stream: bool
+) -> None:
+    messages = directive('Please [[fake:tool_call get_time {"zone": "CET", "days": 3, "note": "a ]] b"}]] now')
+    # The directive wins over tool_calls false, content and parallel, whichever tool is first.
+    x_fake = {"tool_calls": False, "content": "ignored", "parallel": 3}
+    answer = chat(http, port, vendor, messages=messages, tools=[WEATHER_TOOL, TIME_TOOL], stream=stream, x_fake=x_fake)
+    text, calls, finish = assembled(answer, stream)
+    assert calls == [("get_time", {"zone": "CET", "days": 3, "note": "a ]] b"})]
+    assert text is None
+    assert finish == ("stop" if vendor == "gemini" else "tool_calls")  # Gemini says "stop" even so
+    if not stream:
+        [call] = answer.json()["choices"][0]["message"]["tool_calls"]
+        assert call["id"] == "" if vendor == "gemini" else call["id"].startswith("call_")
+
+
+def test_directives_are_read_from_the_current_turns_last_user_message_only(port: int, http: requests.Session) -> None:
+    tools = [WEATHER_TOOL, TIME_TOOL]
+    two = directive("[[fake:tool_call get_weather {}]] and [[fake:tool_call  get_time]]")
+    # A system message after the user's (as Claude Code sends its environment) changes nothing.
+    two.append({"role": "system", "content": "# Environment"})
+    assert assembled(chat(http, port, messages=two, tools=tools), False)[1] == [("get_weather", {}), ("get_time", {})]
+    answered = [*directive("[[fake:tool_call get_weather {}]]"), {"role": "assistant", "content": "Done."}]
+    later = [*answered, {"role": "user", "content": "Thanks"}]
+    for messages in (answered, later):
+        text, calls, _ = assembled(
+            chat(http, port, messages=messages, tools=tools, x_fake={"tool_calls": False}), False
+        )
+        assert (calls, text.startswith("Hello from openai!")) == ([], True)
+    # Without a directive the automatic tool call is as before.
+    assert assembled(chat(http, port, tools=tools), False)[1] == [("get_weather", {"location": "example"})]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[[fake:tool_call get_wether {}]]", "not among the request's tools ['get_weather', 'get_time']"),
+        ("[[fake:tool_call get_weather {not json}]]", "bad directive"),
+        ('[[fake:tool_call get_weather ["a list"]]]', "bad directive"),
+        ('[[fake:tool_call get_weather {"a": 1} trailing]]', "bad directive"),
+        ("[[fake:tool_call]]", "no directive could be read"),
+    ],
+)
+def test_a_directive_that_cannot_be_followed_answers_a_text_saying_why(
+    port: int, http: requests.Session, text: str, says: str
+) -> None:
+    answer = chat(http, port, messages=directive(text), tools=[WEATHER_TOOL, TIME_TOOL])
+    content, calls, finish = assembled(answer, False)
+    assert (calls, finish) == ([], "stop")
+    assert content.startswith("fake: ") and says in content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("vendor", ["openai", "gemini"])
+def test_tool_results_are_echoed_instead_of_another_tool_call(
+    port: int, http: requests.Session, vendor: str, stream: bool
+) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        *directive("[[fake:tool_call get_weather {}]]"),
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22C and sunny"},
+    ]
+    answer = chat(http, port, vendor, messages=messages, tools=[WEATHER_TOOL], stream=stream)
+    assert assembled(answer, stream) == ("tool result: 22C and sunny", [], "stop")
+    # Two results (content parts too), then a user message in the same turn: one line each.
+    parts = {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "rain"}]}
+    more = [*messages, parts, {"role": "user", "content": "<reminder>"}]
+    answer = chat(http, port, vendor, messages=more, tools=[WEATHER_TOOL], stream=stream)
+    assert assembled(answer, stream)[0] == "tool result: 22C and sunny\ntool result: rain"
+
+
+def test_explicit_content_or_tool_calls_win_over_the_tool_result_echo(port: int, http: requests.Session) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22C"},
+    ]
+    told = chat(
+        http, port, messages=messages, tools=[WEATHER_TOOL], x_fake={"tool_calls": False, "content": "It is 22C."}
+    )
+    assert assembled(told, False) == ("It is 22C.", [], "stop")
+    again = chat(http, port, messages=messages, tools=[WEATHER_TOOL], x_fake={"tool_calls": True})
+    assert assembled(again, False)[1] == [("get_weather", {"location": "example"})]
+
+
 def test_gemini_error_body_is_a_json_array(port: int, http: requests.Session) -> None:
     answer = chat(http, port, "gemini", x_fake={"status": 400})
     assert answer.status_code == 400
