@@ -330,7 +330,11 @@ def test_claude_code_recovers_from_a_vendor_error_mid_stream_with_a_whole_messag
     (not a made-up ``message_stop`` with half the text): Claude Code then asks again without
     streaming and shows that whole answer. (Captured: after an ``event: error`` it retries at once
     with ``"stream": false``; after a stream cut without ``message_stop``, once streamed, then not.)"""
-    quiet_fake.behave("openai", tool_calls=False, content="The whole answer.", chunks=5, error_event_after=2)
+    # Events spaced out, so the error comes after the router committed to the stream (an error in the
+    # same read as the first content is a failure before commit: an HTTP 529, retried with backoff).
+    quiet_fake.behave(
+        "openai", tool_calls=False, content="The whole answer.", chunks=5, error_event_after=2, interval=0.2
+    )
     result = run_claude(claude, claude_router, proxy, tmp_path, "say hi", "--model", OPENAI_ALIAS)
     where = result["_where"]
     assert result["is_error"] is False, where
