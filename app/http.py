@@ -14,6 +14,7 @@ import time
 import orjson
 from flask import Flask, Response, current_app, g, request
 from gunicorn.http.errors import ParseException
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from app.clients import client_name
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 # and headers, so nothing that could forge a log line or a header is accepted.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
 _CHAT_MIMETYPES = frozenset({"application/json"})
+# Headers naming the client's session (an agent's conversation), shown on the access line.
+_SESSION_HEADERS = ("X-Claude-Code-Session-Id", "X-Session-Id")
 _ACCESS_FIELDS = ("method", "path", "status", "client", "vendor", "model", "attempts", "duration_ms", "ttfb_ms")
 _ACCESS_FORMAT = " ".join(f"{field}=%s" for field in _ACCESS_FIELDS)
 # A request a vendor answered also names the attempt that did (see answered_by_var).
@@ -139,6 +142,7 @@ def _end(response: Response) -> Response:
     method, path, status = request.method, request.path, response.status_code
     request_id, client = g.get("request_id", "-"), client_name()
     answered_by = answered_by_var.get()
+    session = _session_of(request.headers)
 
     def log_line() -> None:
         headers = response.headers
@@ -153,17 +157,32 @@ def _end(response: Response) -> Response:
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             "ttfb_ms": round(ttfb * 1000, 1),
         }
+        line = _ACCESS_FORMAT
         if answered_by is not None:
             extra.update(answered_by)
+            line = _ANSWERED_FORMAT
+        if session is not None:
+            extra["session"] = session
+            line += " session=%s"
         token = request_id_var.set(request_id)
         try:
-            access_log.info(_ACCESS_FORMAT if answered_by is None else _ANSWERED_FORMAT, *extra.values(), extra=extra)
+            access_log.info(line, *extra.values(), extra=extra)
         finally:
             request_id_var.reset(token)
 
     # For streams this runs when the last byte is sent, so the duration is the whole stream's.
     response.call_on_close(log_line)
     return response
+
+
+def _session_of(headers: Headers) -> str | None:
+    """The agent session a request belongs to (Claude Code names its own), if it says so plainly:
+    it goes into the access line, so nothing that could forge a log line is taken."""
+    for name in _SESSION_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            return value if _REQUEST_ID.match(value) else None
+    return None
 
 
 def _http_exception(exc: HTTPException) -> Response:

@@ -13,6 +13,8 @@ import anthropic
 import pytest
 import requests
 
+from tests.support.processes import wait_until
+
 VENDORS = ["openai", "gemini"]
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -297,3 +299,60 @@ def test_silence_is_filled_with_ping_events_after_message_start(start_router, fa
     assert "ping" in names and names.index("ping") > names.index("message_start")
     assert all(data == {"type": "ping"} for name, data in events if name == "ping")
     assert names[-1] == "message_stop"
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_vendors_reasoning_content_becomes_a_thinking_block_before_the_text(client, fake, vendor, stream):
+    fake.behave(vendor, reasoning="First, greet back.")
+    request = {
+        "model": "any-model",
+        "max_tokens": 256,
+        "messages": [{"role": "user", "content": "Hello"}],
+        **pinned(vendor),
+    }
+    if stream:
+        with client.messages.stream(**request) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**request)
+    thinking, text = message.content
+    assert thinking.type == "thinking" and thinking.thinking == "First, greet back."
+    assert text.type == "text" and text.text == f"Hello from {vendor}! You said: Hello"
+
+
+def test_thinking_reaches_only_models_configured_for_reasoning(start_router, fake):
+    models = [
+        {
+            "vendor": "openai",
+            "model": "o-reasoner",
+            "aliases": ["claude-opus-router"],
+            "max_output_tokens": 1000,
+            "config": {"support_reasoning": True},
+        },
+        {"vendor": "gemini", "model": "gemini-2.0-flash", "aliases": ["claude-haiku-router"]},
+    ]
+    router = start_router(models=models)
+    client = messages_client(router)
+    for alias in ("claude-opus-router", "claude-haiku-router"):
+        client.messages.create(
+            model=alias,
+            max_tokens=20000,
+            thinking={"type": "adaptive"},
+            output_config={"effort": "max"},
+            messages=[{"role": "user", "content": "Hi"}],
+        )
+    opus, haiku = (received["body"] for received in fake.requests())
+    assert (opus["model"], opus["reasoning_effort"], opus["max_completion_tokens"]) == ("o-reasoner", "high", 1000)
+    assert haiku["model"] == "gemini-2.0-flash" and "reasoning_effort" not in haiku
+    assert haiku["max_completion_tokens"] == 20000
+
+
+def test_the_agent_session_is_named_on_the_access_line(router, client):
+    client.messages.create(
+        model="any-model",
+        max_tokens=16,
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_headers={"X-Claude-Code-Session-Id": "5b0c6a86-2f1e-4d1c-9c7e-0d6b1f2c3a4b"},
+    )
+    wait_until(lambda: "session=5b0c6a86-2f1e-4d1c-9c7e-0d6b1f2c3a4b" in router.logs(), timeout=5)

@@ -116,6 +116,9 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
     the last chunk; or the error event) ends with ONE line ending, no blank line, and the body
     ends there. ``final_line_ending`` (bool, true): false = that last event has no line ending
     at all (whatever ``final_blank_line`` says).
+``reasoning`` (str | null): the model's reasoning, as some OpenAI-compatible vendors send it:
+    ``reasoning_content`` beside the content of a whole answer; in a stream, deltas of
+    ``reasoning_content`` (cut into ``chunks`` pieces, content events) before the content.
 ``framing`` ("chunked" | "close", "chunked"): chunked = ``Transfer-Encoding: chunked``, each
     SSE event its own chunk, written when due; close = no length, ``Connection: close``, the
     body ends when the socket closes.
@@ -240,6 +243,7 @@ DEFAULTS: dict[str, Any] = {
     "comment_every": None,
     "final_blank_line": True,
     "final_line_ending": True,
+    "reasoning": None,
 }
 
 _NONE = type(None)
@@ -280,6 +284,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None, float | None]] 
     "comment_every": ((*_NUM, _NONE), None, 0.001),
     "final_blank_line": ((bool,), None, None),
     "final_line_ending": ((bool,), None, None),
+    "reasoning": ((str, _NONE), None, None),
 }
 assert _SPEC.keys() == DEFAULTS.keys()
 
@@ -1045,6 +1050,8 @@ class FakeVendor:
                 "content": text,
                 "refusal": None,
             }
+            if b["reasoning"] is not None:
+                message["reasoning_content"] = b["reasoning"]
         else:
             text = "".join(args for _, args in calls)
             tool_calls = [
@@ -1100,6 +1107,9 @@ class FakeVendor:
         if calls is None:
             text = self.text_of(vendor, body, b)
             yield chunk({"role": "assistant", "content": ""}), False
+            if b["reasoning"] is not None:
+                for piece in split_text(b["reasoning"], b["chunks"]):
+                    yield chunk({"reasoning_content": piece}), True
             pieces = b["content_chunks"] or split_text(text, b["chunks"])
             for piece in pieces:
                 yield chunk({"content": piece}), True

@@ -1035,3 +1035,15 @@ def test_fake_vendor_process_with_tls_serves_https_on_localhost(certificates: Te
         assert [r["endpoint"] for r in fake.requests()] == ["chat"]
     finally:
         fake.stop()
+
+
+def test_reasoning_comes_as_reasoning_content_whole_and_before_the_content_in_a_stream(
+    port: int, http: requests.Session
+) -> None:
+    whole = chat(http, port, x_fake={"reasoning": "Think first."}).json()
+    assert whole["choices"][0]["message"]["reasoning_content"] == "Think first."
+    streamed = chat(http, port, stream=True, x_fake={"reasoning": "Think first.", "chunks": 2})
+    deltas = [c["choices"][0]["delta"] for c in chunks_of(streamed.text) if c.get("choices")]
+    reasoning = [i for i, d in enumerate(deltas) if "reasoning_content" in d]
+    assert "".join(deltas[i]["reasoning_content"] for i in reasoning) == "Think first."
+    assert max(reasoning) < next(i for i, d in enumerate(deltas) if d.get("content"))
