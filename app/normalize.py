@@ -68,6 +68,18 @@ def normalize_completion(answer: dict[str, Any], requested_model: str) -> dict[s
     return answer
 
 
+def first_choice(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The choice with index 0 of a chat completion or chunk, if it holds one: the router asks
+    for one answer per request, and translations read only that one."""
+    choices = document.get("choices")
+    if not isinstance(choices, list):
+        return None
+    for choice in choices:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            return choice
+    return None
+
+
 class StreamNormalizer:
     """Fixes the chunks of one stream; holds what must stay the same from chunk to chunk."""
 

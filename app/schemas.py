@@ -13,7 +13,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.errors import InvalidRequest
-from app.validation import JSONObject, StrictBoolean, StrictSchema, check, tool_choice_problem
+from app.validation import JSONObject, StrictBoolean, StrictSchema, check, check_tool_choice
 
 __all__ = ["MAX_CONTENT_PARTS", "MAX_MESSAGES", "MAX_TOOLS", "MAX_TOOL_CALLS", "is_plain_chat", "validate_chat_request"]
 
@@ -163,12 +163,10 @@ class ChatRequest(StrictSchema):
         if choice is None:
             return
         names = {tool["function"]["name"] for tool in data.get("tools") or []}
-        named = isinstance(choice, dict)
-        problem = tool_choice_problem(
-            "named" if named else choice, choice["function"]["name"] if named else None, names
-        )
-        if problem is not None:
-            raise ValidationError({"function": {"name": [problem]}} if named and names else problem, "tool_choice")
+        if isinstance(choice, dict):
+            check_tool_choice("named", choice["function"]["name"], names, lambda m: {"function": {"name": m}})
+        else:
+            check_tool_choice(choice, None, names, lambda m: m)
 
 
 _CHAT_REQUEST = ChatRequest()

@@ -15,7 +15,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from app.errors import InvalidRequest
 
-__all__ = ["JSONObject", "StrictBoolean", "StrictSchema", "check", "first_error", "tool_choice_problem"]
+__all__ = ["JSONObject", "StrictBoolean", "StrictSchema", "check", "check_tool_choice", "first_error"]
 
 
 class StrictSchema(Schema):
@@ -88,17 +88,23 @@ def first_error(messages: Any, path: str = "") -> tuple[str | None, str]:
     return path or None, str(messages)
 
 
-def tool_choice_problem(kind: str, name: str | None, tool_names: Collection[str]) -> str | None:
-    """What is wrong with a tool choice, in every API's terms, or None.
+def check_tool_choice(
+    kind: str,
+    name: str | None,
+    tool_names: Collection[str],
+    name_at: Callable[[Any], Any],
+    kind_at: Callable[[Any], Any] = lambda messages: messages,
+) -> None:
+    """Raise ValidationError (at ``tool_choice``) for a tool choice that cannot be honoured.
 
-    ``kind`` is "none", "auto", "required" (Anthropic's "any") or "named" (one tool, ``name``).
-    Letting the model decide, or forbidding tools, needs no tools; requiring one does; a named
-    choice must name one of them.
+    The one rule, in every API's terms: ``kind`` is "none", "auto", "required" (Anthropic's
+    "any") or "named" (one tool, ``name``). Letting the model decide, or forbidding tools, needs
+    no tools; requiring one does; a named choice must name one of them. Each complaint is put
+    where the API spells what it is about: ``kind_at(messages)``, ``name_at(messages)``.
     """
     if kind in ("none", "auto"):
-        return None
+        return
     if not tool_names:
-        return "Only allowed when tools are given."
+        raise ValidationError(kind_at(["Only allowed when tools are given."]), "tool_choice")
     if kind == "named" and name not in tool_names:
-        return f"No tool named {name!r} in tools."
-    return None
+        raise ValidationError(name_at([f"No tool named {name!r} in tools."]), "tool_choice")

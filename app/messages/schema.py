@@ -22,7 +22,7 @@ from app.schemas import (
     MAX_NAME_LENGTH,
     MAX_TOOLS,
 )
-from app.validation import JSONObject, StrictBoolean, StrictSchema, check, tool_choice_problem
+from app.validation import JSONObject, StrictBoolean, StrictSchema, check, check_tool_choice
 
 __all__ = ["EFFORTS", "validate_messages_request"]
 
@@ -286,9 +286,7 @@ class MessagesRequest(StrictSchema):
             return
         names = {tool["name"] for tool in data.get("tools") or []}
         kind = {"any": "required", "tool": "named"}.get(choice["type"], choice["type"])
-        problem = tool_choice_problem(kind, choice.get("name"), names)
-        if problem is not None:
-            raise ValidationError({"name" if kind == "named" and names else "type": [problem]}, "tool_choice")
+        check_tool_choice(kind, choice.get("name"), names, lambda m: {"name": m}, lambda m: {"type": m})
 
     @validates_schema
     def _results_answer_earlier_calls(self, data: dict, **kwargs: Any) -> None:

@@ -26,7 +26,7 @@ from app.errors import RouterError
 from app.messages.answer import message_usage, new_message_id, reasoning_text, stop_reason
 from app.messages.errors import stream_error_type
 from app.messages.request import ToolNames
-from app.normalize import new_tool_call_id
+from app.normalize import first_choice, new_tool_call_id
 
 __all__ = ["PING", "MessagesStream", "sse_event"]
 
@@ -128,10 +128,8 @@ class MessagesStream:
         usage = message_usage(chunk.get("usage"))
         if usage is not None:
             self._usage = usage
-        for choice in chunk.get("choices") or ():
-            # A Message is one answer; the router never asks for more than one choice.
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
+        choice = first_choice(chunk)
+        if choice is not None:
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 self._delta(delta, out)

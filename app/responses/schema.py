@@ -22,7 +22,7 @@ from app.schemas import (
     FunctionFields,
 )
 from app.schemas import Content as ChatContent
-from app.validation import JSONObject, StrictBoolean, StrictSchema, check, tool_choice_problem
+from app.validation import JSONObject, StrictBoolean, StrictSchema, check, check_tool_choice
 
 __all__ = ["MAX_INPUT_ITEMS", "validate_responses_request"]
 
@@ -285,10 +285,10 @@ class ResponsesRequest(StrictSchema):
         if choice is None:
             return
         names = {tool["name"] for tool in data.get("tools") or []}
-        named = isinstance(choice, dict)
-        problem = tool_choice_problem("named" if named else choice, choice["name"] if named else None, names)
-        if problem is not None:
-            raise ValidationError({"name": [problem]} if named and names else problem, "tool_choice")
+        if isinstance(choice, dict):
+            check_tool_choice("named", choice["name"], names, lambda m: {"name": m})
+        else:
+            check_tool_choice(choice, None, names, lambda m: m)
 
     @validates_schema
     def _outputs_answer_earlier_calls(self, data: dict, **kwargs: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from app.errors import RouterError
+from app.normalize import first_choice
 from app.responses.answer import (
     function_call_item,
     incomplete_reason,
@@ -103,10 +104,8 @@ class ResponsesStream:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
-        for choice in chunk.get("choices") or ():
-            # The Responses API has one answer per request; the router never asks for more.
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
+        choice = first_choice(chunk)
+        if choice is not None:
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 for kind, key in (("output_text", "content"), ("refusal", "refusal")):
