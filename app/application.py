@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.auth import install_client_auth
     from app.blueprints import chat, embeddings, health, models, openapi, responses
     from app.cors import install_cors
-    from app.http import install_http_edge
+    from app.http import BodyDeadline, install_http_edge
     from app.limits import install_rate_limits
     from app.logs import configure_logging
     from app.metrics import init_metrics
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.trusted_proxies:
         # The client address is the one the trusted proxies saw (X-Forwarded-For), not theirs.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.client_body_timeout)
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)

@@ -85,6 +85,10 @@ class Settings:
     # A stream whose client accepts no bytes this long is closed (and its vendor request), so a
     # client that stopped reading cannot hold a vendor connection and its buffers forever.
     client_send_timeout: float = 60.0
+    # Seconds a client may take to send its request body, counted from the end of its headers.
+    # Without a bound, a client sending a few bytes of a promised body holds a greenlet (of the
+    # worker's WORKER_CONNECTIONS) for as long as it likes, with or without a valid key.
+    client_body_timeout: float = 30.0
     # The certificate authorities vendor TLS is checked against (REQUESTS_CA_BUNDLE, else
     # SSL_CERT_FILE); None: the bundle that ships with requests. Behind a TLS-inspecting egress
     # proxy the proxy's CA is the only way to reach a vendor.
@@ -144,6 +148,7 @@ class Settings:
             first_token_timeout=reader.optional_number("FIRST_TOKEN_TIMEOUT"),
             hedge_after_seconds=reader.optional_number("HEDGE_AFTER_SECONDS"),
             client_send_timeout=reader.number("CLIENT_SEND_TIMEOUT", cls.client_send_timeout),
+            client_body_timeout=reader.number("CLIENT_BODY_TIMEOUT", cls.client_body_timeout),
             ca_bundle=_read_ca_bundle(reader),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
             api_keys=_read_client_keys(reader),

@@ -1,0 +1,98 @@
+"""Clients and vendors that are slow, silent or strange in ways that must not hold the router, over real sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import requests
+
+from tests.harness import Router
+
+HELLO = [{"role": "user", "content": "Hello"}]
+CHAT = {"model": "any-model", "messages": HELLO}
+
+
+def send_partial_body(server: Router, key: str | None = None) -> socket.socket:
+    """Headers promising a 1000-byte JSON body, then 4 bytes of it, and nothing more."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n" + (f"Authorization: Bearer {key}\r\n" if key else "") + "\r\n"
+    )
+    sock.sendall(head.encode() + b'{"mo')
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float | None, float | None]:
+    """Everything the router sends within ``timeout``; when its first byte came and when it closed
+    (seconds from now; None if it did not)."""
+    started = time.monotonic()
+    data, first, closed = b"", None, None
+    while (left := started + timeout - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            piece = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            piece = b""
+        if not piece:
+            closed = time.monotonic() - started
+            break
+        first = first if first is not None else time.monotonic() - started
+        data += piece
+    sock.close()
+    return data, first, closed
+
+
+def status_and_json(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_a_request_body_that_stops_arriving_is_answered_408_within_the_client_body_timeout(start_router, fake):
+    server = start_router(CLIENT_BODY_TIMEOUT="1")
+    answer, first, closed = read_until_closed(send_partial_body(server), timeout=10)
+    assert first is not None and 0.8 < first < 2.5, first
+    status, body = status_and_json(answer)
+    assert status == 408
+    assert body == {
+        "error": {
+            "message": body["error"]["message"],
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_timeout",
+        }
+    }
+    # The rest of that body may still come: the connection cannot carry another request.
+    assert closed is not None and closed < 3
+    assert fake.requests() == []
+
+
+def test_a_caller_without_a_valid_key_cannot_hold_the_connection_with_a_slow_body(start_router, fake):
+    server = start_router(CLIENT_BODY_TIMEOUT="1", ROUTER_API_KEYS="the-right-key")
+    answer, first, closed = read_until_closed(send_partial_body(server, key="a-wrong-key"), timeout=10)
+    assert first is not None and first < 0.5  # refused at once, the body unread
+    assert status_and_json(answer)[0] == 401
+    assert closed is not None and closed < 2.5, closed
+
+
+def test_slow_request_bodies_do_not_starve_other_clients(start_router, fake):
+    server = start_router(CLIENT_BODY_TIMEOUT="1", WORKER_CONNECTIONS="4", ROUTER_API_KEYS="the-right-key")
+    slow = [send_partial_body(server, key="the-right-key") for _ in range(4)]
+    time.sleep(0.3)  # every greenlet of the worker now waits on a body
+    try:
+        started = time.monotonic()
+        answer = requests.post(
+            server.url("/v1/chat/completions"),
+            json=CHAT,
+            headers={"Authorization": "Bearer the-right-key"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        assert time.monotonic() - started < 3
+    finally:
+        for sock in slow:
+            sock.close()
