@@ -96,3 +96,16 @@ def test_slow_request_bodies_do_not_starve_other_clients(start_router, fake):
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_responses_metadata_nested_too_deep_is_refused_before_any_vendor_is_called(router, fake):
+    metadata: dict = {"leaf": "x"}
+    for _ in range(300):
+        metadata = {"a": metadata}
+    answer = requests.post(
+        router.url("/v1/responses"), json={"model": "any-model", "input": "Hi", "metadata": metadata}, timeout=10
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "metadata"
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert fake.requests() == []
