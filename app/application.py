@@ -63,7 +63,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics = init_metrics(app, settings.worker_connections, catalog.combinations)
     # Built here, in the worker (never the master: no preload), so a shared book's background
     # link to Redis starts in the process that uses it.
-    cooldowns = open_cooldowns(settings.cooldown_storage)
+    cooldowns = open_cooldowns(
+        settings.cooldown_storage,
+        namespace=settings.cooldown_namespace or catalog.cooldown_namespace(),
+    )
     selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns)
     metrics.follow_cooling(selector.cooling_by_vendor)
     upstream = Upstream(

@@ -41,6 +41,7 @@ _LAST_RETRY_SECONDS = 10.0
 
 # Raises deadlines (never lowers them), forgets expired ones, and tells every worker what changed,
 # in one atomic step. KEYS[1]: the hash key -> deadline. ARGV: channel, now, then key, deadline pairs.
+# The news names its hash: deployments with other namespaces on the same database hear it too.
 _RAISE_SCRIPT = """
 local now = tonumber(ARGV[2])
 local raised, any = {}, false
@@ -66,7 +67,7 @@ if latest > 0 then
   redis.call('PEXPIREAT', KEYS[1], math.ceil((latest + 60) * 1000))
 end
 if any then
-  redis.call('PUBLISH', ARGV[1], cjson.encode(raised))
+  redis.call('PUBLISH', ARGV[1], cjson.encode({[KEYS[1]] = raised}))
 end
 return any and 1 or 0
 """
@@ -123,11 +124,14 @@ class Cooldowns:
 
 
 class SharedCooldowns(Cooldowns):
-    """Cooldowns shared through Redis by every worker and instance pointed at it (``redis://...``)."""
+    """Cooldowns shared through Redis by every worker and instance pointed at it (``redis://...``).
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+    Only books with the same ``namespace`` share (COOLDOWN_NAMESPACE).
+    """
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.time, *, namespace: str = "") -> None:
         super().__init__(clock)
-        self._link = _RedisLink(url, self._deadlines, clock)
+        self._link = _RedisLink(url, self._deadlines, clock, namespace)
         # The link's thread holds no reference to the book: once the book is garbage (an app built
         # by a test and dropped), the thread ends and its connections close.
         self._finalizer = weakref.finalize(self, self._link.stop)
@@ -141,22 +145,29 @@ class SharedCooldowns(Cooldowns):
         self._link.send(key, deadline)
 
 
-def open_cooldowns(storage: str, clock: Callable[[], float] = time.time) -> Cooldowns:
-    """The book ``storage`` (``COOLDOWN_STORAGE``) names; raises SettingsError for one it cannot use."""
+def open_cooldowns(storage: str, clock: Callable[[], float] = time.time, *, namespace: str = "") -> Cooldowns:
+    """The book ``storage`` (``COOLDOWN_STORAGE``) names; raises SettingsError for one it cannot use.
+
+    ``namespace`` matters only to a shared book (see SharedCooldowns).
+    """
     if storage == "memory://":
         return Cooldowns(clock)
     try:
-        book = SharedCooldowns(storage, clock)
+        book = SharedCooldowns(storage, clock, namespace=namespace)
     except ValueError as exc:
         raise SettingsError(f"COOLDOWN_STORAGE {without_password(storage)} cannot be used: {exc}") from None
-    log.info("cooldowns shared through %s (learned in the background)", without_password(storage))
+    log.info(
+        "cooldowns shared through %s, namespace %s (learned in the background)",
+        without_password(storage),
+        namespace or "-",
+    )
     return book
 
 
 class _RedisLink:
     """The background side of a shared book: sends this worker's cooldowns, learns everyone else's."""
 
-    def __init__(self, url: str, deadlines: _Deadlines, clock: Callable[[], float]) -> None:
+    def __init__(self, url: str, deadlines: _Deadlines, clock: Callable[[], float], namespace: str) -> None:
         password = urlsplit(url).password
         if password:
             register_secrets([password])
@@ -170,7 +181,7 @@ class _RedisLink:
         self._where = without_password(url)
         self._deadlines = deadlines
         self._clock = clock
-        self._hash = _PREFIX
+        self._hash = f"{_PREFIX}:{namespace}" if namespace else _PREFIX
         # Pub/sub channels are global to a Redis, hashes are per database: the channel names the
         # database so deployments on other databases of the same Redis never hear each other.
         self._channel = f"{_PREFIX}:db{self._client.connection_pool.connection_kwargs.get('db', 0)}"
@@ -246,9 +257,10 @@ class _RedisLink:
             news = json.loads(data)
         except (TypeError, ValueError):
             return  # not ours: someone else publishing on the channel
-        if isinstance(news, dict):
+        raised = news.get(self._hash) if isinstance(news, dict) else None
+        if isinstance(raised, dict):  # else another namespace's news
             now = self._clock()
-            for key, until in news.items():
+            for key, until in raised.items():
                 self._merge(key, until, now)
 
     def _merge(self, key: str | bytes, until: object, now: float) -> None:

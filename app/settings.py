@@ -67,6 +67,10 @@ class Settings:
     # memory:// keeps cooldowns in each worker process; redis://host:port/db shares them with every
     # worker and instance pointed at it (app/cooldowns.py: learned in the background, never waited on).
     cooldown_storage: str = "memory://"
+    # Shared cooldowns are shared only among instances with the same namespace. Empty: a digest of
+    # the configured vendors, base URLs, keys and models, so instances of one deployment share and
+    # other deployments using the same Redis do not.
+    cooldown_namespace: str = ""
     # An SSE comment is sent when a committed stream has been silent this long; it keeps
     # proxies from cutting the stream and reveals clients that went away.
     stream_keepalive_seconds: float = 15.0
@@ -143,6 +147,7 @@ class Settings:
             cooldown_seconds=reader.number("COOLDOWN_SECONDS", cls.cooldown_seconds, minimum=0),
             max_cooldown_seconds=reader.number("MAX_COOLDOWN_SECONDS", cls.max_cooldown_seconds, minimum=0),
             cooldown_storage=_read_cooldown_storage(reader),
+            cooldown_namespace=_read_cooldown_namespace(reader),
             stream_keepalive_seconds=reader.number("STREAM_KEEPALIVE_SECONDS", cls.stream_keepalive_seconds),
             request_timeout=reader.number("REQUEST_TIMEOUT", cls.request_timeout),
             first_token_timeout=reader.optional_number("FIRST_TOKEN_TIMEOUT"),
@@ -293,6 +298,14 @@ def _read_cooldown_storage(reader: _Reader) -> str:
     return value
 
 
+def _read_cooldown_namespace(reader: _Reader) -> str:
+    """COOLDOWN_NAMESPACE: part of a Redis key name, so plain characters only."""
+    value = reader.text("COOLDOWN_NAMESPACE", "")
+    if value and not _NAMESPACE.match(value):
+        raise SettingsError(f"COOLDOWN_NAMESPACE must be 1-64 characters of A-Z a-z 0-9 _ . : -; got {value!r}")
+    return value
+
+
 def _read_origins(reader: _Reader) -> tuple[str, ...]:
     """CORS_ORIGINS: ``*`` or full origins (scheme://host[:port]), which browsers send verbatim."""
     origins = reader.items("CORS_ORIGINS")
@@ -303,6 +316,7 @@ def _read_origins(reader: _Reader) -> tuple[str, ...]:
 
 
 _ORIGIN = re.compile(r"https?://[^/\s]+\Z")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 # RATE_LIMIT_<NAME> variables that are settings of their own: no client may be named so.
 _RESERVED_VARIABLES = frozenset({"RATE_LIMIT_STORAGE"})

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import requests
 
-from tests.harness import Router
+from tests.harness import Router, wait_until
+from tests.prometheus import scrape
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 HELLO = [{"role": "user", "content": "Hello"}]
 CHAT = {"model": "any-model", "messages": HELLO}
@@ -109,3 +114,43 @@ def test_responses_metadata_nested_too_deep_is_refused_before_any_vendor_is_call
     assert answer.json()["error"]["param"] == "metadata"
     assert answer.json()["error"]["type"] == "invalid_request_error"
     assert fake.requests() == []
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (CI installs it: apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.kill()
+
+
+def openai_keys(*keys: str) -> list[dict[str, str]]:
+    return [{"platform": "openai", "type": "api-key", "value": key} for key in keys]
+
+
+def test_shared_cooldowns_follow_the_key_not_its_position_in_the_credentials_file(start_router, fake, redis_server):
+    # One namespace for all three, as if one deployment: only the keys tell them apart.
+    shared = {"COOLDOWN_STORAGE": redis_server.url, "COOLDOWN_NAMESPACE": "itest", "COOLDOWN_SECONDS": "60"}
+    models = [{"vendor": "openai", "model": "gpt-4o"}]
+    first = start_router(
+        models=models, credentials=openai_keys("sk-key-one-1111", "sk-key-two-2222"), MAX_ATTEMPTS="1", **shared
+    )
+    other_keys = start_router(models=models, credentials=openai_keys("sk-key-three-33", "sk-key-four-444"), **shared)
+    reordered = start_router(models=models, credentials=openai_keys("sk-key-two-2222", "sk-key-one-1111"), **shared)
+    wait_until(lambda: redis_server.client.pubsub_numsub("generative-api-router:cooldowns:db0")[0][1] == 3, 10)
+
+    # The vendor refuses the first router's key: that key (alone, MAX_ATTEMPTS=1) cools down.
+    refused = requests.post(first.url("/v1/chat/completions"), json={**CHAT, "x_fake": {"status": 401}}, timeout=10)
+    assert refused.status_code == 401, refused.text
+    refused_key = fake.requests()[0]["headers"]["authorization"].removeprefix("Bearer ")
+    wait_until(lambda: scrape(reordered.base).value("router_cooling_combinations") == 1, timeout=5)
+
+    # The router with that key at the other position skips that key, and only it.
+    fake.reset()
+    for _ in range(8):
+        assert requests.post(reordered.url("/v1/chat/completions"), json=CHAT, timeout=10).status_code == 200
+    used = {r["headers"]["authorization"].removeprefix("Bearer ") for r in fake.requests()}
+    assert used == {"sk-key-one-1111", "sk-key-two-2222"} - {refused_key}
+    # The router whose keys at the same positions are other keys cools nothing.
+    assert scrape(other_keys.base).value("router_cooling_combinations") == 0
