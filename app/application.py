@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     cooldowns = open_cooldowns(
         settings.cooldown_storage,
         namespace=settings.cooldown_namespace or catalog.cooldown_namespace(),
+        longest=max(settings.max_cooldown_seconds, settings.cooldown_seconds),
     )
     selector = Selector(catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns)
     metrics.follow_cooling(selector.cooling_by_vendor)

@@ -1,7 +1,10 @@
-"""What a shared cooldown book shares with which others, under which names.
+"""What a shared cooldown book shares with which others, under which names, and how far it trusts them.
 
 Cooldowns are named by a digest of vendor, base URL, key and model, never by a key's position,
-and shared only within a namespace.
+and shared only within a namespace. A peer's deadlines are believed for at most the longest
+cooldown this instance would set itself, non-numbers are ignored, and only what this book decided
+itself is ever written back: a cooldown deleted from Redis (or lost with a restarted Redis) is not
+resurrected by the books that learned it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,68 @@ def announce(server: RedisServer, deadlines: dict[str, object]) -> None:
     """What a peer's book does: store its deadlines and publish them (as a peer of this version)."""
     server.client.hset(HASH, mapping={key: str(value) for key, value in deadlines.items()})
     server.client.publish(CHANNEL, json.dumps({HASH: {key: str(value) for key, value in deadlines.items()}}))
+
+
+@needs_redis
+def test_a_deadline_from_a_peer_whose_clock_runs_an_hour_ahead_is_believed_for_the_longest_cooldown_only(
+    redis_server, open_book
+):
+    book = open_book(redis_server.url)
+    listening(redis_server, 1)
+    heard = time.time()
+    announce(redis_server, {"openai/gpt-4o/0123456789abcdef": heard + 3600 + 30})
+    wait_until(lambda: book.until("openai/gpt-4o/0123456789abcdef") > 0, timeout=3)
+    believed = book.until("openai/gpt-4o/0123456789abcdef")
+    assert heard + LONGEST - 1 <= believed <= time.time() + LONGEST
+    time.sleep(1)  # read in full again and again meanwhile: the bound runs from when it was heard
+    assert book.until("openai/gpt-4o/0123456789abcdef") == believed
+
+
+@needs_redis
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999", "-inf", "Infinity", "soon"])
+def test_a_deadline_that_is_not_a_finite_number_is_ignored(redis_server, open_book, value):
+    book = open_book(redis_server.url)
+    listening(redis_server, 1)
+    announce(redis_server, {"bad": value, "good": time.time() + 30})
+    # Python's json reads these non-standard words; a careless peer may write them.
+    redis_server.client.publish(CHANNEL, '{"' + HASH + '": {"bad2": Infinity, "bad3": NaN}}')
+    wait_until(lambda: book.until("good") > 0, timeout=3)
+    time.sleep(0.5)
+    assert book.until("bad") == book.until("bad2") == book.until("bad3") == 0.0
+    assert book.cooling_count(time.time()) == 1
+
+
+@needs_redis
+def test_a_cooldown_deleted_from_redis_is_forgotten_and_never_written_back(redis_server, open_book):
+    book = open_book(redis_server.url)
+    listening(redis_server, 1)
+    announce(redis_server, {"theirs": time.time() + 60})
+    book.cool(["mine"], 60)
+    wait_until(lambda: book.until("theirs") > 0 and redis_server.client.hexists(HASH, "mine"), timeout=3)
+
+    redis_server.client.delete(HASH)
+    wait_until(lambda: book.until("theirs") == 0.0, timeout=3)
+    assert book.until("mine") > time.time()  # its own decision stands
+    time.sleep(0.5)
+    assert not redis_server.client.hexists(HASH, "theirs")
+
+
+@needs_redis
+def test_after_a_redis_restart_a_book_gives_back_only_what_it_decided_itself(redis_server, open_book, tmp_path):
+    book = open_book(redis_server.url)
+    listening(redis_server, 1)
+    announce(redis_server, {"theirs": time.time() + 60})
+    book.cool(["mine"], 60)
+    wait_until(lambda: book.until("theirs") > 0 and redis_server.client.hexists(HASH, "mine"), timeout=3)
+
+    redis_server.kill()
+    revived = RedisServer(tmp_path / "redis-again", port=redis_server.port)
+    try:
+        wait_until(lambda: revived.client.hexists(HASH, "mine"), timeout=15)
+        time.sleep(0.5)
+        assert revived.client.hkeys(HASH) == [b"mine"]
+    finally:
+        revived.kill()
 
 
 @needs_redis
