@@ -141,11 +141,16 @@ class StreamRelay:
 
     def read(self, within: float | None = None) -> bytes | None:
         """The client bytes of the next whole events (blocks until there is one); None at the end;
-        b"" if the vendor sent nothing for ``within`` seconds (the stream goes on).
+        b"" if ``within`` seconds passed without any (the stream goes on).
+
+        ``within`` bounds the whole call, not one read of the vendor: bytes that make nothing for
+        the client (the vendor's own comments, chunks a translation drops) do not restart it, so
+        the caller's keep-alives follow the time since the client's last byte.
 
         Raises StreamFailure when the vendor drops, stalls, breaks the framing, or sends an error
         event; bytes of events before the failure are returned first.
         """
+        deadline = None if within is None else time.monotonic() + within
         while True:
             if self._pending_failure is not None:
                 failure, self._pending_failure = self._pending_failure, None
@@ -154,7 +159,7 @@ class StreamRelay:
             if self.finished:
                 break
             try:
-                data = self._response.read_some(within)
+                data = self._response.read_some(None if deadline is None else max(deadline - time.monotonic(), 0.0))
             except UpstreamError as exc:
                 self.finished = True
                 raise StreamFailure(exc) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import time
@@ -154,3 +155,49 @@ def test_shared_cooldowns_follow_the_key_not_its_position_in_the_credentials_fil
     assert used == {"sk-key-one-1111", "sk-key-two-2222"} - {refused_key}
     # The router whose keys at the same positions are other keys cools nothing.
     assert scrape(other_keys.base).value("router_cooling_combinations") == 0
+
+
+def byte_gaps(server: Router, path: str, body: dict, timeout: float = 30) -> tuple[bytes, list[float]]:
+    """Stream ``body`` to ``path`` over a raw socket: everything received, and the seconds between
+    one arrival of bytes and the next, from the first body bytes to the end."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    received, arrivals = b"", []
+    with sock:
+        while piece := sock.recv(65536):
+            received += piece
+            if b"\r\n\r\n" in received:  # past the head: body bytes
+                arrivals.append(time.monotonic())
+    assert received.startswith(b"HTTP/1.1 200"), received[:300]
+    return received, [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+
+
+STREAMS = {
+    "chat": ("/v1/chat/completions", {"model": "any-model", "messages": HELLO, "stream": True}, b"data: [DONE]"),
+    "responses": ("/v1/responses", {"model": "any-model", "input": "Hi", "stream": True}, b"response.completed"),
+}
+# Each goes silent for 4 s after the first content event, in a way that once kept the router
+# from sending its keep-alives.
+SILENCES = {
+    # The vendor's own keep-alive comments, more often than the router's, reset its clock.
+    "vendor comments": {"stall_after": 1, "stall": 4, "comment_every": 0.4},
+}
+
+
+@pytest.mark.parametrize("silence", list(SILENCES))
+@pytest.mark.parametrize("endpoint", list(STREAMS))
+def test_keepalives_follow_the_time_since_the_clients_last_byte_whatever_the_vendor_sends(
+    start_router, fake, endpoint, silence
+):
+    fake.behave("openai", chunks=3, **SILENCES[silence])
+    server = start_router(models=[{"vendor": "openai", "model": "gpt-4o"}], STREAM_KEEPALIVE_SECONDS="1")
+    path, body, end = STREAMS[endpoint]
+    received, gaps = byte_gaps(server, path, body)
+    assert end in received
+    assert received.count(b": keep-alive") >= 3
+    assert max(gaps) < 1.8, gaps
