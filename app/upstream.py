@@ -279,9 +279,12 @@ class _SocketBody:
         """A reader for ``raw`` (urllib3's response), or None if its body must go through urllib3."""
         if raw.headers.get("Content-Encoding", "identity").lower() != "identity":
             return None  # only urllib3 decompresses (streams ask for identity; a vendor may not obey)
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
         # http.client's buffered reader: it may hold the first bytes of the body.
         buffered = getattr(getattr(raw, "_fp", None), "fp", None)
+        # The socket it reads from. Not the connection's: for an answer that ends with the
+        # connection (Connection: close, a close-delimited stream) http.client has already let go
+        # of the connection's socket (None there), and only its reader still holds it.
+        sock = getattr(getattr(buffered, "raw", None), "_sock", None)
         if not isinstance(sock, socket.socket) or buffered is None:
             return None
         return cls(raw, sock, read_timeout)

@@ -186,6 +186,9 @@ STREAMS = {
 SILENCES = {
     # The vendor's own keep-alive comments, more often than the router's, reset its clock.
     "vendor comments": {"stall_after": 1, "stall": 4, "comment_every": 0.4},
+    # A close-delimited body (Connection: close) was read without any bound on a read.
+    "close-delimited": {"stall_after": 1, "stall": 4, "framing": "close"},
+    "close-delimited with comments": {"stall_after": 1, "stall": 4, "framing": "close", "comment_every": 0.4},
 }
 
 
