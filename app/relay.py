@@ -210,6 +210,10 @@ class StreamRelay:
             if "error" in chunk:
                 self._pending_failure = StreamFailure(error_in_body(chunk))
                 break
+            if not isinstance(chunk.get("choices", ()), (list, type(None))):
+                # Nothing downstream could read it (a translation would fail on it): a broken answer.
+                self._pending_failure = self._broken("sent a chunk whose choices is not a list")
+                break
             chunk = self.normalizer.chunk(chunk)
             if carries_answer(chunk):
                 self.events += 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,63 @@ def test_keepalives_follow_the_time_since_the_clients_last_byte_whatever_the_ven
     assert end in received
     assert received.count(b": keep-alive") >= 3
     assert max(gaps) < 1.8, gaps
+
+
+class OddChunkVendor:
+    """A vendor whose every stream is a role chunk, then a chunk whose ``choices`` is ``choices``."""
+
+    def __init__(self, choices: object) -> None:
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+        role = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+        body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in (role, {**chunk, "choices": choices}))
+        body += b"data: [DONE]\n\n"
+        self.calls = 0
+        vendor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                vendor.calls += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ODD_CHOICES = {"a number": 5, "true": True, "a string": "abc", "an object": {"index": 0}}
+
+
+@pytest.mark.parametrize("choices", list(ODD_CHOICES.values()), ids=list(ODD_CHOICES))
+def test_a_responses_stream_chunk_whose_choices_is_not_a_list_is_a_broken_answer(start_router, fake, choices):
+    odd = OddChunkVendor(choices)
+    try:
+        server = start_router(
+            models=[{"vendor": "openai", "model": "gpt-4o", "weight": 1000}, {"vendor": "gemini", "model": "flash"}],
+            OPENAI_BASE_URL=odd.url,
+            COOLDOWN_SECONDS="0",  # the second call meets the odd vendor again, after the first broke
+        )
+        body = {"input": "Hi", "stream": True}
+        pinned = requests.post(server.url("/v1/responses"), json={**body, "model": "gpt-4o"}, timeout=10)
+        assert pinned.status_code == 502, pinned.text
+        assert pinned.json()["error"]["type"] == "upstream_error"
+        assert "choices" in pinned.json()["error"]["message"]
+
+        chosen = requests.post(server.url("/v1/responses"), json={**body, "model": "any-model"}, timeout=10)
+        assert chosen.status_code == 200, chosen.text
+        assert chosen.headers["X-Vendor-Source"] == "gemini"
+        assert b"response.completed" in chosen.content
+        assert odd.calls >= 2  # the odd vendor was tried first (weight 1000) and failed over
+    finally:
+        odd.stop()
