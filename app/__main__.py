@@ -71,6 +71,7 @@ def failure_handling(settings: Settings) -> str:
             f"  cooldown (COOLDOWN_SECONDS, storage)         {seconds(settings.cooldown_seconds)}, "
             f"{settings.cooldown_storage.split('://')[0]}",
             f"  silent client (CLIENT_SEND_TIMEOUT)          {seconds(settings.client_send_timeout)}",
+            f"  slow request body (CLIENT_BODY_TIMEOUT)      {seconds(settings.client_body_timeout)}",
             f"  vendor CAs (REQUESTS_CA_BUNDLE/SSL_CERT_FILE) {settings.ca_bundle or 'built-in bundle'}",
         ]
     )

@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.blueprints import health, messages, models, openapi, responses
     from app.blueprints.endpoints import endpoint_blueprint
     from app.cors import install_cors
-    from app.http import install_http_edge
+    from app.http import BodyDeadline, install_http_edge
     from app.limits import install_rate_limits
     from app.logs import configure_logging
     from app.metrics import init_metrics
@@ -69,7 +69,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics = init_metrics(app, settings.worker_connections, catalog.combinations)
     # Built here, in the worker (never the master: no preload), so a shared book's background
     # link to Redis starts in the process that uses it.
-    cooldowns = open_cooldowns(settings.cooldown_storage)
+    cooldowns = open_cooldowns(
+        settings.cooldown_storage,
+        namespace=settings.cooldown_namespace or catalog.cooldown_namespace(),
+        longest=max(settings.max_cooldown_seconds, settings.cooldown_seconds),
+    )
     # The first recipe serving each model type is where a request for that type belongs.
     paths: dict[str, str] = {}
     for recipe in RECIPES:
@@ -106,6 +110,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.trusted_proxies:
         # The client address is the one the trusted proxies saw (X-Forwarded-For), not theirs.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.client_body_timeout)
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
     for blueprint in blueprints:

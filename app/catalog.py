@@ -12,6 +12,7 @@ and the entry, and never a credential's value.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -125,10 +126,18 @@ class Combination:
     # A stable name for logs, metrics and cooldown state, free of secrets; built once, since the
     # selector reads it for every candidate of every attempt.
     key: str = field(init=False, repr=False)
+    # What cooldowns call it: the vendor, its base URL, the key itself and the model, digested.
+    # Not ``key``: a credential's position means another key in another deployment sharing the
+    # Redis of shared cooldowns (or after the credentials file is edited), and the secret must
+    # never reach Redis.
+    cooldown_key: str = field(init=False, repr=False)
     weight: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.credential.label}/{self.model.id}")
+        identity = "\0".join((self.vendor.name, self.vendor.base_url, self.credential.secret, self.model.id))
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        object.__setattr__(self, "cooldown_key", f"{self.vendor.name}/{self.model.id}/{digest}")
         object.__setattr__(self, "weight", self.model.weight * self.credential.weight)
 
     def describe(self, problem: str) -> str:
@@ -157,6 +166,13 @@ class Catalog:
     # <VENDOR>_API_KEY variables the credentials came from (names only), when there is no file.
     env_key_variables: tuple[str, ...] = ()
     models_format: str = "v1"
+
+    def cooldown_namespace(self) -> str:
+        """COOLDOWN_NAMESPACE's default: a digest of every combination (vendors, base URLs, keys,
+        models), so instances of one deployment share cooldowns and other deployments on the
+        same Redis do not."""
+        identities = "\n".join(sorted(c.cooldown_key for c in self.combinations))
+        return hashlib.sha256(identities.encode()).hexdigest()[:16]
 
     def model_vendors(self) -> tuple[str, ...]:
         """Vendors that have at least one configured model, in config order."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import weakref
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from app.redact import register_secrets, without_password
-from app.settings import SettingsError
+from app.settings import Settings, SettingsError
 
 __all__ = ["Cooldowns", "SharedCooldowns", "open_cooldowns"]
 
@@ -41,6 +42,7 @@ _LAST_RETRY_SECONDS = 10.0
 
 # Raises deadlines (never lowers them), forgets expired ones, and tells every worker what changed,
 # in one atomic step. KEYS[1]: the hash key -> deadline. ARGV: channel, now, then key, deadline pairs.
+# The news names its hash: deployments with other namespaces on the same database hear it too.
 _RAISE_SCRIPT = """
 local now = tonumber(ARGV[2])
 local raised, any = {}, false
@@ -66,17 +68,27 @@ if latest > 0 then
   redis.call('PEXPIREAT', KEYS[1], math.ceil((latest + 60) * 1000))
 end
 if any then
-  redis.call('PUBLISH', ARGV[1], cjson.encode(raised))
+  redis.call('PUBLISH', ARGV[1], cjson.encode({[KEYS[1]] = raised}))
 end
 return any and 1 or 0
 """
 
 
 class _Deadlines:
-    """Combination key -> wall-clock deadline, only ever raised; read without a lock."""
+    """Combination key -> wall-clock deadline: the later of this worker's own and what it learned
+    from others; read without a lock.
+
+    The two are kept apart because they are trusted differently. This worker's own deadlines are
+    only ever raised and are the only ones it shares. Learned ones are believed for at most a
+    bound from when they were first heard (a peer's clock may run ahead), and a full read of
+    the shared store replaces them all: a cooldown deleted there is forgotten here.
+    """
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
+        self._own: dict[str, float] = {}
+        # key -> (the deadline as announced, the deadline believed)
+        self._learned: dict[str, tuple[float, float]] = {}
         # Under gevent every access is between switches anyway; plain threads (tests) need it.
         self._lock = threading.Lock()
 
@@ -84,16 +96,56 @@ class _Deadlines:
         return self._until.get(key, 0.0)
 
     def raise_to(self, key: str, deadline: float) -> bool:
-        """Set ``key``'s deadline to ``deadline`` if that is later; True if it was."""
+        """Raise this worker's own deadline for ``key`` to ``deadline``; True if it was later."""
         with self._lock:
-            if deadline <= self._until.get(key, 0.0):
+            if deadline <= self._own.get(key, 0.0):
                 return False
-            self._until[key] = deadline
+            self._own[key] = deadline
+            if deadline > self._until.get(key, 0.0):
+                self._until[key] = deadline
             return True
+
+    def learn(self, key: str, announced: float, now: float, longest: float) -> None:
+        """Another worker announced ``key`` cooling until ``announced``: believe it for at most ``longest`` s."""
+        if not now < announced < math.inf:
+            return  # over already, or not a time at all
+        with self._lock:
+            known = self._learned.get(key)
+            if known is not None and announced <= known[0]:
+                return
+            believed = min(announced, now + longest)
+            self._learned[key] = (announced, believed)
+            if believed > self._until.get(key, 0.0):
+                self._until[key] = believed
+
+    def relearn(self, announced: dict[str, float], now: float, longest: float) -> None:
+        """Everything others have announced, read in full: what is no longer announced is forgotten."""
+        with self._lock:
+            learned: dict[str, tuple[float, float]] = {}
+            for key, deadline in announced.items():
+                if not now < deadline < math.inf:
+                    continue
+                known = self._learned.get(key)
+                # The same announcement read again keeps the bound it got when first heard: read
+                # every few seconds, a far-off deadline must not be pushed ahead each time.
+                if known is not None and known[0] == deadline:
+                    learned[key] = known
+                else:
+                    learned[key] = (deadline, min(deadline, now + longest))
+            until = {key: deadline for key, deadline in self._own.items() if deadline > now}
+            for key, (_, believed) in learned.items():
+                if believed > until.get(key, 0.0):
+                    until[key] = believed
+            self._learned, self._until = learned, until
 
     def in_force(self, now: float) -> dict[str, float]:
         with self._lock:
             return {key: until for key, until in self._until.items() if until > now}
+
+    def own_in_force(self, now: float) -> dict[str, float]:
+        """This worker's own deadlines still running: what it may announce."""
+        with self._lock:
+            return {key: until for key, until in self._own.items() if until > now}
 
 
 class Cooldowns:
@@ -123,11 +175,22 @@ class Cooldowns:
 
 
 class SharedCooldowns(Cooldowns):
-    """Cooldowns shared through Redis by every worker and instance pointed at it (``redis://...``)."""
+    """Cooldowns shared through Redis by every worker and instance pointed at it (``redis://...``).
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+    Only books with the same ``namespace`` share (COOLDOWN_NAMESPACE); a deadline learned from
+    another is believed for at most ``longest`` seconds (MAX_COOLDOWN_SECONDS) from when it was heard.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        clock: Callable[[], float] = time.time,
+        *,
+        namespace: str = "",
+        longest: float = Settings.max_cooldown_seconds,
+    ) -> None:
         super().__init__(clock)
-        self._link = _RedisLink(url, self._deadlines, clock)
+        self._link = _RedisLink(url, self._deadlines, clock, namespace, longest)
         # The link's thread holds no reference to the book: once the book is garbage (an app built
         # by a test and dropped), the thread ends and its connections close.
         self._finalizer = weakref.finalize(self, self._link.stop)
@@ -141,22 +204,37 @@ class SharedCooldowns(Cooldowns):
         self._link.send(key, deadline)
 
 
-def open_cooldowns(storage: str, clock: Callable[[], float] = time.time) -> Cooldowns:
-    """The book ``storage`` (``COOLDOWN_STORAGE``) names; raises SettingsError for one it cannot use."""
+def open_cooldowns(
+    storage: str,
+    clock: Callable[[], float] = time.time,
+    *,
+    namespace: str = "",
+    longest: float = Settings.max_cooldown_seconds,
+) -> Cooldowns:
+    """The book ``storage`` (``COOLDOWN_STORAGE``) names; raises SettingsError for one it cannot use.
+
+    ``namespace`` and ``longest`` matter only to a shared book (see SharedCooldowns).
+    """
     if storage == "memory://":
         return Cooldowns(clock)
     try:
-        book = SharedCooldowns(storage, clock)
+        book = SharedCooldowns(storage, clock, namespace=namespace, longest=longest)
     except ValueError as exc:
         raise SettingsError(f"COOLDOWN_STORAGE {without_password(storage)} cannot be used: {exc}") from None
-    log.info("cooldowns shared through %s (learned in the background)", without_password(storage))
+    log.info(
+        "cooldowns shared through %s, namespace %s (learned in the background)",
+        without_password(storage),
+        namespace or "-",
+    )
     return book
 
 
 class _RedisLink:
     """The background side of a shared book: sends this worker's cooldowns, learns everyone else's."""
 
-    def __init__(self, url: str, deadlines: _Deadlines, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, url: str, deadlines: _Deadlines, clock: Callable[[], float], namespace: str, longest: float
+    ) -> None:
         password = urlsplit(url).password
         if password:
             register_secrets([password])
@@ -170,7 +248,8 @@ class _RedisLink:
         self._where = without_password(url)
         self._deadlines = deadlines
         self._clock = clock
-        self._hash = _PREFIX
+        self._longest = longest
+        self._hash = f"{_PREFIX}:{namespace}" if namespace else _PREFIX
         # Pub/sub channels are global to a Redis, hashes are per database: the channel names the
         # database so deployments on other databases of the same Redis never hear each other.
         self._channel = f"{_PREFIX}:db{self._client.connection_pool.connection_kwargs.get('db', 0)}"
@@ -211,8 +290,9 @@ class _RedisLink:
         try:
             # Subscribe before reading what is in force, so nothing raised in between is missed.
             pubsub.subscribe(self._channel)
-            # Everything this worker knows goes back first: a restarted Redis has forgotten it.
-            self._push(self._deadlines.in_force(self._clock()))
+            # What this worker decided goes back first: a restarted Redis has forgotten it. Only
+            # that: what it learned from others, given back, would outlive its deletion from Redis.
+            self._push(self._deadlines.own_in_force(self._clock()))
             self._pull()
             self._came_back()
             resync_at = time.monotonic() + _RESYNC_SECONDS
@@ -237,27 +317,25 @@ class _RedisLink:
         self._raise(keys=[self._hash], args=[self._channel, repr(self._clock()), *pairs])
 
     def _pull(self) -> None:
-        now = self._clock()
+        announced: dict[str, float] = {}
         for key, until in self._client.hgetall(self._hash).items():
-            self._merge(key, until, now)
+            deadline = _deadline(until)
+            if deadline is not None:
+                announced[key.decode(errors="replace")] = deadline
+        self._deadlines.relearn(announced, self._clock(), self._longest)
 
     def _learn(self, data: object) -> None:
         try:
             news = json.loads(data)
         except (TypeError, ValueError):
             return  # not ours: someone else publishing on the channel
-        if isinstance(news, dict):
+        raised = news.get(self._hash) if isinstance(news, dict) else None
+        if isinstance(raised, dict):  # else another namespace's news
             now = self._clock()
-            for key, until in news.items():
-                self._merge(key, until, now)
-
-    def _merge(self, key: str | bytes, until: object, now: float) -> None:
-        try:
-            deadline = float(until)
-        except (TypeError, ValueError):
-            return
-        if deadline > now:
-            self._deadlines.raise_to(key.decode() if isinstance(key, bytes) else key, deadline)
+            for key, until in raised.items():
+                deadline = _deadline(until)
+                if deadline is not None:
+                    self._deadlines.learn(key, deadline, now, self._longest)
 
     def _went_down(self, exc: Exception) -> None:
         if not self._down:
@@ -279,3 +357,14 @@ class _RedisLink:
         if self._down:
             log.warning("cooldown storage %s answers again: cooldowns are shared again", self._where)
             self._down = False
+
+
+def _deadline(value: object) -> float | None:
+    """A deadline as stored or announced (a number, or its text), if it is a finite number."""
+    if isinstance(value, bool):
+        return None
+    try:
+        deadline = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return deadline if math.isfinite(deadline) else None

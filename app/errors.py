@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "AuthenticationFailed",
+    "ClientBodyTimeout",
     "ClientDisconnected",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -120,6 +121,14 @@ class UpstreamError(RouterError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class ClientBodyTimeout(RouterError):
+    """The client did not send its whole request body within CLIENT_BODY_TIMEOUT."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class RequestTimeout(RouterError):

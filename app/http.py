@@ -10,16 +10,22 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+import gevent
+import gevent.monkey
 import orjson
 from flask import Flask, Response, current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import ClosingIterator
 
 from app.clients import client_name
 from app.endpoint import ErrorShape
 from app.errors import (
+    ClientBodyTimeout,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -30,7 +36,7 @@ from app.errors import (
 from app.logs import answered_by_var, request_id_var
 from app.metrics import RouterMetrics
 
-__all__ = ["error_response", "install_http_edge", "read_json_body"]
+__all__ = ["BodyDeadline", "error_response", "install_http_edge", "read_json_body"]
 
 access_log = logging.getLogger("router.access")
 log = logging.getLogger(__name__)
@@ -122,6 +128,100 @@ def read_json_body() -> dict:
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_json_kind(body)}.")
     return body
+
+
+# The longest a request body the app did not read is waited for, to keep its connection.
+_DISCARD_SECONDS = 5.0
+
+
+class BodyDeadline:
+    """WSGI middleware: a client gets ``seconds`` from the end of its headers to send its body.
+
+    Every request passes here, before the client's key is checked: a body the app reads is
+    bounded (408, ClientBodyTimeout), and so is one it never reads (a 401, a 404), which is
+    discarded after the answer was sent, so that the connection can serve a next request, within
+    what is left of the same time but at most _DISCARD_SECONDS (gunicorn itself would discard it
+    bounded only by KEEPALIVE, 5 s by default). A read that runs out of time fails inside
+    gunicorn's body reader, which then closes the connection: where a next request would start is
+    unknown.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], seconds: float) -> None:
+        self._app = app
+        self._seconds = seconds
+        # Only a cooperative server's reads can be interrupted (and only its reads wait on a
+        # client: in-process test clients hand over bodies that are already complete).
+        self._on = gevent.monkey.is_module_patched("socket")
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        length = environ.get("CONTENT_LENGTH") or ""
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if not self._on or (not chunked and (not length.isdigit() or int(length) == 0)):
+            return self._app(environ, start_response)  # no body to wait for
+        body = _DeadlineInput(environ["wsgi.input"], time.monotonic() + self._seconds, None if chunked else int(length))
+        environ["wsgi.input"] = body
+        answer = self._app(environ, start_response)
+        if body.complete:
+            return answer
+        # Run by the server once the answer is written: the client reads its answer first.
+        return ClosingIterator(answer, body.discard_rest)
+
+
+class _DeadlineInput:
+    """A request body stream whose reads fail with ClientBodyTimeout past a deadline."""
+
+    def __init__(self, stream: Any, deadline: float, length: int | None) -> None:
+        self._stream = stream
+        self._deadline = deadline
+        self._left = length  # None: chunked, complete once a read returns nothing
+        self.complete = False
+        self._failed = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._counted(self._bounded(self._stream.read, size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._counted(self._bounded(self._stream.readline, size))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def discard_rest(self) -> None:
+        """Read what is left of the body and drop it, within the deadline (never raises)."""
+        # A body nobody needs earns its sender no more time than an idle keep-alive connection.
+        self._deadline = min(self._deadline, time.monotonic() + _DISCARD_SECONDS)
+        try:
+            while not self.complete and not self._failed and self.read(65536):
+                pass
+        except ClientBodyTimeout:
+            pass  # gunicorn's reader failed, so the connection is closed instead of reused
+
+    def _bounded(self, read: Callable[[Any], bytes], size: int | None) -> bytes:
+        remaining = self._deadline - time.monotonic()
+        if self._failed or remaining <= 0:
+            self._failed = True
+            raise _body_timeout()
+        # The exception is an Exception, not gevent's Timeout (a BaseException): gunicorn's body
+        # reader then marks itself failed, and closes the connection after the answer.
+        try:
+            with gevent.Timeout(remaining, _body_timeout()):
+                return read(size)
+        except ClientBodyTimeout:
+            self._failed = True
+            raise
+
+    def _counted(self, data: bytes) -> bytes:
+        if self._left is None:
+            self.complete = not data
+        else:
+            self._left -= len(data)
+            self.complete = self._left <= 0
+        return data
+
+
+def _body_timeout() -> ClientBodyTimeout:
+    return ClientBodyTimeout("The request body was not received in time.")
 
 
 def _begin() -> None:

@@ -154,11 +154,16 @@ class StreamRelay:
 
     def read(self, within: float | None = None) -> bytes | None:
         """The client bytes of the next whole events (blocks until there is one); None at the end;
-        b"" if the vendor sent nothing for ``within`` seconds (the stream goes on).
+        b"" if ``within`` seconds passed without any (the stream goes on).
+
+        ``within`` bounds the whole call, not one read of the vendor: bytes that make nothing for
+        the client (the vendor's own comments, chunks a translation drops) do not restart it, so
+        the caller's keep-alives follow the time since the client's last byte.
 
         Raises StreamFailure when the vendor drops, stalls, breaks the framing, or sends an error
         event; bytes of events before the failure are returned first.
         """
+        deadline = None if within is None else time.monotonic() + within
         while True:
             if self._pending_failure is not None:
                 failure, self._pending_failure = self._pending_failure, None
@@ -167,7 +172,7 @@ class StreamRelay:
             if self.finished:
                 break
             try:
-                data = self._response.read_some(within)
+                data = self._response.read_some(None if deadline is None else max(deadline - time.monotonic(), 0.0))
             except UpstreamError as exc:
                 self.finished = True
                 raise StreamFailure(Failure.transport(exc)) from None
@@ -232,6 +237,10 @@ class StreamRelay:
             return False
         if carries_error(chunk):
             self._pending_failure = StreamFailure(Failure.error_in_body(chunk, model_pinned=self._pinned))
+            return False
+        if not isinstance(chunk.get("choices", ()), (list, type(None))):
+            # Nothing downstream could read it (a translation would fail on it): a broken answer.
+            self._pending_failure = self._broken("sent a chunk whose choices is not a list")
             return False
         chunk = self.normalizer.chunk(chunk)
         if carries_answer(chunk):

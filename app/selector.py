@@ -126,24 +126,24 @@ class Selector:
         """
         now = self._clock()
         until = self._cooldowns.until
-        fresh = [c for c in candidates if c.key not in exclude and until(c.key) <= now]
+        fresh = [c for c in candidates if c.key not in exclude and until(c.cooldown_key) <= now]
         if fresh:
             return self._draw(candidates, fresh)
         rest = [c for c in candidates if c.key not in exclude]
         if not rest:
             return None
-        return min(rest, key=lambda c: until(c.key))
+        return min(rest, key=lambda c: until(c.cooldown_key))
 
     def cool_down(self, combination: Combination, retry_after: float | None = None) -> None:
         """Skip ``combination`` for the cooldown, or for the vendor's Retry-After if longer (capped)."""
         seconds = self._cooldown
         if retry_after is not None and retry_after > seconds:
             seconds = min(retry_after, self._max_cooldown)
-        self._cooldowns.cool((combination.key,), seconds)
+        self._cooldowns.cool((combination.cooldown_key,), seconds)
 
     def cool_down_credential(self, credential: Credential) -> None:
         """Skip every combination of a credential the vendor refused (401/403)."""
-        keys = [c.key for c in self._catalog.combinations if c.credential == credential]
+        keys = [c.cooldown_key for c in self._catalog.combinations if c.credential == credential]
         self._cooldowns.cool(keys, self._cooldown)
 
     def cooling_count(self) -> int:
@@ -156,7 +156,7 @@ class Selector:
         until = self._cooldowns.until
         counts = dict.fromkeys(self._vendors_in_use, 0)
         for combination in self._catalog.combinations:
-            if until(combination.key) > now:
+            if until(combination.cooldown_key) > now:
                 counts[combination.vendor.name] += 1
         return counts
 

@@ -98,6 +98,10 @@ class Settings:
     # memory:// keeps cooldowns in each worker process; redis://host:port/db shares them with every
     # worker and instance pointed at it (app/cooldowns.py: learned in the background, never waited on).
     cooldown_storage: str = "memory://"
+    # Shared cooldowns are shared only among instances with the same namespace. Empty: a digest of
+    # the configured vendors, base URLs, keys and models, so instances of one deployment share and
+    # other deployments using the same Redis do not.
+    cooldown_namespace: str = ""
     # An SSE comment is sent when a committed stream has been silent this long; it keeps
     # proxies from cutting the stream and reveals clients that went away.
     stream_keepalive_seconds: float = 15.0
@@ -116,6 +120,10 @@ class Settings:
     # A stream whose client accepts no bytes this long is closed (and its vendor request), so a
     # client that stopped reading cannot hold a vendor connection and its buffers forever.
     client_send_timeout: float = 60.0
+    # Seconds a client may take to send its request body, counted from the end of its headers.
+    # Without a bound, a client sending a few bytes of a promised body holds a greenlet (of the
+    # worker's WORKER_CONNECTIONS) for as long as it likes, with or without a valid key.
+    client_body_timeout: float = 30.0
     # The certificate authorities vendor TLS is checked against (REQUESTS_CA_BUNDLE, else
     # SSL_CERT_FILE); None: the bundle that ships with requests. Behind a TLS-inspecting egress
     # proxy the proxy's CA is the only way to reach a vendor.
@@ -171,11 +179,13 @@ class Settings:
             cooldown_seconds=reader.number("COOLDOWN_SECONDS", cls.cooldown_seconds, minimum=0),
             max_cooldown_seconds=reader.number("MAX_COOLDOWN_SECONDS", cls.max_cooldown_seconds, minimum=0),
             cooldown_storage=_read_cooldown_storage(reader),
+            cooldown_namespace=_read_cooldown_namespace(reader),
             stream_keepalive_seconds=reader.number("STREAM_KEEPALIVE_SECONDS", cls.stream_keepalive_seconds),
             request_timeout=reader.number("REQUEST_TIMEOUT", cls.request_timeout),
             first_token_timeout=reader.optional_number("FIRST_TOKEN_TIMEOUT"),
             hedge_after_seconds=reader.optional_number("HEDGE_AFTER_SECONDS"),
             client_send_timeout=reader.number("CLIENT_SEND_TIMEOUT", cls.client_send_timeout),
+            client_body_timeout=reader.number("CLIENT_BODY_TIMEOUT", cls.client_body_timeout),
             ca_bundle=_read_ca_bundle(reader),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
             api_keys=_read_client_keys(reader),
@@ -320,6 +330,14 @@ def _read_cooldown_storage(reader: EnvironmentReader) -> str:
     return value
 
 
+def _read_cooldown_namespace(reader: EnvironmentReader) -> str:
+    """COOLDOWN_NAMESPACE: part of a Redis key name, so plain characters only."""
+    value = reader.text("COOLDOWN_NAMESPACE", "")
+    if value and not _NAMESPACE.match(value):
+        raise SettingsError(f"COOLDOWN_NAMESPACE must be 1-64 characters of A-Z a-z 0-9 _ . : -; got {value!r}")
+    return value
+
+
 def _read_origins(reader: EnvironmentReader) -> tuple[str, ...]:
     """CORS_ORIGINS: ``*`` or full origins (scheme://host[:port]), which browsers send verbatim."""
     origins = reader.items("CORS_ORIGINS")
@@ -330,6 +348,7 @@ def _read_origins(reader: EnvironmentReader) -> tuple[str, ...]:
 
 
 _ORIGIN = re.compile(r"https?://[^/\s]+\Z")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 # RATE_LIMIT_<NAME> variables that are settings of their own: no client may be named so.
 _RESERVED_VARIABLES = frozenset({"RATE_LIMIT_STORAGE"})

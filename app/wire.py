@@ -8,7 +8,9 @@ of them disappears, so an upgrade breaks a test, not production:
 - ``http.client.HTTPConnection._buffer`` (the header lines not yet sent) and ``_send_output``
   (which sends them), to send a request's head and body in one write;
 - ``urllib3.HTTPResponse._fp`` (http.client's response) with its ``fp`` (the buffered reader
-  that may hold the first bytes of a body) and ``_close_conn()`` (its end-of-body step);
+  that may hold the first bytes of a body), that reader's ``raw._sock`` (the socket, still
+  held there when http.client has let go of the connection's) and ``_close_conn()`` (its
+  end-of-body step);
 - ``urllib3.HTTPResponse.chunked``, ``length_remaining``, ``connection.sock`` and
   ``release_conn()``, to read a body from the socket and pool its connection afterwards;
 - gevent's socket ``_sock`` (the C-level socket), for a non-blocking peek before reuse;
@@ -207,9 +209,12 @@ class SocketBody:
         """A reader for ``raw`` (urllib3's response), or None if its body must go through urllib3."""
         if raw.headers.get("Content-Encoding", "identity").lower() != "identity":
             return None  # only urllib3 decompresses (streams ask for identity; a vendor may not obey)
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
         # http.client's buffered reader: it may hold the first bytes of the body.
         buffered = getattr(getattr(raw, "_fp", None), "fp", None)
+        # The socket it reads from. Not the connection's: for an answer that ends with the
+        # connection (Connection: close, a close-delimited stream) http.client has already let go
+        # of the connection's socket (None there), and only its reader still holds it.
+        sock = getattr(getattr(buffered, "raw", None), "_sock", None)
         if not isinstance(sock, socket.socket) or buffered is None:
             return None
         return cls(raw, sock, read_timeout)

@@ -255,6 +255,31 @@ class TextFormat(StrictSchema):
                 raise ValidationError("Required when type is json_schema.", field)
 
 
+# OpenAI's limits on metadata: it is echoed in every answer, so it must stay small and flat (a
+# deeply nested object cannot even be serialized, and would fail after the vendor was paid).
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_LENGTH = 64
+MAX_METADATA_VALUE_LENGTH = 512
+
+
+class Metadata(fields.Field):
+    """OpenAI's metadata: at most 16 string keys of at most 64 characters, each a string of at most 512."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise ValidationError("Must be an object of strings.")
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValidationError(f"At most {MAX_METADATA_KEYS} keys are allowed; got {len(value)}.")
+        for key, item in value.items():
+            if len(key) > MAX_METADATA_KEY_LENGTH:
+                raise ValidationError(f"Keys must be at most {MAX_METADATA_KEY_LENGTH} characters long.")
+            if not isinstance(item, str):
+                raise ValidationError("Values must be strings.")
+            if len(item) > MAX_METADATA_VALUE_LENGTH:
+                raise ValidationError(f"Values must be at most {MAX_METADATA_VALUE_LENGTH} characters long.")
+        return value
+
+
 class TextOptions(StrictSchema):
     format = fields.Nested(TextFormat, allow_none=True)
     verbosity = fields.String(allow_none=True)
@@ -277,7 +302,7 @@ class ResponsesRequest(StrictSchema):
     max_output_tokens = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
     text = fields.Nested(TextOptions, allow_none=True)
     reasoning = fields.Nested(ReasoningOptions, allow_none=True)
-    metadata = JSONObject(allow_none=True)
+    metadata = Metadata(allow_none=True)
 
     @validates_schema
     def _tool_choice_names_a_tool(self, data: dict, **kwargs: Any) -> None:

@@ -47,6 +47,7 @@ def test_urllib3_responses_expose_http_clients_response_and_its_buffered_reader(
         )
         assert response._fp is raw
         assert hasattr(raw, "fp") and callable(raw.fp.read1)
+        assert isinstance(raw.fp.raw._sock, socket.socket)
         assert callable(raw._close_conn)
         for name in ("chunked", "length_remaining", "connection", "release_conn"):
             assert hasattr(response, name), name
