@@ -79,7 +79,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     for recipe in RECIPES:
         paths.setdefault(recipe.model_type, recipe.path)
     selector = Selector(
-        catalog, settings.cooldown_seconds, settings.max_cooldown_seconds, cooldowns=cooldowns, paths=paths
+        catalog,
+        settings.cooldown_seconds,
+        settings.max_cooldown_seconds,
+        cooldowns=cooldowns,
+        paths=paths,
+        affinity=settings.affinity,
     )
     metrics.follow_cooling(selector.cooling_by_vendor)
     upstream = Upstream(

@@ -29,6 +29,7 @@ __all__ = [
     "CAPABILITIES",
     "ENV_KEY_SLOTS",
     "MODEL_TYPES",
+    "OPTIONAL_FIELDS",
     "Catalog",
     "Combination",
     "ConfigError",
@@ -45,6 +46,11 @@ BUILTIN_VENDORS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
     "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
 }
+
+# Request fields some vendors take and others refuse with a 400 (Gemini: "Unknown name"): sent only
+# to vendors that accept them, by default the built-in vendors below; the vendors file says it for others.
+OPTIONAL_FIELDS: frozenset[str] = frozenset({"prompt_cache_key"})
+BUILTIN_ACCEPTS: dict[str, frozenset[str]] = {"openai": frozenset({"prompt_cache_key"})}
 
 # What a request may need from a model; a models entry's "config" says which it supports.
 CAPABILITIES: frozenset[str] = frozenset({"image", "video", "tools", "streaming"})
@@ -74,6 +80,8 @@ class Vendor:
 
     name: str
     base_url: str
+    # The OPTIONAL_FIELDS this vendor takes; the others are left out of what it is sent.
+    accepts: frozenset[str] = frozenset()
 
     @property
     def chat_url(self) -> str:
@@ -273,8 +281,13 @@ def _models_document(path: str, document: Any) -> tuple[list[Any], dict[str, str
 
 
 def _load_vendors(path: str, file_vendors: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Vendor]:
-    """Built-in vendors, overridden by vendors.json, by the models file's own, by <VENDOR>_BASE_URL."""
+    """Built-in vendors, overridden by vendors.json, by the models file's own, by <VENDOR>_BASE_URL.
+
+    A vendors.json list entry may say which optional fields the vendor accepts (``"accepts"``);
+    an entry naming a built-in vendor may then leave out its base URL.
+    """
     base_urls: dict[str, str] = dict(BUILTIN_VENDORS)
+    accepts: dict[str, frozenset[str]] = dict(BUILTIN_ACCEPTS)
     if os.path.exists(path):
         document = _read_json(path)
         if isinstance(document, dict):
@@ -286,20 +299,36 @@ def _load_vendors(path: str, file_vendors: Mapping[str, str], env: Mapping[str, 
         seen: set[str] = set()
         for number, entry in enumerate(entries, start=1):
             where = f"{path}: entry {number}"
-            _check_keys(entry, where, required={"name", "base_url"})
+            _check_keys(entry, where, required={"name"}, optional={"base_url", "accepts"})
             name = _vendor_name(entry["name"], where)
             if name in seen:
                 raise ConfigError(f"{where}: vendor {name!r} is listed twice")
             seen.add(name)
-            base_urls[name] = _base_url(entry["base_url"], f"{where} ({name})")
+            if "base_url" in entry:
+                base_urls[name] = _base_url(entry["base_url"], f"{where} ({name})")
+            elif name not in BUILTIN_VENDORS:
+                raise ConfigError(f"{where} ({name}): missing 'base_url' (only built-in vendors may leave it out)")
+            if "accepts" in entry:
+                accepts[name] = _accepts(entry["accepts"], f"{where} ({name})")
     base_urls.update(file_vendors)
     vendors: dict[str, Vendor] = {}
     for name in base_urls:
         variable = env_name_for_base_url(name)
         override = env.get(variable, "").strip()
         base_url = _base_url(override, variable) if override else base_urls[name]
-        vendors[name] = Vendor(name, base_url)
+        vendors[name] = Vendor(name, base_url, accepts.get(name, frozenset()))
     return vendors
+
+
+def _accepts(value: Any, where: str) -> frozenset[str]:
+    """A vendors entry's ``accepts``: a list of OPTIONAL_FIELDS names (empty: it takes none)."""
+    known = ", ".join(sorted(OPTIONAL_FIELDS))
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ConfigError(f"{where}: 'accepts' must be a list of field names ({known}); got {value!r}")
+    unknown = sorted(set(value) - OPTIONAL_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: 'accepts' names unknown field {', '.join(map(repr, unknown))}; known: {known}")
+    return frozenset(value)
 
 
 def env_name_for_base_url(vendor: str) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from app.catalog import Model, Vendor
+from app.catalog import OPTIONAL_FIELDS, Model, Vendor
 from app.disconnect import ClientWatch
 from app.errors import InvalidRequest, RouterError
 from app.settings import ANONYMOUS_CLIENT
@@ -55,11 +55,22 @@ class UnusableAnswer(Exception):
 
 @dataclass(frozen=True)
 class ClientRequest:
-    """One client request as a view hands it over: the parsed JSON body, ``?vendor=``, the client's name."""
+    """One client request as a view hands it over: the parsed JSON body, ``?vendor=``, the client's
+    name and the session its headers name."""
 
     body: dict[str, Any]
     vendor: str | None = None
     client: str = ANONYMOUS_CLIENT  # the configured name of the client whose key was proven
+    session: str | None = None  # X-Claude-Code-Session-Id or X-Session-Id, as sent
+
+    @property
+    def affinity_key(self) -> str | None:
+        """The session this request belongs to for routing: its session header, else the body's
+        ``prompt_cache_key`` (chat, Responses); None for a request that names none."""
+        if self.session:
+            return self.session
+        key = self.body.get("prompt_cache_key")
+        return key if isinstance(key, str) and key else None
 
     @property
     def requested_model(self) -> str:
@@ -84,10 +95,14 @@ class Exchange:
         """Where the vendor serves this exchange."""
         return vendor.chat_url
 
-    def vendor_body(self, model: Model) -> bytes:
-        """The JSON sent when ``model`` is chosen: the body with only the model replaced."""
+    def vendor_body(self, model: Model, vendor: Vendor) -> bytes:
+        """The JSON sent when ``model`` of ``vendor`` is chosen: the body with the model replaced,
+        without the optional fields (e.g. ``prompt_cache_key``) the vendor does not accept."""
+        body = {**self.body, "model": model.id}
+        for name in OPTIONAL_FIELDS - vendor.accepts:
+            body.pop(name, None)
         try:
-            return orjson.dumps({**self.body, "model": model.id})
+            return orjson.dumps(body)
         except TypeError:
             # orjson reads 1024 levels of nesting but writes only 254: the client's body is at fault.
             raise InvalidRequest("The request body is nested too deeply (at most 254 levels).") from None
@@ -128,4 +143,4 @@ class Endpoint:
         exchange = recipe.prepare(request)
         model = request.body.get("model")
         candidates = self._selector.candidates(request.vendor, model, recipe.model_type, exchange.needs, recipe.fields)
-        return self._forwarder.forward(exchange, candidates, request.client, watch)
+        return self._forwarder.forward(exchange, candidates, request.client, watch, request.affinity_key)

@@ -88,10 +88,19 @@ class Forwarder:
         self.timing = timing
 
     def forward(
-        self, exchange: Exchange, candidates: Sequence[Combination], client: str, watch: ClientWatch
+        self,
+        exchange: Exchange,
+        candidates: Sequence[Combination],
+        client: str,
+        watch: ClientWatch,
+        session: str | None = None,
     ) -> WholeAnswer | StreamAnswer:
-        """Answer ``exchange`` from ``candidates``; raises RouterError (with trace headers) when none can."""
-        race = Race(self, exchange, candidates, client)
+        """Answer ``exchange`` from ``candidates``; raises RouterError (with trace headers) when none can.
+
+        A ``session`` makes every attempt, failovers and hedges included, go to the session's
+        rendezvous choice among the combinations left (see app/selector.py).
+        """
+        race = Race(self, exchange, candidates, client, session)
         watch.arm(_raise_in(gevent.getcurrent(), watch))
         answered = False
         try:
@@ -130,11 +139,19 @@ class Race:
     but an attempt already running may still answer: the failure is the answer only if none does.
     """
 
-    def __init__(self, forwarder: Forwarder, exchange: Exchange, candidates: Sequence[Combination], client: str):
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        exchange: Exchange,
+        candidates: Sequence[Combination],
+        client: str,
+        session: str | None = None,
+    ):
         self._f = forwarder
         self._exchange = exchange
         self._candidates = candidates
         self._client = client
+        self._session = session
         self._recorder = forwarder.recorder
         self._timing = timing = forwarder.timing
         self.trace = Trace()
@@ -157,6 +174,8 @@ class Race:
         self._hedge_at: float | None = None
         self._hedged = False
         self._inline = timing.hedge_after is None or forwarder.max_attempts < 2
+        self._usage: dict[int, object] = {}  # whole answers' usage, by attempt number
+        self._answered_by: dict[str, object] | None = None  # the access line's fields, once one won
 
     def run(self) -> WholeAnswer | StreamAnswer:
         """Run attempts until one answers; the caller stops what is still running afterwards."""
@@ -200,10 +219,10 @@ class Race:
         trace = self.trace
         if len(trace.attempts) >= self._f.max_attempts:
             return False
-        combination = self._f.selector.choose(self._candidates, self._tried)
+        combination = self._f.selector.choose(self._candidates, self._tried, self._session)
         if combination is None:
             return False
-        body = self._exchange.vendor_body(combination.model)
+        body = self._exchange.vendor_body(combination.model, combination.vendor)
         failed_over = self._failures and not hedge and not self._running
         self._recorder.started(combination, self._failures[-1][0].combination if failed_over else None)
         self._tried.add(combination.key)
@@ -247,20 +266,26 @@ class Race:
     def _converse(self, attempt: Attempt, body: bytes) -> WholeAnswer | StreamAnswer:
         combination, client, recorder = attempt.combination, self._client, self._recorder
         if not self._exchange.stream:
-            return self._conversation.whole(attempt, body, lambda usage: recorder.tokens(combination, usage, client))
+
+            def counted(usage: object) -> None:
+                recorder.tokens(combination, usage, client)
+                self._usage[attempt.number] = usage  # for the access line, should this attempt win
+
+            return self._conversation.whole(attempt, body, counted)
         answer = self._conversation.stream(attempt, body, lambda answer: self._stream_closed(answer, combination))
         recorder.stream_opened()
         return answer
 
     def _stream_closed(self, answer: StreamAnswer, combination: Combination) -> None:
-        self._recorder.stream_closed(answer, combination, self._client)
+        self._recorder.stream_closed(answer, combination, self._client, self._answered_by)
         failure = answer.pump.failure
         if failure is not None and not answer.discarded:
             self._f.cool_down(combination, failure)
 
     def _won(self, attempt: Attempt, answer: WholeAnswer | StreamAnswer) -> WholeAnswer | StreamAnswer:
         self.trace.winner = attempt.combination
-        self._recorder.won(attempt, self._candidates, time.perf_counter() - attempt.started)
+        seconds = time.perf_counter() - attempt.started
+        self._answered_by = self._recorder.won(attempt, self._candidates, seconds, self._usage.get(attempt.number))
         if self._hedged:
             self._recorder.hedge(won=attempt.hedge)
         return answer

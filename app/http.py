@@ -36,7 +36,7 @@ from app.errors import (
 from app.logs import answered_by_var, request_id_var
 from app.metrics import RouterMetrics
 
-__all__ = ["BodyDeadline", "error_response", "install_http_edge", "read_json_body"]
+__all__ = ["SESSION_HEADERS", "BodyDeadline", "error_response", "install_http_edge", "read_json_body"]
 
 access_log = logging.getLogger("router.access")
 log = logging.getLogger(__name__)
@@ -45,13 +45,12 @@ log = logging.getLogger(__name__)
 # and headers, so nothing that could forge a log line or a header is accepted.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
 _CHAT_MIMETYPES = frozenset({"application/json"})
-# Headers naming the client's session (an agent's conversation), shown on the access line.
-_SESSION_HEADERS = ("X-Claude-Code-Session-Id", "X-Session-Id")
-_ACCESS_FIELDS = ("method", "path", "status", "client", "vendor", "model", "attempts", "duration_ms", "ttfb_ms")
-_ACCESS_FORMAT = " ".join(f"{field}=%s" for field in _ACCESS_FIELDS)
-# A request a vendor answered also names the attempt that did (see answered_by_var).
-_ANSWERED_FIELDS = ("credential", "share", "vendor_ms")
-_ANSWERED_FORMAT = " ".join(f"{field}=%s" for field in _ACCESS_FIELDS + _ANSWERED_FIELDS)
+# Headers naming the client's session (an agent's conversation): shown on the access line, and
+# what keeps a session on one combination (affinity). Claude Code's own name first.
+SESSION_HEADERS = ("X-Claude-Code-Session-Id", "X-Session-Id")
+# A request a vendor answered also names the attempt that did, and the tokens the vendor
+# reported (see answered_by_var): the line's fields vary, its formats are made once per set.
+_ACCESS_FORMATS: dict[tuple[str, ...], str] = {}
 
 
 def is_api_path(path: str) -> bool:
@@ -257,13 +256,14 @@ def _end(response: Response) -> Response:
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             "ttfb_ms": round(ttfb * 1000, 1),
         }
-        line = _ACCESS_FORMAT
         if answered_by is not None:
             extra.update(answered_by)
-            line = _ANSWERED_FORMAT
         if session is not None:
             extra["session"] = session
-            line += " session=%s"
+        names = tuple(extra)
+        line = _ACCESS_FORMATS.get(names)
+        if line is None:
+            line = _ACCESS_FORMATS[names] = " ".join(f"{name}=%s" for name in names)
         token = request_id_var.set(request_id)
         try:
             access_log.info(line, *extra.values(), extra=extra)
@@ -278,7 +278,7 @@ def _end(response: Response) -> Response:
 def _session_of(headers: Headers) -> str | None:
     """The agent session a request belongs to (Claude Code names its own), if it says so plainly:
     it goes into the access line, so nothing that could forge a log line is taken."""
-    for name in _SESSION_HEADERS:
+    for name in SESSION_HEADERS:
         value = headers.get(name)
         if value is not None:
             return value if _REQUEST_ID.match(value) else None

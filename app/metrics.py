@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, valu
 from prometheus_flask_exporter import PrometheusMetrics
 
 from app.catalog import Combination
+from app.usage import token_counts
 
 __all__ = ["RouterMetrics", "init_metrics"]
 
@@ -146,7 +147,8 @@ class RouterMetrics:
         )
         self.tokens = Counter(
             "router_tokens",
-            "Tokens reported by vendors in usage, by kind (prompt, completion) and client.",
+            "Tokens reported by vendors in usage, by kind (prompt, completion, cached_input: the part of "
+            "prompt read from the vendor's cache) and client.",
             ["vendor", "model", "kind", "client"],
             registry=registry,
         )
@@ -229,12 +231,14 @@ class RouterMetrics:
         self.series(self.failovers, combination.vendor.name, combination.model.id).inc()
 
     def counted_tokens(self, combination: Combination, usage: object, client: str) -> None:
-        if not isinstance(usage, dict):
+        counts = token_counts(usage)
+        if counts is None:
             return
-        for kind in ("prompt", "completion"):
-            value = usage.get(f"{kind}_tokens")
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                self.series(self.tokens, combination.vendor.name, combination.model.id, kind, client).inc(value)
+        vendor, model = combination.vendor.name, combination.model.id
+        kinds = (("prompt", counts.input), ("completion", counts.output), ("cached_input", counts.cached_input))
+        for kind, value in kinds:
+            if value:
+                self.series(self.tokens, vendor, model, kind, client).inc(value)
 
     def stream_ended(self, combination: Combination, outcome: str, seconds: float) -> None:
         self.series(self.stream_duration, combination.vendor.name, combination.model.id, outcome).observe(seconds)

@@ -18,6 +18,7 @@ from app.logs import answered_by_var
 from app.metrics import RouterMetrics
 from app.relay import StreamAnswer
 from app.selector import share
+from app.usage import token_counts
 
 __all__ = ["Recorder"]
 
@@ -37,18 +38,23 @@ class Recorder:
             self._metrics.failed_over(after_failure_of)
         self._metrics.selected(combination)
 
-    def won(self, attempt: Attempt, candidates: Sequence[Combination], seconds: float) -> None:
-        """``attempt`` answered after ``seconds``: counted, and named on the access line."""
+    def won(
+        self, attempt: Attempt, candidates: Sequence[Combination], seconds: float, usage: object = None
+    ) -> dict[str, object]:
+        """``attempt`` answered after ``seconds``: counted, and named on the access line with the
+        tokens of its ``usage`` (a whole answer's); returns those access-line fields, which a
+        stream's usage joins when it closes (``stream_closed``)."""
         combination = attempt.combination
         self._metrics.attempted(combination, "ok", 200, seconds)
         self._log(attempt, candidates, "ok", 200, seconds)
-        answered_by_var.set(
-            {
-                "credential": combination.credential.label,
-                "share": round(share(combination, candidates), 1),
-                "vendor_ms": round(seconds * 1000, 1),
-            }
-        )
+        answered_by: dict[str, object] = {
+            "credential": combination.credential.label,
+            "share": round(share(combination, candidates), 1),
+            "vendor_ms": round(seconds * 1000, 1),
+        }
+        _add_tokens(answered_by, usage)
+        answered_by_var.set(answered_by)
+        return answered_by
 
     def failed(self, attempt: Attempt, candidates: Sequence[Combination], failure: Failure, seconds: float) -> None:
         """``attempt`` failed: counted, and a warning line of its own."""
@@ -78,14 +84,24 @@ class Recorder:
     def stream_opened(self) -> None:
         self._metrics.streams_in_flight.inc()
 
-    def stream_closed(self, answer: StreamAnswer, combination: Combination, client: str) -> None:
-        """A committed stream closed, however it ended."""
+    def stream_closed(
+        self,
+        answer: StreamAnswer,
+        combination: Combination,
+        client: str,
+        answered_by: dict[str, object] | None = None,
+    ) -> None:
+        """A committed stream closed, however it ended; its usage joins ``answered_by``, the
+        access line's fields (written after this, as the response closes)."""
         self._metrics.streams_in_flight.dec()
         if answer.discarded:
             return  # a hedge's loser that had committed too: nothing was relayed, nothing to count
         seconds = time.perf_counter() - answer.started
         self._metrics.stream_ended(combination, answer.outcome, seconds)
-        self._metrics.counted_tokens(combination, answer.pump.relay.normalizer.usage, client)
+        usage = answer.pump.relay.normalizer.usage
+        self._metrics.counted_tokens(combination, usage, client)
+        if answered_by is not None:
+            _add_tokens(answered_by, usage)
         outcome = answer.outcome
         if outcome == "client_gone":
             self._metrics.series(self._metrics.client_disconnects, "streaming").inc()
@@ -128,3 +144,12 @@ class Recorder:
             seconds * 1000,
             f": {detail}" if detail else "",
         )
+
+
+def _add_tokens(fields: dict[str, object], usage: object) -> None:
+    """The vendor's token counts on the access line (none when it reported no usage)."""
+    counts = token_counts(usage)
+    if counts is not None:
+        fields["input_tokens"] = counts.input
+        fields["cached_tokens"] = counts.cached_input
+        fields["output_tokens"] = counts.output

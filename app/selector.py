@@ -7,12 +7,21 @@ a chance proportional to its weight: with every weight 1, every combination is e
 a vendor with more keys or more models gets proportionally more traffic, as the Go router this ports did.
 Cooldowns live in a cooldown book (app/cooldowns.py): per worker, or shared through Redis. The
 selector reads only the worker's local view, so choosing never waits on the network.
+
+A request that names a session (affinity) is not drawn at random: it goes to the combination
+with the highest weighted rendezvous score ``-weight / ln(u)`` among those it may use, ``u`` in
+(0, 1) a digest of the session and the combination. The same session so lands on the same
+combination in every worker and instance, with no shared state; over many sessions each
+combination's share is its weight's; and when one cools down only the sessions it held move (each
+to its own next-best, where failover sent it too), and come back once it recovers.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
+import math
 import random
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -21,7 +30,7 @@ from app.catalog import Catalog, Combination, Credential, Model
 from app.cooldowns import Cooldowns
 from app.errors import InvalidRequest, NotFound, ServiceUnavailable
 
-__all__ = ["Candidates", "Selector", "share", "share_pools"]
+__all__ = ["Candidates", "Selector", "rendezvous", "share", "share_pools"]
 
 # Words for error messages, in reporting order.
 _CAPABILITY_WORDS = {"image": "images", "video": "video", "tools": "tools", "streaming": "streaming"}
@@ -45,6 +54,28 @@ class Candidates(tuple):
         self.total = self.cumulative[-1] if self.cumulative else 0.0
         self.uniform = len({c.weight for c in self}) <= 1
         return self
+
+
+def rendezvous(session: str, combinations: Sequence[Combination]) -> Combination:
+    """The combination with the highest weighted rendezvous score for ``session``.
+
+    The digest is keyed by the combination's cooldown key (vendor, base URL, key and model, never
+    the credential's position), so every worker and instance with the same keys agrees, and
+    reordering the credentials file moves no session. Python's own ``hash`` differs per process.
+    """
+    if len(combinations) == 1:
+        return combinations[0]
+    seed = hashlib.blake2b(session.encode("utf-8", "surrogatepass") + b"\0", digest_size=8)
+    best, best_score = combinations[0], -math.inf
+    for combination in combinations:
+        digest = seed.copy()
+        digest.update(combination.cooldown_key.encode())
+        # 53 bits and half a step: u is strictly inside (0, 1), so the logarithm is finite and < 0.
+        u = ((int.from_bytes(digest.digest(), "big") >> 11) + 0.5) / 9007199254740992.0
+        score = -combination.weight / math.log(u)
+        if score > best_score:
+            best, best_score = combination, score
+    return best
 
 
 def share(combination: Combination, candidates: Sequence[Combination]) -> float:
@@ -77,8 +108,10 @@ class Selector:
         rng: random.Random | None = None,
         cooldowns: Cooldowns | None = None,
         paths: Mapping[str, str] | None = None,
+        affinity: bool = True,
     ) -> None:
         self._catalog = catalog
+        self._affinity = affinity
         # Where requests for each model type are served, for "send it to ..." in errors.
         self._paths = paths or {}
         self._cooldown = cooldown_seconds
@@ -117,17 +150,22 @@ class Selector:
             self._candidates[key] = found
         return found
 
-    def choose(self, candidates: Sequence[Combination], exclude: Collection[str] = ()) -> Combination | None:
+    def choose(
+        self, candidates: Sequence[Combination], exclude: Collection[str] = (), session: str | None = None
+    ) -> Combination | None:
         """One of ``candidates`` not in ``exclude`` (combination keys), by weight; None if none is left.
 
         Combinations cooling down are skipped and the rest keep their proportions; when all of
         them are cooling, the one that cools down soonest is returned rather than nothing, so a
-        request is always tried at least once.
+        request is always tried at least once. With a ``session`` (and affinity on), the choice
+        is the session's rendezvous winner instead of a random draw.
         """
         now = self._clock()
         until = self._cooldowns.until
         fresh = [c for c in candidates if c.key not in exclude and until(c.cooldown_key) <= now]
         if fresh:
+            if session is not None and self._affinity:
+                return rendezvous(session, fresh)
             return self._draw(candidates, fresh)
         rest = [c for c in candidates if c.key not in exclude]
         if not rest:

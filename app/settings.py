@@ -117,6 +117,9 @@ class Settings:
     # attempt starts on another combination and the first to succeed wins. None: off. A hedge
     # may cost a second prompt's input tokens; it buys a bounded wait.
     hedge_after_seconds: float | None = None
+    # Requests carrying a session key (X-Session-Id, X-Claude-Code-Session-Id, prompt_cache_key)
+    # keep to one combination, so the vendor's prompt cache for that key and model keeps hitting.
+    affinity: bool = True
     # A stream whose client accepts no bytes this long is closed (and its vendor request), so a
     # client that stopped reading cannot hold a vendor connection and its buffers forever.
     client_send_timeout: float = 60.0
@@ -184,6 +187,7 @@ class Settings:
             request_timeout=reader.number("REQUEST_TIMEOUT", cls.request_timeout),
             first_token_timeout=reader.optional_number("FIRST_TOKEN_TIMEOUT"),
             hedge_after_seconds=reader.optional_number("HEDGE_AFTER_SECONDS"),
+            affinity=reader.boolean("AFFINITY", cls.affinity),
             client_send_timeout=reader.number("CLIENT_SEND_TIMEOUT", cls.client_send_timeout),
             client_body_timeout=reader.number("CLIENT_BODY_TIMEOUT", cls.client_body_timeout),
             ca_bundle=_read_ca_bundle(reader),

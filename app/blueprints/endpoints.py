@@ -6,13 +6,14 @@ and answers whole JSON or an SSE stream (or 499 for a client that left while wai
 """
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.datastructures import Headers
 
 from app.attempt import WholeAnswer
 from app.clients import client_name
 from app.disconnect import ClientWatch
 from app.endpoint import ClientRequest, Endpoint, Recipe
 from app.errors import ClientDisconnected
-from app.http import read_json_body
+from app.http import SESSION_HEADERS, read_json_body
 
 __all__ = ["client_watch", "endpoint_blueprint"]
 
@@ -26,12 +27,23 @@ def endpoint_blueprint(recipe: Recipe) -> Blueprint:
 
     def serve() -> Response:
         router = current_app.extensions["router"]
-        client_request = ClientRequest(read_json_body(), request.args.get("vendor") or None, client_name())
+        client_request = ClientRequest(
+            read_json_body(), request.args.get("vendor") or None, client_name(), _session(request.headers)
+        )
         return _respond(router.endpoints[recipe.name], client_request, router.settings.client_send_timeout)
 
     serve.__doc__ = recipe.__doc__
     bp.add_url_rule(recipe.path, "serve", serve, methods=["POST"])
     return bp
+
+
+def _session(headers: Headers) -> str | None:
+    """The session a request's headers name, if any (the first of SESSION_HEADERS present)."""
+    for name in SESSION_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
 
 
 def _respond(endpoint: Endpoint, client_request: ClientRequest, send_timeout: float) -> Response:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from app.capabilities import required_capabilities
-from app.catalog import Model
+from app.catalog import Model, Vendor
 from app.chat import ChatExchange, chat_completion
 from app.endpoint import ClientRequest
 from app.errors import InvalidRequest
@@ -36,8 +36,9 @@ class MessagesExchange(ChatExchange):
     input_tokens: int = 0  # the request's estimated input tokens, until a vendor reports usage
     _bodies: dict[str, bytes] = field(default_factory=dict)
 
-    def vendor_body(self, model: Model) -> bytes:
-        """The chat body for ``model``: its max tokens within the model's limit, reasoning only where supported."""
+    def vendor_body(self, model: Model, vendor: Vendor) -> bytes:
+        """The chat body for ``model``: its max tokens within the model's limit, reasoning only where
+        supported (the translation sends no optional field, so every vendor gets the same)."""
         body = self._bodies.get(model.id)
         if body is None:
             assert self.translated is not None

@@ -1,8 +1,9 @@
 """Turning a (validated) Responses request into the chat-completions request sent to a vendor.
 
 The chat request holds exactly what the mapping below produces; Responses fields with no chat
-counterpart (metadata, store, include, truncation, service_tier, prompt_cache_key, ...) are left
-out, because a vendor that does not know a field answers 400 (Gemini: "Unknown name").
+counterpart (metadata, store, include, truncation, service_tier, ...) are left out, because a
+vendor that does not know a field answers 400 (Gemini: "Unknown name"). ``prompt_cache_key`` is
+chat's too, and is kept: the pipeline sends it only to vendors that accept it (app/catalog.py).
 
 | Responses                                   | chat completions                                  |
 |---------------------------------------------|---------------------------------------------------|
@@ -20,7 +21,8 @@ out, because a vendor that does not know a field answers 400 (Gemini: "Unknown n
 | max_output_tokens                           | max_completion_tokens                             |
 | text.format json_schema / json_object       | response_format                                   |
 | text.verbosity, reasoning.effort            | verbosity, reasoning_effort                       |
-| temperature, top_p, user, safety_identifier | the same                                          |
+| temperature, top_p, user, safety_identifier,| the same                                          |
+| prompt_cache_key                            |                                                   |
 | stream                                      | stream + stream_options.include_usage             |
 """
 
@@ -30,7 +32,7 @@ from typing import Any
 
 __all__ = ["to_chat_request"]
 
-_PASSED = ("temperature", "top_p", "user", "safety_identifier")
+_PASSED = ("temperature", "top_p", "user", "safety_identifier", "prompt_cache_key")
 # Chat knows "developer" only on OpenAI; "system" means the same there and works on every vendor.
 _CHAT_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 

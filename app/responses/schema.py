@@ -303,6 +303,7 @@ class ResponsesRequest(StrictSchema):
     text = fields.Nested(TextOptions, allow_none=True)
     reasoning = fields.Nested(ReasoningOptions, allow_none=True)
     metadata = Metadata(allow_none=True)
+    prompt_cache_key = fields.String(allow_none=True)
 
     @validates_schema
     def _tool_choice_names_a_tool(self, data: dict, **kwargs: Any) -> None:

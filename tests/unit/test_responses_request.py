@@ -431,7 +431,6 @@ CHAT_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters
                 "include": ["reasoning.encrypted_content"],
                 "truncation": "auto",
                 "service_tier": "flex",
-                "prompt_cache_key": "abc",
                 "max_tool_calls": 3,
                 "top_logprobs": 2,
                 "background": False,
@@ -439,6 +438,11 @@ CHAT_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters
             },
             {"messages": [{"role": "user", "content": "x"}]},
             id="fields with no chat counterpart are not sent",
+        ),
+        pytest.param(
+            {"input": "x", "prompt_cache_key": "session-1"},
+            {"messages": [{"role": "user", "content": "x"}], "prompt_cache_key": "session-1"},
+            id="prompt_cache_key is chat's too and is kept",
         ),
     ],
 )
