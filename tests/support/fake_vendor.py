@@ -44,7 +44,7 @@ Routes
 ``DELETE /_control/vendors/<vendor>``, ``GET /_control/vendors``
     Forget / list the stored behaviours.
 ``POST /_control/reset``
-    Clear behaviours, recorded requests and recorded streams.
+    Clear behaviours, recorded requests, recorded streams and the prompt caches (``prefix_cache``).
 ``GET /_control/requests[?vendor=X]``
     Recorded requests, oldest first (the last 20,000): ``{"vendor", "endpoint": "chat" |
     "embeddings" | "redirected", "path", "method", "headers": {lower-cased name: value}, "body":
@@ -140,6 +140,12 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
 ``tool_call_index`` ("absent" | "zero" | "sequential" | null): gemini quirks only. The ``index``
     of the streamed tool calls: no ``index`` key / 0 for every call / 0, 1, 2... Null = "absent"
     with ``parallel`` > 1 and 0 for a single call.
+``prefix_cache`` (int | null): emulate a vendor's prompt cache, in blocks of this many tokens.
+    The fake remembers every prompt per vendor, credential (the ``Authorization`` header) and
+    model; ``usage`` then carries ``prompt_tokens_details.cached_tokens`` = the longest prefix of
+    this request's prompt (its messages' roles and text, in order) seen before under that
+    credential and model, in whole blocks, never more than ``prompt_tokens`` (0 on a miss).
+    Null (the default): no cache, and no ``prompt_tokens_details``.
 ``usage`` (bool, true): whole answers carry ``usage``; a stream has a final usage chunk
     (``"choices": []``) only when the request asked ``stream_options.include_usage`` (and then,
     like OpenAI, every other chunk carries ``"usage": null``).
@@ -147,7 +153,8 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
     call ``id`` is "" (whole and streamed); each streamed tool call arrives whole in a delta
     (and chunk) of its own (``index`` per ``tool_call_index``); finish_reason is "stop" even
     with tool calls; every stream chunk has a different ``id`` and the current ``created``;
-    errors default to the gemini format; no ``system_fingerprint``.
+    errors default to the gemini format; no ``system_fingerprint``; a chat request carrying
+    ``prompt_cache_key`` is refused with 400 ``Unknown name "prompt_cache_key"``, as Gemini does.
 
 Directives (chat completions, whole and streamed, either quirks)
     The conversation's current turn (the messages after the last assistant message) can direct
@@ -244,6 +251,7 @@ DEFAULTS: dict[str, Any] = {
     "final_blank_line": True,
     "final_line_ending": True,
     "reasoning": None,
+    "prefix_cache": None,
 }
 
 _NONE = type(None)
@@ -285,6 +293,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None, float | None]] 
     "final_blank_line": ((bool,), None, None),
     "final_line_ending": ((bool,), None, None),
     "reasoning": ((str, _NONE), None, None),
+    "prefix_cache": ((int, _NONE), None, 1),
 }
 assert _SPEC.keys() == DEFAULTS.keys()
 
@@ -687,7 +696,8 @@ def split_text(text: str, pieces: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def usage_of(body: dict[str, Any], completion: str) -> dict[str, int]:
+def usage_of(body: dict[str, Any], completion: str, cached: int | None = None) -> dict[str, Any]:
+    """The usage of an answer; with ``cached`` (a prompt cache is emulated) its cached input tokens too."""
     # A rough 4-characters-per-token estimate: only the shape and plausibility matter.
     prompt = 0
     messages = body.get("messages")
@@ -696,11 +706,31 @@ def usage_of(body: dict[str, Any], completion: str) -> dict[str, int]:
             if isinstance(msg, dict):
                 prompt += 4 + len(message_text(msg.get("content"))) // 4
     completion_tokens = 1 + len(completion) // 4
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt + completion_tokens,
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, prompt), "audio_tokens": 0}
+    return usage
+
+
+def prompt_blocks(body: dict[str, Any], block_tokens: int) -> list[bytes]:
+    """Chained digests of the prompt's whole blocks (4 characters a token, as usage_of counts):
+    the k-th digest stands for the first k blocks, so a prefix is cached iff its last digest is."""
+    messages = body.get("messages")
+    text = "".join(
+        f"{msg.get('role')}\0{message_text(msg.get('content'))}\0"
+        for msg in (messages if isinstance(messages, list) else [])
+        if isinstance(msg, dict)
+    ).encode()
+    size = 4 * block_tokens
+    digests, previous = [], b""
+    for start in range(0, len(text) - size + 1, size):
+        previous = hashlib.blake2b(previous + text[start : start + size], digest_size=16).digest()
+        digests.append(previous)
+    return digests
 
 
 _ARG_EXAMPLES = {"string": "example", "integer": 1, "number": 1.5, "boolean": True}
@@ -814,6 +844,8 @@ class FakeVendor:
         self._merged: dict[str, dict[str, Any]] = {}
         self.requests: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
         self.streams: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
+        # (vendor, Authorization, model) -> digests of every prompt prefix seen (prefix_cache).
+        self.prompt_caches: dict[tuple[str, str, str], set[bytes]] = {}
 
     # ---- connection loop
 
@@ -917,6 +949,7 @@ class FakeVendor:
             self._merged.clear()
             self.requests.clear()
             self.streams.clear()
+            self.prompt_caches.clear()
             return self.send_json(conn, 200, {"ok": True}, ka)
         elif path in ("/_control/requests", "/_control/streams") and method == "GET":
             records = self.requests if path == "/_control/requests" else self.streams
@@ -968,6 +1001,9 @@ class FakeVendor:
             if problem:
                 return self.send_error(conn, 400, f"x_fake: {problem}", ka)
         b = self.behaviour_for(vendor, x_fake)
+        if endpoint == "chat" and b["quirks"] == "gemini" and "prompt_cache_key" in body:
+            message = 'Invalid JSON payload received. Unknown name "prompt_cache_key": Cannot find field.'
+            return self.send_error(conn, 400, message, ka, "gemini")
         if endpoint == "embeddings":
             problem = embeddings_problem(body)
             if problem:
@@ -1015,10 +1051,11 @@ class FakeVendor:
         if b["error_in_200"] is not None:
             conn.pause(b["delay"])
             return self.send_json(conn, 200, {"error": b["error_in_200"]}, ka)
+        cached = self.cached_tokens(vendor, req, body, b["prefix_cache"]) if endpoint == "chat" else None
         if endpoint == "chat" and body.get("stream") is True:
-            return self.stream(conn, req, vendor, body, b)
+            return self.stream(conn, req, vendor, body, b, cached)
         conn.pause(b["delay"])
-        answer = self.whole(vendor, body, b) if endpoint == "chat" else embeddings(body)
+        answer = self.whole(vendor, body, b, cached) if endpoint == "chat" else embeddings(body)
         if endpoint == "embeddings" and not b["usage"]:
             del answer["usage"]
         data = orjson.dumps(answer)
@@ -1028,6 +1065,19 @@ class FakeVendor:
             return False
         conn.write(response_head(200, CT_JSON, len(data), ka) + data)
         return ka
+
+    def cached_tokens(self, vendor: str, req: Request, body: dict[str, Any], block_tokens: int | None) -> int | None:
+        """The prompt-cache hit of this request, in tokens, and its prefixes remembered; None without a cache."""
+        if block_tokens is None:
+            return None
+        key = (vendor, req.headers.get("authorization", ""), str(body.get("model")))
+        seen = self.prompt_caches.setdefault(key, set())
+        blocks = prompt_blocks(body, block_tokens)
+        hits = 0
+        while hits < len(blocks) and blocks[hits] in seen:
+            hits += 1
+        seen.update(blocks)
+        return hits * block_tokens
 
     def text_of(self, vendor: str, body: dict[str, Any], b: dict[str, Any]) -> str:
         if b["content"] is not None:
@@ -1039,7 +1089,7 @@ class FakeVendor:
             return directed[1]
         return default_content(vendor, body)
 
-    def whole(self, vendor: str, body: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    def whole(self, vendor: str, body: dict[str, Any], b: dict[str, Any], cached: int | None = None) -> dict[str, Any]:
         gemini = b["quirks"] == "gemini"
         calls = planned_tool_calls(body, b)
         finish = "stop"
@@ -1076,10 +1126,12 @@ class FakeVendor:
         if not b["no_choices"]:
             answer["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
         if b["usage"]:
-            answer["usage"] = usage_of(body, text)
+            answer["usage"] = usage_of(body, text, cached)
         return answer
 
-    def events(self, vendor: str, body: dict[str, Any], b: dict[str, Any]) -> Iterator[tuple[bytes, bool]]:
+    def events(
+        self, vendor: str, body: dict[str, Any], b: dict[str, Any], cached: int | None = None
+    ) -> Iterator[tuple[bytes, bool]]:
         """(SSE data payload, is a content event) in order; built lazily so `created` is live."""
         gemini = b["quirks"] == "gemini"
         options = body.get("stream_options")
@@ -1141,7 +1193,7 @@ class FakeVendor:
                 "created": created,
                 "model": model,
                 "choices": [],
-                "usage": usage_of(body, text),
+                "usage": usage_of(body, text, cached),
             }
             yield orjson.dumps(usage), False
         if b["done"]:
@@ -1154,6 +1206,7 @@ class FakeVendor:
         vendor: str,
         body: dict[str, Any],
         b: dict[str, Any],
+        cached: int | None = None,
     ) -> bool:
         rec: dict[str, Any] = {
             "vendor": vendor,
@@ -1167,7 +1220,7 @@ class FakeVendor:
         }
         self.streams.append(rec)
         try:
-            keep = self._stream(conn, req, vendor, body, b, rec)
+            keep = self._stream(conn, req, vendor, body, b, rec, cached)
             if rec["outcome"] == "streaming":  # not "dropped" or "error_event"
                 rec["outcome"] = "completed"
             return keep
@@ -1186,6 +1239,7 @@ class FakeVendor:
         body: dict[str, Any],
         b: dict[str, Any],
         rec: dict[str, Any],
+        cached: int | None,
     ) -> bool:
         chunked = b["framing"] == "chunked"
         ka = req.keep_alive and chunked
@@ -1239,7 +1293,7 @@ class FakeVendor:
         wait(b["first_delay"])
         content_events = 0
         error_after = 1 if b["error_with_first"] else b["error_event_after"]
-        for index, ((payload, is_content), last) in enumerate(mark_last(self.events(vendor, body, b))):
+        for index, ((payload, is_content), last) in enumerate(mark_last(self.events(vendor, body, b, cached))):
             pause = b["interval"] if index else 0.0
             if is_content and not content_events:
                 pause += b["content_delay"]

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from app.catalog import BUILTIN_VENDORS, CAPABILITIES, ConfigError, load_catalog
-from tests.support.keys import OPENAI_KEY
+from tests.support.keys import DEFAULT_CREDENTIALS, OPENAI_KEY
 
 
 def test_seed_formats_load_into_one_combination_per_credential_and_model(write_config):
@@ -83,6 +83,45 @@ def test_vendors_file_adds_an_openai_compatible_vendor_in_either_form(write_conf
         settings = write_config(models=models, credentials=credentials, vendors=vendors)
         catalog = load_catalog(settings, environ={})
         assert catalog.combinations[0].vendor.chat_url == "https://api.groq.com/openai/v1/chat/completions"
+
+
+def test_openai_accepts_prompt_cache_key_and_gemini_and_added_vendors_do_not_by_default(write_config):
+    models = [
+        {"vendor": "openai", "model": "gpt-4o"},
+        {"vendor": "gemini", "model": "gemini-2.0-flash"},
+        {"vendor": "groq", "model": "llama-3.3-70b"},
+    ]
+    credentials = [*DEFAULT_CREDENTIALS, {"platform": "groq", "value": "gsk-groq-key-123456"}]
+    vendors = [{"name": "groq", "base_url": "https://api.groq.com/openai/v1"}]
+    catalog = load_catalog(write_config(models=models, credentials=credentials, vendors=vendors), environ={})
+    assert catalog.vendors["openai"].accepts == {"prompt_cache_key"}
+    assert catalog.vendors["gemini"].accepts == frozenset()
+    assert catalog.vendors["groq"].accepts == frozenset()
+
+
+def test_vendors_file_says_which_optional_fields_a_vendor_accepts_built_in_ones_without_a_url(write_config):
+    vendors = [
+        {"name": "gemini", "accepts": ["prompt_cache_key"]},
+        {"name": "openai", "base_url": "https://proxy.test/v1", "accepts": []},
+    ]
+    catalog = load_catalog(write_config(vendors=vendors), environ={})
+    assert catalog.vendors["gemini"].accepts == {"prompt_cache_key"}
+    assert catalog.vendors["gemini"].base_url == "https://generativelanguage.googleapis.com/v1beta/openai"
+    assert catalog.vendors["openai"].accepts == frozenset()
+    assert catalog.vendors["openai"].base_url == "https://proxy.test/v1"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "groq"}, r"entry 1 \(groq\): missing 'base_url' \(only built-in vendors may leave it out\)"),
+        ({"name": "openai", "accepts": "prompt_cache_key"}, r"'accepts' must be a list of field names"),
+        ({"name": "openai", "accepts": ["seed"]}, r"'accepts' names unknown field 'seed'; known: prompt_cache_key"),
+    ],
+)
+def test_a_wrong_accepts_or_a_missing_url_stops_start_up_naming_the_entry(write_config, entry, message):
+    with pytest.raises(ConfigError, match=message):
+        load_catalog(write_config(vendors=[entry]), environ={})
 
 
 def test_missing_credentials_file_leaves_vendors_listed_as_uncovered(write_config):

@@ -242,6 +242,50 @@ def test_stream_usage_chunk_only_with_include_usage(port: int, http: requests.Se
     assert "usage" not in chat(http, port, x_fake={"usage": False}).json()
 
 
+def cached_call(http: requests.Session, port: int, key: str, messages: list[dict[str, Any]], **body: Any) -> dict:
+    """The usage of a call under credential ``key`` to a fake emulating a prompt cache of 16-token blocks."""
+    payload = {"model": "m-1", "messages": messages, "x_fake": {"prefix_cache": 16}, **body}
+    answer = http.post(
+        f"http://127.0.0.1:{port}/openai/chat/completions",
+        json=payload,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    if body.get("stream"):
+        return chunks_of(answer.text)[-1]["usage"]
+    return answer.json()["usage"]
+
+
+def test_prefix_cache_reports_the_longest_prefix_seen_on_this_key_in_whole_blocks(
+    port: int, http: requests.Session
+) -> None:
+    system = {"role": "system", "content": "s" * 600}
+    turn1 = [system, {"role": "user", "content": "first question"}]
+    first = cached_call(http, port, "key-a", turn1)
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    turn2 = [*turn1, {"role": "assistant", "content": "an answer"}, {"role": "user", "content": "u" * 300}]
+    second = cached_call(http, port, "key-a", turn2)
+    cached = second["prompt_tokens_details"]["cached_tokens"]
+    # The first turn's whole blocks (its ~620 characters: 9 blocks of 64) are now read from the cache.
+    assert cached == 9 * 16
+    assert cached % 16 == 0 and cached < second["prompt_tokens"]
+    # Another key has its own cache; the same key sees the longer prefix next time, streamed too.
+    assert cached_call(http, port, "key-b", turn2)["prompt_tokens_details"]["cached_tokens"] == 0
+    streamed = cached_call(http, port, "key-a", turn2, stream=True, stream_options={"include_usage": True})
+    assert streamed["prompt_tokens_details"]["cached_tokens"] > cached
+    # A different start shares nothing; without prefix_cache the usage has no details at all.
+    other = [{"role": "system", "content": "t" * 600}, *turn2[1:]]
+    assert cached_call(http, port, "key-a", other)["prompt_tokens_details"]["cached_tokens"] == 0
+    assert "prompt_tokens_details" not in chat(http, port).json()["usage"]
+
+
+def test_gemini_quirks_refuse_prompt_cache_key_as_an_unknown_name(port: int, http: requests.Session) -> None:
+    refused = chat(http, port, vendor="gemini", prompt_cache_key="session-1")
+    assert refused.status_code == 400
+    assert 'Unknown name "prompt_cache_key"' in refused.json()[0]["error"]["message"]
+    assert chat(http, port, prompt_cache_key="session-1").status_code == 200
+
+
 def test_interval_paces_events(port: int, http: requests.Session) -> None:
     start = time.monotonic()
     answer = chat(http, port, stream=True, x_fake={"interval": 0.15, "chunks": 2})

@@ -297,3 +297,93 @@ def test_share_pools_cover_each_type_and_each_alias(write_config):
     assert list(pools) == ["chat", "embedding", "alias fast", "alias smart", "alias embed"]
     assert [round(share(c, pools["chat"]), 1) for c in pools["chat"]] == [60.0, 20.0, 20.0]
     assert [share(c, pools["alias fast"]) for c in pools["alias fast"]] == [75.0, 25.0]
+
+
+# -- affinity: weighted rendezvous for requests that name a session ----------------------------
+
+FOUR_KEYS = [{"platform": "openai", "value": f"sk-affinity-key-{n}-aaaaaaaa"} for n in range(4)]
+
+
+def test_a_session_reaches_the_same_combination_from_every_worker(write_config):
+    workers = [routing_selector(write_config, MODELS, seed=seed) for seed in (1, 2, 3)]
+    for session in (f"session-{n}" for n in range(50)):
+        chosen = {worker.choose(worker.candidates(None, None), session=session).cooldown_key for worker in workers}
+        assert len(chosen) == 1, session
+
+
+def test_the_digest_of_a_session_is_fixed_so_upgrades_and_restarts_move_no_session(write_config):
+    selector = routing_selector(write_config, [{"vendor": "openai", "model": "gpt-4o"}], FOUR_KEYS)
+    candidates = selector.candidates(None, None)
+    chosen = [selector.choose(candidates, session=f"pinned-{n}").credential.label for n in range(6)]
+    assert chosen == ["openai#4", "openai#2", "openai#2", "openai#1", "openai#3", "openai#4"]
+
+
+def test_reordering_the_credentials_file_moves_no_session(write_config, tmp_path):
+    before = routing_selector(write_config, [{"vendor": "openai", "model": "gpt-4o"}], FOUR_KEYS)
+    after = routing_selector(write_config, [{"vendor": "openai", "model": "gpt-4o"}], FOUR_KEYS[::-1])
+    for session in (f"s{n}" for n in range(100)):
+        first = before.choose(before.candidates(None, None), session=session)
+        second = after.choose(after.candidates(None, None), session=session)
+        assert first.credential.secret == second.credential.secret
+
+
+def test_over_many_sessions_the_shares_follow_the_weights(write_config):
+    credentials = [
+        {"platform": "openai", "value": "sk-tier-high-aaaaaaaa", "weight": 3},
+        {"platform": "openai", "value": "sk-tier-low-bbbbbbbbb"},
+    ]
+    models = [{"vendor": "openai", "model": "gpt-4o", "weight": 2}, {"vendor": "openai", "model": "gpt-4o-mini"}]
+    selector = routing_selector(write_config, models, credentials)
+    candidates = selector.candidates(None, None)
+    sessions = 12_000
+    counts = Counter(selector.choose(candidates, session=f"user-{n}").key for n in range(sessions))
+    total = sum(c.weight for c in candidates)
+    expected = {c.key: sessions * c.weight / total for c in candidates}
+    # 3 degrees of freedom: 16.27 is the 0.999 quantile; an even split would score in the thousands.
+    assert chi_square(counts, expected) < 16.27, counts
+
+
+def test_a_cooled_combinations_sessions_move_and_only_they_and_come_back_after(write_config):
+    selector = routing_selector(write_config, [{"vendor": "openai", "model": "gpt-4o"}], FOUR_KEYS)
+    candidates = selector.candidates(None, None)
+    sessions = [f"agent-{n}" for n in range(400)]
+    before = {s: selector.choose(candidates, session=s) for s in sessions}
+    cooled = candidates[1]
+    selector.cool_down(cooled)
+    during = {s: selector.choose(candidates, session=s) for s in sessions}
+    moved = {s for s in sessions if during[s] is not before[s]}
+    assert moved == {s for s in sessions if before[s] is cooled}
+    assert 60 < len(moved) < 140  # about a quarter
+    # Each moved session goes where a failover from the cooled combination sends it too.
+    assert all(during[s] is selector.choose(candidates, {cooled.key}, session=s) for s in moved)
+    # The moved sessions spread over the three others rather than piling onto one.
+    assert len({during[s].key for s in moved}) == 3
+    selector._clock.now += 30.1
+    assert {s: selector.choose(candidates, session=s) for s in sessions} == before
+
+
+def test_failover_and_hedges_of_a_session_go_to_its_next_choices_in_order(write_config):
+    selector = routing_selector(write_config, [{"vendor": "openai", "model": "gpt-4o"}], FOUR_KEYS)
+    candidates = selector.candidates(None, None)
+    tried: set[str] = set()
+    order = []
+    while (combination := selector.choose(candidates, tried, session="agent-7")) is not None:
+        order.append(combination.key)
+        tried.add(combination.key)
+    assert sorted(order) == sorted(c.key for c in candidates)
+    other = routing_selector(write_config, [{"vendor": "openai", "model": "gpt-4o"}], FOUR_KEYS, seed=99)
+    assert [other.choose(candidates, set(order[:n]), session="agent-7").key for n in range(4)] == order
+
+
+def test_requests_without_a_session_are_still_drawn_at_random(selector):
+    candidates = selector.candidates("openai", None)
+    assert len({selector.choose(candidates).key for _ in range(200)}) == len(candidates)
+
+
+def test_affinity_off_spreads_a_sessions_requests_as_before(write_config):
+    catalog = load_catalog(write_config(models=MODELS, credentials=CREDENTIALS), environ={})
+    selector = Selector(catalog, 30, 300, rng=random.Random(5), paths=PATHS, affinity=False)
+    candidates = selector.candidates(None, None)
+    draws = 5000
+    counts = Counter(selector.choose(candidates, session="one-session").key for _ in range(draws))
+    assert chi_square(counts, {c.key: draws / len(candidates) for c in candidates}) < 18.47, counts
