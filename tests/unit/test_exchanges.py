@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from app.catalog import Vendor
+from app.catalog import Model, Vendor
+from app.chat import ChatExchange
 from app.embeddings import EmbeddingsExchange
-from app.endpoint import UnusableAnswer
+from app.endpoint import ClientRequest, UnusableAnswer
 from app.responses.recipe import ResponsesExchange
 
 VENDOR = Vendor("gemini", "http://gemini.test/v1beta/openai")
@@ -66,3 +67,28 @@ def test_embeddings_answer_is_the_vendors_with_the_requested_model():
 def test_embeddings_answer_without_a_data_list_is_unusable(data):
     with pytest.raises(UnusableAnswer, match="data list"):
         EmbeddingsExchange({}, "any-model").translate({"object": "list", "data": data})
+
+
+def test_prompt_cache_key_is_sent_only_to_vendors_that_accept_it_and_nothing_else_changes():
+    body = {"model": "any-model", "messages": [{"role": "user", "content": "Hi"}], "prompt_cache_key": "s-1", "seed": 7}
+    exchange = ChatExchange(body, "any-model")
+    openai = Vendor("openai", "http://openai.test/v1", frozenset({"prompt_cache_key"}))
+    sent = json.loads(exchange.vendor_body(Model("openai", "gpt-4o"), openai))
+    assert sent == {**body, "model": "gpt-4o"}
+    sent = json.loads(exchange.vendor_body(Model("gemini", "gemini-2.0-flash"), VENDOR))
+    assert sent == {"model": "gemini-2.0-flash", "messages": body["messages"], "seed": 7}
+    assert body["prompt_cache_key"] == "s-1"  # the client's body is left as it was
+
+
+@pytest.mark.parametrize(
+    ("session", "body", "key"),
+    [
+        pytest.param("claude-1", {"prompt_cache_key": "cache-1"}, "claude-1", id="the session header first"),
+        pytest.param(None, {"prompt_cache_key": "cache-1"}, "cache-1", id="else the body's prompt_cache_key"),
+        pytest.param(None, {"prompt_cache_key": 42}, None, id="a key that is not a string names no session"),
+        pytest.param(None, {"prompt_cache_key": ""}, None, id="nor does an empty one"),
+        pytest.param(None, {}, None, id="no session"),
+    ],
+)
+def test_the_session_a_request_is_routed_by(session, body, key):
+    assert ClientRequest(body, session=session).affinity_key == key
