@@ -154,6 +154,7 @@ def test_dashboard_shows_what_an_operator_looks_for():
         "Cooling combinations",
         "Tokens by vendor / model",
         "Tokens by client",
+        "Cache hit ratio",
         "Requests by client",
         "Rate-limit rejections (429)",
         "Client disconnects",
@@ -220,6 +221,11 @@ def serve_mixed_traffic(router: RouterProcess, fake: FakeVendorProcess) -> threa
     for _ in range(3):
         assert chat(router).status_code == 200
         assert chat(router, vendor="openai").status_code == 200  # it cools down, yet is the only choice
+
+    # One conversation twice on one key and model: the fake's prompt cache answers the second.
+    prompt = {"model": "gpt-4o", "messages": [{"role": "user", "content": "A long shared prefix. " * 20}]}
+    for _ in range(2):
+        assert chat(router, {**prompt, "x_fake": {"prefix_cache": 4}}, vendor="openai").status_code == 200
 
     slow = [
         threading.Thread(target=chat, args=(router, {"x_fake": {"delay": 1.0}}), kwargs={"vendor": "openai"})
