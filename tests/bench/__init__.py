@@ -37,6 +37,10 @@ constant mixed load, one of them failing from t = 10 s to t = 40 s (HTTP 500, th
 streams dropped after their first content chunk), with client-visible errors, added latency, the
 calls the failing vendor still got per cooldown period and the time until it has its share back.
 
+``--cache`` runs the cache benchmark instead (cache.py): 50 agent sessions of 10 growing turns
+through 4 keys of one model, the vendor emulating a prompt cache per key, with affinity on and
+off: the cache hit ratio of each, how often a session changed keys, and the routing cost.
+
 ``--soak SECONDS`` runs a mixed load instead (wrk at c=16 beside 100 streams held) and samples
 RSS for growth. ``--quick`` shortens every measurement (and the failover timeline) for a smoke
 run. ``--help`` lists every option.

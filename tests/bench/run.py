@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from tests.bench import failstats, report, summary
+from tests.bench import cache, failstats, report, summary
 from tests.bench.failover import DEFAULT_ENV, FAULT_MODES, run_failover
 from tests.bench.load import LoadGenerator, pick_generator
 from tests.bench.peers import PEERS, Peer, PeerSkipped, default_cache, start_peer
@@ -159,6 +159,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between RSS samples")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (router log, raw outputs)")
     parser.add_argument("--out", type=Path, help="JSON result path (default: tests/bench/results/<time>.json)")
+    caching = parser.add_argument_group(
+        "cache", "--cache: agent sessions through several keys of one model, affinity on and off (tests/bench/cache.py)"
+    )
+    caching.add_argument("--cache", action="store_true", help="run the cache benchmark instead")
+    caching.add_argument("--cache-sessions", type=int, default=50, help="sessions")
+    caching.add_argument("--cache-turns", type=int, default=10, help="turns per session, each prompt growing")
+    caching.add_argument("--cache-keys", type=int, default=4, help="credentials of the one model")
+    caching.add_argument("--cache-concurrency", type=int, default=10, help="sessions running at once")
+    caching.add_argument("--cache-shared-kb", type=int, default=40, help="KB of system prompt every session shares")
+    caching.add_argument("--cache-own-kb", type=int, default=10, help="KB of context of each session's own")
     failover = parser.add_argument_group(
         "failover", "--failover: two vendors at constant load, one fails for a while (tests/bench/failover.py)"
     )
@@ -207,7 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--peers needs the lean vendor (peers drop x_fake; only it streams by default)")
     if args.repeat < 1:
         parser.error("--repeat wants 1 or more")
-    if args.repeat > 1 and (args.soak or args.failover):
+    if args.repeat > 1 and (args.soak or args.failover or args.cache):
         parser.error("--repeat repeats the main benchmark only")
     return args
 
@@ -225,12 +235,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: open-files limit {hard} < {needed}; large stream counts will fail (raise ulimit -Hn)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    kind = "failover" if args.failover else "soak" if args.soak else "bench"
+    kind = "failover" if args.failover else "cache" if args.cache else "soak" if args.soak else "bench"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: list[dict[str, Any]] = []
     try:
         if args.failover:
             results.append(failover(args, workdir))
+        elif args.cache:
+            results.append({"meta": machine_meta(), **cache.run_cache(args, workdir, say)})
         else:
             for number in range(1, args.repeat + 1):
                 if args.repeat > 1:
@@ -253,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         out.write_text(json.dumps(result, indent=2))
         outs.append(out)
     (RESULTS / f"latest-{kind}.json").write_text(json.dumps(results[-1], indent=2))
-    print({"failover": failstats.table, "soak": report.soak_table, "bench": report.table}[kind](results[-1]))
+    tables = {"failover": failstats.table, "cache": cache.table, "soak": report.soak_table, "bench": report.table}
+    print(tables[kind](results[-1]))
     if kind == "bench":
         figures = summary.summarize(results)
         goals = summary.goals(figures)

@@ -18,12 +18,16 @@ HOST = "127.0.0.1"
 class LeanVendor:
     """tests/bench/vendor.py in a subprocess, with the part of processes.FakeVendorProcess's face the bench uses."""
 
-    def __init__(self, pieces: int | None = None, interval: float = 0.0, log_calls: bool = False) -> None:
+    def __init__(
+        self, pieces: int | None = None, interval: float = 0.0, log_calls: bool = False, prefix_cache: int | None = None
+    ) -> None:
         command = [sys.executable, "-m", "tests.bench.vendor", "--port", "0"]
         if pieces is not None:
             command += [f"--pieces={pieces}", f"--interval={interval}"]
         if log_calls:
             command.append("--log-calls")
+        if prefix_cache is not None:
+            command.append(f"--prefix-cache={prefix_cache}")
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline() if self.process.stdout else ""
         if not line.startswith("BENCH_VENDOR_LISTENING"):

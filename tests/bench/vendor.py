@@ -20,6 +20,11 @@ answers (same fields, same order), and nothing else:
   gives every path the same stream this way.
 - ``GET /health``: 200 ``OK``.
 
+With ``--prefix-cache BLOCK`` it emulates a vendor's prompt cache as tests/support/fake_vendor.py's
+``prefix_cache`` does: per vendor, credential (``Authorization``) and model, the usage's
+``prompt_tokens_details.cached_tokens`` is the longest prefix of the request's messages seen
+before, in whole blocks of BLOCK tokens (4 characters a token); the cache run uses it.
+
 Faults, switched at run time for the failover benchmark (``POST /_control/fault`` with
 ``{"vendor": "<name>", "mode": "..."}``; control calls are not logged):
 
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import heapq
 import itertools
 import os
@@ -95,13 +101,41 @@ def _text(vendor: str, body: dict[str, Any]) -> str:
     return f"Hello from {vendor}! You said: {said[:200]}"
 
 
-def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
+def _usage(body: dict[str, Any], text: str, cached: int | None = None) -> dict[str, Any]:
     prompt = sum(len(str(m.get("content") or "")) // 4 + 1 for m in body.get("messages") or [] if isinstance(m, dict))
     completion = len(text) // 4 + 1
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    usage["total_tokens"] = prompt + completion
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, prompt), "audio_tokens": 0}
+    return usage
 
 
-def whole_answer(vendor: str, body: dict[str, Any]) -> bytes:
+class PromptCache:
+    """Every prompt prefix seen per (vendor, credential, model), as chained digests of whole blocks."""
+
+    def __init__(self, block_tokens: int) -> None:
+        self.block_chars = 4 * block_tokens
+        self.block_tokens = block_tokens
+        self.seen: dict[tuple[str, str, str], set[bytes]] = {}
+
+    def cached_tokens(self, vendor: str, credential: str, body: dict[str, Any]) -> int:
+        """The tokens of this prompt's longest prefix seen before; the prompt's prefixes are remembered."""
+        messages = body.get("messages") or []
+        text = "".join(f"{m.get('role')}\0{m.get('content') or ''}\0" for m in messages if isinstance(m, dict)).encode()
+        seen = self.seen.setdefault((vendor, credential, str(body.get("model"))), set())
+        size, previous, hits, missed = self.block_chars, b"", 0, False
+        for start in range(0, len(text) - size + 1, size):
+            previous = hashlib.blake2b(previous + text[start : start + size], digest_size=16).digest()
+            if not missed and previous in seen:
+                hits += 1
+            else:
+                missed = True
+                seen.add(previous)
+        return hits * self.block_tokens
+
+
+def whole_answer(vendor: str, body: dict[str, Any], cached: int | None = None) -> bytes:
     """A chat.completion like the fake vendor's OpenAI one."""
     x_fake = body.get("x_fake") if isinstance(body.get("x_fake"), dict) else {}
     pieces = x_fake.get("content_chunks")
@@ -121,12 +155,14 @@ def whole_answer(vendor: str, body: dict[str, Any]) -> bytes:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": _usage(body, text),
+            "usage": _usage(body, text, cached),
         }
     )
 
 
-def stream_frames(vendor: str, body: dict[str, Any], default_pieces: list[str] | None = None) -> list[bytes]:
+def stream_frames(
+    vendor: str, body: dict[str, Any], default_pieces: list[str] | None = None, cached: int | None = None
+) -> list[bytes]:
     """Every event of a streamed answer, each already framed as one HTTP chunk."""
     x_fake = body.get("x_fake") if isinstance(body.get("x_fake"), dict) else {}
     pieces = x_fake.get("content_chunks")
@@ -158,7 +194,7 @@ def stream_frames(vendor: str, body: dict[str, Any], default_pieces: list[str] |
     payloads.append(chunk({}, "stop"))
     if with_usage:
         usage = {"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": model}
-        payloads.append(orjson.dumps({**usage, "choices": [], "usage": _usage(body, "".join(pieces))}))
+        payloads.append(orjson.dumps({**usage, "choices": [], "usage": _usage(body, "".join(pieces), cached)}))
     payloads.append(b"[DONE]")
     frames = []
     for payload in payloads:
@@ -252,7 +288,7 @@ class Conn:
                 return
             head = self.inbuf[:end].decode("latin-1")
             lines = head.split("\r\n")
-            length, close = 0, False
+            length, close, credential = 0, False, ""
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 name = name.strip().lower()
@@ -260,6 +296,8 @@ class Conn:
                     length = int(value)
                 elif name == "connection":
                     close = value.strip().lower() == "close"
+                elif name == "authorization":
+                    credential = value.strip()
             if len(self.inbuf) < end + 4 + length:
                 return
             body = self.inbuf[end + 4 : end + 4 + length]
@@ -267,11 +305,11 @@ class Conn:
             method, _, rest = lines[0].partition(" ")
             path = rest.rsplit(" ", 1)[0].split("?", 1)[0]
             self.keep_alive = not close and lines[0].endswith("HTTP/1.1")
-            self.answer(method, path, body)
+            self.answer(method, path, body, credential)
         if not self.keep_alive and not self.out and self.stream is None:
             self.close()
 
-    def answer(self, method: str, path: str, raw: bytes) -> None:
+    def answer(self, method: str, path: str, raw: bytes, credential: str = "") -> None:
         ka = self.keep_alive
         if method == "GET" and path == "/health":
             self.write(_response("200 OK", b"text/plain", b"OK", ka))
@@ -302,12 +340,14 @@ class Conn:
         if mode == "stall":
             self.stalled = True
             return
+        cache = server.prompt_cache
+        cached = cache.cached_tokens(vendor, credential, body) if cache is not None else None
         if not stream:
-            self.write(_response("200 OK", b"application/json", whole_answer(vendor, body), ka))
+            self.write(_response("200 OK", b"application/json", whole_answer(vendor, body, cached), ka))
             return
         x_fake = body.get("x_fake") if isinstance(body.get("x_fake"), dict) else {}
         interval = float(x_fake.get("interval") or server.interval)
-        frames = stream_frames(vendor, body, server.pieces)
+        frames = stream_frames(vendor, body, server.pieces, cached)
         if mode == "drop":
             # The role chunk and the first content chunk, then the connection ends mid-body.
             frames = frames[:2]
@@ -323,8 +363,15 @@ class Server:
     """The epoll loop: accepts, reads requests, and sends stream events when they are due."""
 
     def __init__(
-        self, host: str, port: int, pieces: list[str] | None = None, interval: float = 0.0, log_calls: bool = False
+        self,
+        host: str,
+        port: int,
+        pieces: list[str] | None = None,
+        interval: float = 0.0,
+        log_calls: bool = False,
+        prefix_cache: int | None = None,
     ) -> None:
+        self.prompt_cache = PromptCache(prefix_cache) if prefix_cache else None
         self.pieces = pieces  # the stream of a request without x_fake (None: the greeting in 5 pieces)
         self.interval = interval
         self.faults: dict[str, str] = {}  # vendor name -> fault mode; absent: ok
@@ -425,11 +472,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pieces", type=int, help="stream of a request without x_fake: this many pieces")
     parser.add_argument("--interval", type=float, default=0.0, help="... this many seconds apart")
     parser.add_argument("--log-calls", action="store_true", help="keep the call log (GET /_control/log)")
+    parser.add_argument("--prefix-cache", type=int, metavar="BLOCK", help="emulate a prompt cache, BLOCK-token blocks")
     args = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pieces = [f"token{i:02d} " for i in range(args.pieces)] if args.pieces is not None else None
-    server = Server(args.host, args.port, pieces, args.interval, args.log_calls)
+    server = Server(args.host, args.port, pieces, args.interval, args.log_calls, args.prefix_cache)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
     sys.stdout.write(f"BENCH_VENDOR_LISTENING {server.port}\n")
