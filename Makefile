@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format demo bench bench-peers bench-failover soak check-config clean
+.PHONY: run test lint format demo bench bench-peers bench-failover bench-cache soak check-config clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench-peers: $(VENV)/.dev
 ## bench-failover: one of two vendors errs, stalls, then drops streams under constant load, and recovers
 bench-failover: $(VENV)/.dev
 	$(BIN)/python -m tests.bench --failover
+
+## bench-cache: agent sessions through 4 keys of one model with an emulated prompt cache, affinity on and off
+bench-cache: $(VENV)/.dev
+	$(BIN)/python -m tests.bench --cache
 
 ## soak: the benchmark's 10-minute memory soak
 soak: $(VENV)/.dev
