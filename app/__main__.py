@@ -26,7 +26,9 @@ def check_config() -> int:
     print(f"models:      {settings.models_file} ({len(catalog.models)}, {catalog.models_format} format)")
     print(f"credentials: {settings.credentials_file} ({credentials_source(catalog)})")
     for name in catalog.model_vendors():
-        print(f"vendor {name}: {catalog.vendors[name].base_url}")
+        vendor = catalog.vendors[name]
+        sends = f" (sends {', '.join(sorted(vendor.accepts))})" if vendor.accepts else ""
+        print(f"vendor {name}: {vendor.base_url}{sends}")
     print("models:")
     for model in catalog.models:
         aliases = f"  aliases {', '.join(model.aliases)}" if model.aliases else ""
@@ -68,6 +70,7 @@ def failure_handling(settings: Settings) -> str:
             f"{seconds(settings.upstream_read_timeout)}",
             f"  first token, streams (FIRST_TOKEN_TIMEOUT)   {seconds(settings.first_token_timeout)}",
             f"  hedge after (HEDGE_AFTER_SECONDS)            {seconds(settings.hedge_after_seconds)}",
+            f"  sessions keep their combination (AFFINITY)   {'on' if settings.affinity else 'off'}",
             f"  cooldown (COOLDOWN_SECONDS, storage)         {seconds(settings.cooldown_seconds)}, "
             f"{settings.cooldown_storage.split('://')[0]}",
             f"  silent client (CLIENT_SEND_TIMEOUT)          {seconds(settings.client_send_timeout)}",

@@ -55,6 +55,8 @@ def test_failure_handling_settings_are_printed(tmp_path):
     assert "request deadline (REQUEST_TIMEOUT)           45 s" in result.stdout
     assert "first token, streams (FIRST_TOKEN_TIMEOUT)   off" in result.stdout
     assert "hedge after (HEDGE_AFTER_SECONDS)            1.5 s" in result.stdout
+    assert "sessions keep their combination (AFFINITY)   on" in result.stdout
+    assert "vendor openai: " in result.stdout and "(sends prompt_cache_key)" in result.stdout
     assert "silent client (CLIENT_SEND_TIMEOUT)          20 s" in result.stdout
 
 
