@@ -85,6 +85,11 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
 ``error_in_200`` (object | null): answer 200, ``application/json``, body
     ``{"error": <this object>}`` -- for a stream request too (a JSON body, not a stream).
 ``no_choices`` (bool, false): a whole answer's chat.completion has no ``choices`` key.
+``revoked_keys`` (list of str | null): requests whose ``Authorization: Bearer`` key is one of
+    these are answered 401 with an "Incorrect API key provided" error, as a vendor answers a
+    revoked key; other keys are answered as the rest of the behaviour says.
+``null_error`` (bool, false): a whole answer and every stream chunk also carry ``"error": null``,
+    as several OpenAI-compatible servers send beside a good answer.
 ``drop_before_headers`` (bool, false): read the request, then close without answering.
 ``content`` (str | null): the assistant text; default ``"Hello from <vendor>! You said: <last
     user message text, first 200 chars>"``.
@@ -244,6 +249,8 @@ DEFAULTS: dict[str, Any] = {
     "final_blank_line": True,
     "final_line_ending": True,
     "reasoning": None,
+    "null_error": False,
+    "revoked_keys": None,
 }
 
 _NONE = type(None)
@@ -285,6 +292,8 @@ _SPEC: dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None, float | None]] 
     "final_blank_line": ((bool,), None, None),
     "final_line_ending": ((bool,), None, None),
     "reasoning": ((str, _NONE), None, None),
+    "null_error": ((bool,), None, None),
+    "revoked_keys": ((list, _NONE), None, None),
 }
 assert _SPEC.keys() == DEFAULTS.keys()
 
@@ -968,6 +977,9 @@ class FakeVendor:
             if problem:
                 return self.send_error(conn, 400, f"x_fake: {problem}", ka)
         b = self.behaviour_for(vendor, x_fake)
+        revoked = b["revoked_keys"]
+        if revoked and req.headers.get("authorization", "").removeprefix("Bearer ") in revoked:
+            b = {**b, "status": 401, "error_message": "Incorrect API key provided."}
         if endpoint == "embeddings":
             problem = embeddings_problem(body)
             if problem:
@@ -1077,6 +1089,8 @@ class FakeVendor:
             answer["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
         if b["usage"]:
             answer["usage"] = usage_of(body, text)
+        if b["null_error"]:
+            answer["error"] = None
         return answer
 
     def events(self, vendor: str, body: dict[str, Any], b: dict[str, Any]) -> Iterator[tuple[bytes, bool]]:
@@ -1101,6 +1115,8 @@ class FakeVendor:
             c["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
             if with_usage:
                 c["usage"] = None
+            if b["null_error"]:
+                c["error"] = None
             return orjson.dumps(c)
 
         calls = planned_tool_calls(body, b)
