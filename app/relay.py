@@ -8,6 +8,9 @@ the vendor reads too (memory per stream stays bounded whatever the client does).
 most the keep-alive interval, then a keep-alive comment goes out; a client that goes away
 interrupts the read it is waiting in. No greenlet or queue hop per event.
 ``StreamAnswer`` is the WSGI body built on a pump; its outcome is the pump's state.
+The three stay in one module, longer than most: they are one stream's life, and apart each would
+reach into the others' state (the pump's failure is the answer's outcome; the relay's end is the
+pump's).
 """
 
 from __future__ import annotations
