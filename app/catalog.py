@@ -8,6 +8,10 @@ file, keys come from ``<VENDOR>_API_KEY[_N]`` environment variables. The catalog
 built once at start-up and never changes while a worker runs; SIGHUP starts new workers that read
 the files again. Every problem in a file is reported as one ``ConfigError`` that names the file
 and the entry, and never a credential's value.
+
+Longer than most modules on purpose: the three files are checked against each other (a model
+names a vendor, a credential a platform, an alias a group of one type), and keeping their loaders
+together keeps one way of naming a file and an entry in every error.
 """
 
 from __future__ import annotations

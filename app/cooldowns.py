@@ -6,6 +6,8 @@ the same remaining time. Requests only ever read and write the worker's own copy
 thread (a greenlet under gunicorn's gevent workers) sends this worker's new cooldowns to Redis
 and learns everyone else's, so a slow or dead Redis never delays a request. Deadlines are
 wall-clock seconds (``time.time()``) because they are compared across machines.
+Longer than most modules: the book and its Redis link are one idea (what is cooling, everywhere),
+and what is learned from peers is bounded here, next to what is published.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ the vendor reads too (memory per stream stays bounded whatever the client does).
 most the keep-alive interval, then a keep-alive comment goes out; a client that goes away
 interrupts the read it is waiting in. No greenlet or queue hop per event.
 ``StreamAnswer`` is the WSGI body built on a pump; its outcome is the pump's state.
+The three stay in one module, longer than most: they are one stream's life, and apart each would
+reach into the others' state (the pump's failure is the answer's outcome; the relay's end is the
+pump's).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 _DONE_EVENT = data_event(DONE)
 # After the end of the answer, how long the vendor may take to end its body (normally it already
 # has). Read to its end, the connection goes back to the pool: the next stream skips a handshake.
+# Spent when the stream is closed, after the client got its last byte.
 DRAIN_SECONDS = 0.25
 
 
@@ -190,9 +194,6 @@ class StreamRelay:
                 out = b""
             if out:
                 return out
-        if self._drain_after_done:
-            self._drain_after_done = False
-            self._drain()
         return None
 
     def failed(self, error: RouterError) -> bytes:
@@ -204,7 +205,13 @@ class StreamRelay:
         return self._translator.keepalive()
 
     def close(self) -> None:
+        """Close the vendor's answer. After a complete one, first read the vendor's end of body
+        (bounded): by then the client has its whole answer and its end, so the client never
+        waits on this, and the connection goes back to the pool for the next stream."""
         self.finished = True
+        if self._drain_after_done:
+            self._drain_after_done = False
+            self._drain()
         self._response.close()
 
     def _translate(self, events: list[Event]) -> bytes:

@@ -5,6 +5,7 @@ Every variable the router reads is read here and documented here, through one re
 ``<VENDOR>_BASE_URL``, read by ``catalog``). ``ServerSettings`` are the few gunicorn.conf.py needs
 in the master before any worker forks; ``Settings`` (the app's) include the ones both share.
 Config files (models, credentials, vendors) are paths here; their contents belong to ``catalog``.
+Longer than most modules on purpose: every variable, its default and its reason in one place.
 """
 
 from __future__ import annotations

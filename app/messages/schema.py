@@ -24,7 +24,7 @@ from app.schemas import (
 )
 from app.validation import JSONObject, StrictBoolean, StrictSchema, check, check_tool_choice
 
-__all__ = ["EFFORTS", "validate_messages_request"]
+__all__ = ["EFFORTS", "is_plain_message_request", "validate_messages_request"]
 
 ROLES = ("user", "assistant", "system")
 # The block types each role may hold; thinking blocks in history are accepted and dropped later.
@@ -57,9 +57,47 @@ def validate_messages_request(body: Any, *, counting: bool = False) -> None:
     """
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if not counting and is_plain_message_request(body):
+        return
     _refuse_unsupported(body)
     # Anthropic writes paths dotted and puts the path first: "messages.2.content: ...".
     check(_COUNT_REQUEST if counting else _MESSAGES_REQUEST, body, spell=_dotted, say=lambda p, m: f"{p}: {m}")
+
+
+# The everyday request: text turns, a system text, no tools. For it the schema's answer is known.
+_PLAIN_KEYS = frozenset({"model", "max_tokens", "messages", "system", "stream", "temperature", "top_p", "metadata"})
+_PLAIN_ROLES = frozenset({"user", "assistant"})
+
+
+def is_plain_message_request(body: dict[str, Any]) -> bool:
+    """True only for requests the schema accepts: text turns, no tools (a fast path of a few us).
+
+    Not a second validator: it says yes to a strict subset of what marshmallow accepts (a
+    hypothesis test holds it to that), and everything else goes through marshmallow, which costs
+    ~60 us even for the smallest request.
+    """
+    if not body.keys() <= _PLAIN_KEYS:
+        return False
+    model, limit = body.get("model"), body.get("max_tokens")
+    if type(model) is not str or not 0 < len(model) <= MAX_NAME_LENGTH or type(limit) is not int or limit < 1:
+        return False
+    if body.get("stream") is not None and type(body["stream"]) is not bool:
+        return False
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (type(value) not in (int, float) or not 0 <= value <= 1):
+            return False
+    if body.get("system") is not None and type(body["system"]) is not str:
+        return False
+    messages = body.get("messages")
+    if type(messages) is not list or not 0 < len(messages) <= MAX_MESSAGES:
+        return False
+    for message in messages:
+        if type(message) is not dict or message.keys() != {"role", "content"}:
+            return False
+        if message["role"] not in _PLAIN_ROLES or type(message["content"]) is not str:
+            return False
+    return True
 
 
 def _dotted(param: str | None) -> str | None:

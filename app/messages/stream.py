@@ -27,6 +27,7 @@ from app.messages.answer import message_usage, new_message_id, reasoning_text, s
 from app.messages.errors import stream_error_type
 from app.messages.request import ToolNames
 from app.normalize import first_choice, new_tool_call_id
+from app.sse import named_event
 
 __all__ = ["PING", "MessagesStream", "sse_event"]
 
@@ -37,7 +38,7 @@ _THINKING_START = {"type": "thinking", "thinking": "", "signature": ""}
 
 def sse_event(data: dict[str, Any]) -> bytes:
     """One SSE event whose name is its data's type, as Anthropic sends every event."""
-    return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return named_event(data["type"], orjson.dumps(data))
 
 
 PING = sse_event({"type": "ping"})

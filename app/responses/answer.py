@@ -179,7 +179,9 @@ def response_object(
         "output": output,
         "parallel_tool_calls": request.get("parallel_tool_calls") is not False,
         "previous_response_id": None,
-        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        # The effort is sent on (as chat's reasoning_effort); a summary is never made, since chat
+        # answers carry no reasoning summary: echoing the request's would claim it was honoured.
+        "reasoning": {"effort": reasoning.get("effort"), "summary": None},
         "store": False,
         "temperature": request.get("temperature"),
         "text": {**text, "format": text.get("format") or {"type": "text"}},

@@ -12,6 +12,10 @@ worker per CPU, LOG_LEVEL=info, the production default), then measures on loopba
 - 1,000 streams held of 20 chunks 100 ms apart (``--held-streams``, ``--held-interval``);
 - ``POST /v1/responses`` whole (c = 1, 16) and streamed (K = 50, 500) through the router, beside
   chat's rows; skipped with a note when the router answers it 404;
+- ``POST /v1/messages`` (Anthropic) the same way (``--messages-concurrency``, ``--messages-streams``):
+  the same conversation, checked to carry chat's text, its streams counted by their text deltas
+  (``--dialect=messages``); the summary gives its router CPU per call as a ratio to chat's at c = 1
+  and 16 (goal: at most 1.15x) and says whether its streams stay incremental;
 - the router's CPU to start a stream and per relayed event (``--cost-streams``): bursts of
   streams of 1 and of 41 chunks, fitted to CPU per stream = start + events x per event;
 - the router's RSS (master + workers) idle, under load and after load, its CPU time per call,

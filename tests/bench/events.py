@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from tests.bench.stats import StreamRecord
 
-__all__ = ["EventCounter"]
+__all__ = ["DIALECTS", "EventCounter"]
+
+DIALECTS = ("chat", "responses", "messages")
 
 
 class EventCounter:
@@ -15,18 +17,29 @@ class EventCounter:
     ends it. A few C-level byte searches per read keep the client's cost per event small, so it
     keeps pace with 1,000 streams.
 
-    A Responses stream (``responses=True``) counts only its text deltas (the events that carry the
-    answer: created, in_progress, the .added and .done events come bunched by design), is done at
-    ``response.completed`` and failed at an ``error`` or ``response.failed`` event.
+    ``dialect`` says which events count (``DIALECTS``):
+
+    - ``chat``: every ``data:`` event; done at ``data: [DONE]``, failed at an ``{"error"`` event;
+    - ``responses``: only the text deltas (the events that carry the answer: created, in_progress,
+      the .added and .done events come bunched by design); done at ``response.completed``, failed
+      at an ``error`` or ``response.failed`` event;
+    - ``messages`` (Anthropic): only the ``content_block_delta`` events whose delta is a
+      ``text_delta`` (message_start, content_block_start/stop, message_delta and ping come
+      bunched or carry no text); done at ``message_stop``, failed at an ``error`` event.
+
+    Type names are matched as JSON string values (``"text_delta"``), so the spacing of the JSON
+    does not matter; a quote inside answer text is escaped, so text cannot fake one.
     """
 
-    __slots__ = ("_partial", "_responses", "record")
+    __slots__ = ("_dialect", "_partial", "record")
 
-    def __init__(self, record: StreamRecord, responses: bool = False) -> None:
+    def __init__(self, record: StreamRecord, dialect: str = "chat") -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown stream dialect {dialect!r}; choose from {DIALECTS}")
         self.record = record
         record.events = []
         self._partial = b""  # bytes of an event not yet ended by a blank line
-        self._responses = responses
+        self._dialect = dialect
 
     def feed(self, data: bytes, arrived: float) -> None:
         """Take the next body bytes, which arrived at ``arrived`` (time.perf_counter())."""
@@ -40,7 +53,13 @@ class EventCounter:
             return
         complete, self._partial = data[:end], data[end:]
         record = self.record
-        if self._responses:
+        if self._dialect == "messages":
+            record.events.extend([arrived] * complete.count(b'"text_delta"'))  # type: ignore[union-attr]
+            if b"event: error\n" in complete or b'"type":"error"' in complete:
+                record.error_events += 1
+            record.done = record.done or b'"message_stop"' in complete
+            return
+        if self._dialect == "responses":
             record.events.extend([arrived] * complete.count(b'"response.output_text.delta"'))  # type: ignore[union-attr]
             if b"event: error\n" in complete or b'"response.failed"' in complete or b'data: {"error"' in complete:
                 record.error_events += 1

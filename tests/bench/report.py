@@ -141,6 +141,39 @@ def _added_ttfc_lines(direct_rows: list[dict[str, Any]], rows: list[dict[str, An
     return lines
 
 
+def _translated(result: dict[str, Any], section: dict[str, Any], path: str, title: str, counted: str) -> list[str]:
+    """The rows of an endpoint the router translates onto chat (Responses, Messages), beside chat's."""
+    parts: list[str] = []
+    if section.get("note") and section["note"] != "not asked for":
+        parts += ["", f"POST {path}: {section['note']}"]
+    if section.get("nonstream"):
+        parts += [
+            "",
+            f"Non-stream POST {path} through the router (its vendor call: the chat completion above)",
+            _nonstream_grid(section["nonstream"]),
+        ]
+        for row in section["nonstream"]:
+            c = row["concurrency"]
+            direct = _by(result["nonstream"], "concurrency", c, "direct")
+            chat = _by(result["nonstream"], "concurrency", c, "router")
+            line = f"c={c}:"
+            p50, direct_p50 = row["latency_ms"]["p50"], direct and direct["latency_ms"]["p50"]
+            if p50 is not None and direct_p50 is not None:
+                line += f" added latency ({title} - direct chat) p50 {p50 - direct_p50:.3f} ms;"
+            own, chat_cpu = row.get("router_cpu_ms_per_call"), chat and chat.get("router_cpu_ms_per_call")
+            if own is not None and chat_cpu:
+                line += f" router CPU per call {own:.3f} ms vs chat {chat_cpu:.3f} ms ({own / chat_cpu:.2f}x)"
+            parts.append(line)
+    if section.get("streams"):
+        parts += [
+            "",
+            f"Streamed POST {path}: K at once; counted events are {counted}",
+            _stream_grid(section["streams"]),
+            *_added_ttfc_lines(result["streams"], section["streams"]),
+        ]
+    return parts
+
+
 def table(result: dict[str, Any]) -> str:
     """The whole report of one run, as printed at the end of ``make bench``."""
     meta = result["meta"]
@@ -201,29 +234,11 @@ def table(result: dict[str, Any]) -> str:
             _stream_grid(held),
             *_added_ttfc_lines(held, held),
         ]
-    responses = result.get("responses") or {}
-    if responses.get("note"):
-        parts += ["", f"POST /v1/responses: {responses['note']}"]
-    if responses.get("nonstream"):
-        parts += [
-            "",
-            "Non-stream POST /v1/responses through the router (its vendor call: the chat completion above)",
-            _nonstream_grid(responses["nonstream"]),
-        ]
-        for row in responses["nonstream"]:
-            direct = _by(result["nonstream"], "concurrency", row["concurrency"], "direct")
-            if direct:
-                parts.append(
-                    f"added latency c={row['concurrency']} (Responses - direct chat): "
-                    f"p50 {_f(row['latency_ms']['p50'] - direct['latency_ms']['p50'], 3)} ms"
-                )
-    if responses.get("streams"):
-        parts += [
-            "",
-            f"Streamed POST /v1/responses: K at once; counted events are the {stream_meta['pieces']} text deltas",
-            _stream_grid(responses["streams"]),
-            *_added_ttfc_lines(result["streams"], responses["streams"]),
-        ]
+    for name, path, title, counted in (
+        ("responses", "/v1/responses", "Responses", f"the {stream_meta['pieces']} text deltas"),
+        ("messages", "/v1/messages", "Messages", f"the {stream_meta['pieces']} text_delta content_block_delta events"),
+    ):
+        parts += _translated(result, result.get(name) or {}, path, title, counted)
     cost = result.get("stream_cost")
     if cost:
         points = ", ".join(f"{p['events']} events: {p['cpu_ms_per_stream']:.3f} ms" for p in cost["points"])

@@ -83,6 +83,24 @@ def responses_body(stream: bool) -> bytes:
     return json.dumps(body).encode()
 
 
+def messages_body(stream: bool) -> bytes:
+    """The same conversation as an Anthropic Messages request (the router translates it onto chat).
+
+    ``max_tokens`` is required by the Messages API; the router sends it on as
+    ``max_completion_tokens``, which the vendor ignores.
+    """
+    body: dict[str, Any] = {
+        "model": "any-model",
+        "max_tokens": 1024,
+        "system": "You are a helpful assistant.",
+        "messages": [{"role": "user", "content": "Hello, how are you? Please answer in one sentence."}],
+        "temperature": 0.7,
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
@@ -134,6 +152,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--responses-concurrency", default="1,16", help="POST /v1/responses whole, router only (empty: skip)"
     )
     parser.add_argument("--responses-streams", default="50,500", help="POST /v1/responses streamed (empty: skip)")
+    parser.add_argument(
+        "--messages-concurrency", default="1,16", help="POST /v1/messages whole, router only (empty: skip)"
+    )
+    parser.add_argument("--messages-streams", default="50,500", help="POST /v1/messages streamed (empty: skip)")
     parser.add_argument(
         "--cost-streams",
         type=int,
@@ -210,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.held_streams = [int(k) for k in args.held_streams.split(",") if k]
     args.responses_concurrency = [int(c) for c in args.responses_concurrency.split(",") if c]
     args.responses_streams = [int(k) for k in args.responses_streams.split(",") if k]
+    args.messages_concurrency = [int(c) for c in args.messages_concurrency.split(",") if c]
+    args.messages_streams = [int(k) for k in args.messages_streams.split(",") if k]
     args.peers = [name for name in args.peers.split(",") if name]
     if unknown_peers := set(args.peers) - set(PEERS):
         parser.error(f"unknown peers {sorted(unknown_peers)}; choose from {PEERS}")
@@ -274,6 +298,14 @@ def main(argv: list[str] | None = None) -> None:
         ks = sorted({row["concurrency"] for row in results[-1]["streams"]})
         print(f"\nAll paths{'' if len(results) == 1 else f', median of {len(results)} runs (range)'}:")
         print(summary.paths_table(figures, paths, ks))
+        translated_ks = sorted(
+            {row["concurrency"] for name in ("responses", "messages") for row in results[-1][name]["streams"]}
+        )
+        if any(results[-1][name]["nonstream"] or results[-1][name]["streams"] for name in ("responses", "messages")):
+            print("\nChat, Responses and Messages through the router (router CPU ms per call, and over chat's):")
+            print(summary.endpoints_table(figures, translated_ks or ks))
+            note = results[-1]["messages"]["note"]
+            print(f"POST /v1/messages: {note}" if note else summary.messages_verdict(figures))
         if len(results) > 1:
             print(f"\nGoals, median of {len(results)} runs (range), runs interleaved by path within each run")
             print(summary.goals_table(goals, len(results)))
@@ -351,12 +383,14 @@ class Bench:
             Target(peer.name, peer.port, ROUTER_PATH, peer.headers, server_pid=peer.pid) for peer in self.peers
         ]
         self.responses = Target("router", self.router_port, "/v1/responses", server_pid=self.router_pid)
+        self.messages = Target("router", self.router_port, "/v1/messages", server_pid=self.router_pid)
         self.whole_body = request_body(stream=False, interval=args.interval, pieces=args.pieces)
         self.stream_body = request_body(stream=True, interval=args.interval, pieces=args.pieces)
         self.bodies = {
             "stream": self._body_file("stream", self.stream_body),
             "held": self._body_file("held", request_body(stream=True, interval=args.held_interval, pieces=args.pieces)),
             "responses": self._body_file("responses", responses_body(stream=True)),
+            "messages": self._body_file("messages", messages_body(stream=True)),
         }
 
     def _body_file(self, name: str, body: bytes) -> Path:
@@ -444,6 +478,7 @@ class Bench:
         if len(set(counts.values())) != 1:
             raise RuntimeError(f"the paths' streams differ in events: {counts}")
         self.responses_note = self._check_responses(text, expected)
+        self.messages_note = self._check_messages(text, expected)
         time.sleep(1)  # the last worker's start-up lines
         assert self.router is not None
         self.log_offset = self.router.log_path.stat().st_size
@@ -478,6 +513,44 @@ class Bench:
         ]
         if streamed.status_code != 200 or "".join(deltas) != expected or "response.completed" not in streamed.text:
             raise RuntimeError(f"the Responses stream is not the vendor's: {streamed.text[-500:]!r}")
+        return None
+
+    def _check_messages(self, text: str, expected: str) -> str | None:
+        """None when POST /v1/messages answers as chat does; else why its rows are skipped.
+
+        Whole: the Message's text blocks hold chat's answer. Streamed: one text_delta per vendor
+        piece, together the vendor's stream, and message_stop at the end.
+        """
+        if not (self.args.messages_concurrency or self.args.messages_streams):
+            return "not asked for"
+        if self.args.vendor_server != "lean":
+            # The Messages request carries no x_fake; only the lean vendor streams the bench's shape without it.
+            return "skipped: needs the lean vendor (--vendor-server lean)"
+        url = self.url(self.messages)
+        response = requests.post(url, data=messages_body(stream=False), headers=_JSON, timeout=10)
+        if response.status_code == 404:
+            return "skipped: POST /v1/messages answered 404 (this router has no Messages endpoint yet)"
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /v1/messages answered {response.status_code}: {response.text[:500]}")
+        message = response.json()
+        output = "".join(block.get("text", "") for block in message.get("content") or [] if block.get("type") == "text")
+        if message.get("type") != "message" or output != text:
+            raise RuntimeError(f"the Messages answer {message!r} differs from chat's {text!r}")
+        streamed = requests.post(url, data=messages_body(stream=True), headers=_JSON, timeout=10)
+        events = [json.loads(line[5:]) for line in streamed.text.splitlines() if line.startswith("data:")]
+        deltas = [
+            event["delta"]["text"]
+            for event in events
+            if event.get("type") == "content_block_delta" and event["delta"].get("type") == "text_delta"
+        ]
+        if (
+            streamed.status_code != 200
+            or "".join(deltas) != expected
+            or len(deltas) != self.args.pieces
+            or not events
+            or events[-1].get("type") != "message_stop"
+        ):
+            raise RuntimeError(f"the Messages stream is not the vendor's: {streamed.text[-500:]!r}")
         return None
 
     def url(self, target: Target) -> str:
@@ -537,7 +610,7 @@ class Bench:
         interval: float | None = None,
         ramp: float | None = None,
     ) -> dict[str, Any]:
-        """K streams at once through ``target`` (``body``: stream, held, responses, or a body file's path)."""
+        """K streams at once through ``target`` (``body``: stream, held, responses, messages, or a body file's path)."""
         out = self.workdir / f"streams-{target.name}-{streams}.json"
         body_file = self.bodies.get(body, body)
         command = [
@@ -556,8 +629,8 @@ class Bench:
             f"--out={out}",
             *(f"--header={name}:{value}" for name, value in target.headers.items()),
         ]
-        if body == "responses":
-            command.append("--dialect=responses")
+        if body in ("responses", "messages"):
+            command.append(f"--dialect={body}")
         subprocess.run(command, cwd=ROOT, check=True, timeout=600)
         return json.loads(out.read_text())
 
@@ -575,6 +648,7 @@ class Bench:
             "streams": [],
             "held_streams": [],
             "responses": {"note": self.responses_note, "nonstream": [], "streams": []},
+            "messages": {"note": self.messages_note, "nonstream": [], "streams": []},
             "peers": {
                 "running": {peer.name: {"version": peer.version, "command": peer.command} for peer in self.peers},
                 "skipped": self.peers_skipped,
@@ -608,6 +682,17 @@ class Bench:
                 result["responses"]["streams"].append(row)
         elif args.responses_concurrency or args.responses_streams:
             say(f"Responses rows {self.responses_note}")
+
+        if self.messages_note is None:
+            say("POST /v1/messages, the router only (its vendor call is the chat completion above)")
+            for concurrency in args.messages_concurrency:
+                row = self.whole_row(self.messages, concurrency, messages_body(stream=False))
+                result["messages"]["nonstream"].append(row)
+            for streams in args.messages_streams:
+                row = self.stream_row(self.messages, streams, args.pieces, body="messages")
+                result["messages"]["streams"].append(row)
+        elif args.messages_concurrency or args.messages_streams:
+            say(f"Messages rows {self.messages_note}")
 
         if args.cost_streams:
             result["stream_cost"] = self.stream_cost(expected)

@@ -1,6 +1,7 @@
 """Percentiles and the per-stream verdicts of the streaming benchmark, with their definitions.
 
-Definitions (measured at the client, per stream; "event" = one SSE ``data:`` event):
+Definitions (measured at the client, per stream; "event" = one SSE ``data:`` event, or in a Responses
+or Messages stream one text delta: tests/bench/events.py):
 
 - time to first chunk (TTFC): from sending the request to receiving the first event;
 - gap: the time between two consecutive events of one stream; the vendor sends one every

@@ -28,7 +28,7 @@ import time
 import gevent
 import gevent.event
 
-from tests.bench.events import EventCounter
+from tests.bench.events import DIALECTS, EventCounter
 from tests.bench.http1 import Connection, HTTPError, build_post
 from tests.bench.stats import StreamOutcome, StreamRecord, outcome_of, summarize_streams
 from tests.bench.streamloop import Loop
@@ -36,7 +36,7 @@ from tests.bench.streamloop import Loop
 __all__ = ["main", "read_stream"]
 
 
-def read_stream(conn: Connection, request: bytes, record: StreamRecord, responses: bool = False) -> bool:
+def read_stream(conn: Connection, request: bytes, record: StreamRecord, dialect: str = "chat") -> bool:
     """Send ``request`` and read its SSE answer into ``record``; True when the connection can be reused."""
     record.sent = time.perf_counter()
     conn.send(request)
@@ -45,7 +45,7 @@ def read_stream(conn: Connection, request: bytes, record: StreamRecord, response
     if head.status != 200:
         conn.read_body(head)
         return head.keep_alive
-    counter = EventCounter(record, responses)
+    counter = EventCounter(record, dialect)
     for data, arrived in conn.iter_body(head):
         if data:
             counter.feed(data, arrived)
@@ -74,7 +74,7 @@ class Client:
         self.timeout: float = args.timeout
         self.expected: int = args.expected_events
         self.interval: float = args.interval
-        self.responses: bool = args.dialect == "responses"
+        self.dialect: str = args.dialect
 
     def connect(self) -> Connection:
         return Connection(self.host, self.port, timeout=self.timeout)
@@ -83,7 +83,7 @@ class Client:
         """Read one stream on ``conn``; False when the connection must not be reused."""
         try:
             with gevent.Timeout(self.timeout):
-                return read_stream(conn, self.request, record, self.responses)
+                return read_stream(conn, self.request, record, self.dialect)
         except (gevent.Timeout, OSError, HTTPError, ValueError) as exc:
             record.error = _failure(exc)
             return False
@@ -179,9 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", choices=("epoll", "gevent"), default="epoll")
     parser.add_argument(
         "--dialect",
-        choices=("chat", "responses"),
+        choices=DIALECTS,
         default="chat",
-        help="chat: every data event counts; responses: the text deltas of a Responses stream",
+        help="which events count (tests/bench/events.py): chat: every data event; responses: the text deltas of a "
+        "Responses stream; messages: the text_delta content_block_delta events of an Anthropic Messages stream",
     )
     parser.add_argument("--out", required=True)
     parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="an extra request header")
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     if args.engine == "epoll":
-        loop = Loop(args.host, args.port, client.request, args.timeout, client.judge, client.responses)
+        loop = Loop(args.host, args.port, client.request, args.timeout, client.judge, client.dialect)
         outcomes = (
             loop.continuous(args.streams, args.duration) if args.duration else loop.burst(args.streams, args.ramp)
         )

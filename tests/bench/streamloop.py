@@ -54,10 +54,10 @@ class Loop:
         request: bytes,
         timeout: float,
         judge: Callable[[StreamRecord], StreamOutcome],
-        responses: bool = False,
+        dialect: str = "chat",
     ) -> None:
         self.address = (host, port)
-        self.responses = responses
+        self.dialect = dialect
         self.request = request
         self.timeout = timeout
         self.judge = judge
@@ -213,7 +213,7 @@ class Loop:
             slot.head = head
             slot.record.status = head.status
             if head.status == 200:
-                slot.counter = EventCounter(slot.record, self.responses)
+                slot.counter = EventCounter(slot.record, self.dialect)
             if head.chunked:
                 slot.decoder = ChunkedDecoder()
             else:

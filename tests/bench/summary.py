@@ -1,8 +1,9 @@
 """A run's figures by name, the goals of the performance issue, and the median and range over runs.
 
 ``figures`` flattens one result into ``{name: number}``: per path (``direct``, ``router``, each
-peer, ``responses``) the calls/s, latency and server CPU per concurrency, the stream figures per
-K, the held streams, the stream cost, the router's memory. ``summarize`` takes several runs'
+peer, ``responses``, ``messages``) the calls/s, latency and server CPU per concurrency, the stream
+figures per K, the held streams, the stream cost, the router's memory; and Messages' router CPU per
+call as a ratio to chat's (``messages:cpu_ratio_c1``). ``summarize`` takes several runs'
 results and gives every figure as median, min and max; ``goals`` and ``goals_table`` lay the
 issue's goals out as ``today -> goal -> measured median (range)``.
 """
@@ -16,7 +17,21 @@ from typing import Any
 
 from tests.bench.grid import grid
 
-__all__ = ["GOALS", "Goal", "all_figures_table", "figures", "goals", "goals_table", "paths_table", "summarize"]
+__all__ = [
+    "GOALS",
+    "Goal",
+    "all_figures_table",
+    "endpoints_table",
+    "figures",
+    "goals",
+    "goals_table",
+    "messages_verdict",
+    "paths_table",
+    "summarize",
+]
+
+# The router's endpoints translated onto chat: their rows' path -> their name among the figures.
+TRANSLATED = {"/v1/responses": "responses", "/v1/messages": "messages"}
 
 
 def _stream_figures(out: dict[str, float | None], prefix: str, row: dict[str, Any]) -> None:
@@ -34,12 +49,17 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
 def figures(result: dict[str, Any]) -> dict[str, float | None]:
     """Every number of one run, by name (``router:rps_c16``, ``router:k500:incremental_pct``, ...)."""
     out: dict[str, float | None] = {}
-    responses = result.get("responses") or {}
-    for row in [*result["nonstream"], *responses.get("nonstream", [])]:
-        name = "responses" if row.get("path") == "/v1/responses" else row["target"]
+    translated = {name: result.get(name) or {} for name in TRANSLATED.values()}
+    rows = [*result["nonstream"], *(row for section in translated.values() for row in section.get("nonstream", []))]
+    for row in rows:
+        name = TRANSLATED.get(row.get("path", ""), row["target"])
         c = row["concurrency"]
         out[f"{name}:rps_c{c}"] = row["rps"]
         out[f"{name}:p50_c{c}"] = row["latency_ms"]["p50"]
@@ -54,13 +74,19 @@ def figures(result: dict[str, Any]) -> dict[str, float | None]:
     for section, tag in ((result["streams"], "k"), (result.get("held_streams", []), "held")):
         for row in section:
             _stream_figures(out, f"{row['target']}:{tag}{row['concurrency']}", row)
-    for row in responses.get("streams", []):
-        _stream_figures(out, f"responses:k{row['concurrency']}", row)
+    for name, section in translated.items():
+        for row in section.get("streams", []):
+            _stream_figures(out, f"{name}:k{row['concurrency']}", row)
     for key in list(out):
         name, _, what = key.partition(":")
         if name != "direct" and what.endswith((":ttfc_p50", ":ttfc_p99")):
             stream, _, p = what.partition(":")
             out[f"{name}:{stream}:added_{p}"] = _minus(out[key], out.get(f"direct:{what}"))
+    for key in list(out):
+        name, _, what = key.partition(":")
+        if name in TRANSLATED.values() and what.startswith("cpu_ms_call_c"):
+            # Router CPU per call over chat's through the router at the same concurrency.
+            out[f"{name}:cpu_ratio_{what.removeprefix('cpu_ms_call_')}"] = _ratio(out[key], out.get(f"router:{what}"))
     cost = result.get("stream_cost")
     if cost:
         out["router:stream_start_ms"] = cost["start_ms"]
@@ -134,6 +160,32 @@ RESPONSES = (
 )  # fmt: skip
 
 
+# POST /v1/messages beside chat: router CPU per call at most 1.15x chat's; streams stay incremental.
+MESSAGES = (
+    Goal("POST /v1/messages whole: router CPU per call ÷ chat's (c=1)", "messages:cpu_ratio_c1", "-", "≤ 1.15x",
+         lambda v: v <= 1.15, "x", 2),
+    Goal("POST /v1/messages whole: router CPU per call ÷ chat's (c=16)", "messages:cpu_ratio_c16", "-", "≤ 1.15x",
+         lambda v: v <= 1.15, "x", 2),
+    Goal("POST /v1/messages streamed, 50 at once: incremental", "messages:k50:incremental_pct", "-", "100%",
+         lambda v: v >= 100, "%", 1),
+    Goal("POST /v1/messages streamed, 500 at once: incremental", "messages:k500:incremental_pct", "-", "100%",
+         lambda v: v >= 100, "%", 1),
+)  # fmt: skip
+# What each of those rows shows beside its figure: (Messages' own figure or None, chat's), unit, digits.
+MESSAGES_CHAT = {
+    "messages:cpu_ratio_c1": (("messages:cpu_ms_call_c1", "router:cpu_ms_call_c1"), " ms", 3),
+    "messages:cpu_ratio_c16": (("messages:cpu_ms_call_c16", "router:cpu_ms_call_c16"), " ms", 3),
+    "messages:k50:incremental_pct": ((None, "router:k50:incremental_pct"), "%", 1),
+    "messages:k500:incremental_pct": ((None, "router:k500:incremental_pct"), "%", 1),
+}
+MESSAGES_BESIDE_CHAT = (
+    ("POST /v1/messages whole: calls/s at concurrency 16", "messages:rps_c16", "router:rps_c16", "", 0),
+    ("POST /v1/messages whole: added latency p50 at c=1", "messages:added_p50_c1", "router:added_p50_c1", " ms", 3),
+    ("POST /v1/messages streamed, 500 at once: added TTFC p99", "messages:k500:added_ttfc_p99",
+     "router:k500:added_ttfc_p99", " ms", 1),
+)  # fmt: skip
+
+
 def _measured(summary: dict[str, dict[str, Any]], figure: str, unit: str, digits: int) -> str:
     entry = summary.get(figure)
     if entry is None:
@@ -160,7 +212,24 @@ def goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "met": met,
             }
         )
-    for label, figure, chat, unit, digits in RESPONSES:
+    for g in MESSAGES:
+        entry = summary.get(g.figure)
+        (own, chat), unit, digits = MESSAGES_CHAT[g.figure]
+        measured = _measured(summary, g.figure, g.unit, g.digits)
+        if own is not None and entry is not None:
+            # The ratio, then the two CPU figures it divides.
+            measured += f": {_measured(summary, own, unit, digits)} vs chat {_measured(summary, chat, unit, digits)}"
+        rows.append(
+            {
+                "measure": g.label,
+                "figure": g.figure,
+                "today": g.today,
+                "goal": g.goal if own is not None else f"{g.goal} (chat: {_measured(summary, chat, unit, digits)})",
+                "measured": measured,
+                "met": None if entry is None else g.met(entry["median"]),  # type: ignore[misc]
+            }
+        )
+    for label, figure, chat, unit, digits in (*RESPONSES, *MESSAGES_BESIDE_CHAT):
         rows.append(
             {
                 "measure": label,
@@ -200,6 +269,68 @@ def paths_table(summary: dict[str, dict[str, Any]], paths: list[str], ks: list[i
         row += [_measured(summary, f"{path}:k{k}:incremental_pct", "%", 0) for k in ks]
         rows.append(row)
     return grid(headers, rows)
+
+
+def endpoints_table(summary: dict[str, dict[str, Any]], ks: list[int]) -> str:
+    """Chat, Responses and Messages through the router, side by side: calls/s, added latency, router
+    CPU per call at c=1 and c=16 (and as a ratio to chat's), streams incremental and added TTFC p99."""
+    headers = ["endpoint", "calls/s c=1", "calls/s c=16", "added p50 c=1"]
+    headers += ["CPU ms/call c=1", "CPU ms/call c=16", "CPU ÷ chat c=1", "CPU ÷ chat c=16"]
+    headers += [f"K={k} {what}" for k in ks for what in ("incremental", "added TTFC p99")]
+    rows = []
+    endpoints = [("router", "chat /v1/chat/completions")]
+    endpoints += [(name, f"{name} {path}") for path, name in TRANSLATED.items()]
+    for name, label in endpoints:
+        row = [
+            label,
+            _measured(summary, f"{name}:rps_c1", "", 0),
+            _measured(summary, f"{name}:rps_c16", "", 0),
+            _measured(summary, f"{name}:added_p50_c1", " ms", 3),
+            _measured(summary, f"{name}:cpu_ms_call_c1", "", 3),
+            _measured(summary, f"{name}:cpu_ms_call_c16", "", 3),
+            "1.00x" if name == "router" else _measured(summary, f"{name}:cpu_ratio_c1", "x", 2),
+            "1.00x" if name == "router" else _measured(summary, f"{name}:cpu_ratio_c16", "x", 2),
+        ]
+        for k in ks:
+            row += [
+                _measured(summary, f"{name}:k{k}:incremental_pct", "%", 0),
+                _measured(summary, f"{name}:k{k}:added_ttfc_p99", " ms", 1),
+            ]
+        if any(cell not in ("-", "1.00x") for cell in row[1:]):  # else skipped or not asked for
+            rows.append(row)
+    return grid(headers, rows)
+
+
+def messages_verdict(summary: dict[str, dict[str, Any]]) -> str:
+    """What the Messages rows say against their goals (medians): CPU per call at most 1.15x chat's at
+    c=1 and c=16, and whether every stream stayed incremental."""
+
+    def median(figure: str, digits: int) -> str:
+        entry = summary.get(figure)
+        return "-" if entry is None else f"{entry['median']:,.{digits}f}"
+
+    ratios = []
+    for c in (1, 16):
+        entry = summary.get(f"messages:cpu_ratio_c{c}")
+        if entry is None:
+            ratios.append(f"c={c} not measured")
+            continue
+        ratios.append(
+            f"c={c} {entry['median']:.2f}x ({median(f'messages:cpu_ms_call_c{c}', 3)} ms vs chat "
+            f"{median(f'router:cpu_ms_call_c{c}', 3)} ms): {'met' if entry['median'] <= 1.15 else 'NOT met'}"
+        )
+    streams = []
+    for key, entry in summary.items():
+        name, _, rest = key.partition(":")
+        if name == "messages" and rest.endswith(":incremental_pct"):
+            k = rest.split(":")[0]
+            verdict = "incremental" if entry["median"] >= 100 else "NOT all incremental"
+            chat = median(f"router:{k}:incremental_pct", 0)
+            streams.append(f"K={k[1:]} {entry['median']:.0f}% {verdict} (chat {chat}%)")
+    return (
+        "POST /v1/messages router CPU per call ÷ chat's (goal ≤ 1.15x): " + "; ".join(ratios) + "\n"
+        "POST /v1/messages streams (text deltas counted): " + ("; ".join(streams) or "not measured")
+    )
 
 
 def all_figures_table(summary: dict[str, dict[str, Any]]) -> str:

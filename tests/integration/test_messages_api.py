@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import anthropic
 import pytest
 import requests
 
 from tests.support.processes import wait_until
+from tests.support.scripted_vendor import ScriptedVendor
 
 VENDORS = ["openai", "gemini"]
 WEATHER_TOOL = {
@@ -356,3 +358,75 @@ def test_the_agent_session_is_named_on_the_access_line(router, client):
         extra_headers={"X-Claude-Code-Session-Id": "5b0c6a86-2f1e-4d1c-9c7e-0d6b1f2c3a4b"},
     )
     wait_until(lambda: "session=5b0c6a86-2f1e-4d1c-9c7e-0d6b1f2c3a4b" in router.logs(), timeout=5)
+
+
+LONG_TOOL = {**WEATHER_TOOL, "name": "mcp__weather-service.example__get_the_current_weather_for_any_city_on_earth"}
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_name_a_vendor_would_refuse_is_renamed_on_the_way_and_named_back(client, fake, vendor, stream):
+    request = {
+        "model": "any-model",
+        "max_tokens": 256,
+        "tools": [LONG_TOOL],
+        "tool_choice": {"type": "tool", "name": LONG_TOOL["name"]},
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        **pinned(vendor),
+    }
+    if stream:
+        with client.messages.stream(**request) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**request)
+    [call] = [block for block in message.content if block.type == "tool_use"]
+    assert call.name == LONG_TOOL["name"]
+    sent = sent_to_vendor(fake, vendor)["body"]
+    [tool] = sent["tools"]
+    safe = tool["function"]["name"]
+    assert len(safe) <= 64 and re.fullmatch(r"[A-Za-z0-9_-]+", safe)
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": safe}}
+
+
+def bad_arguments_vendor() -> ScriptedVendor:
+    """A vendor whose every answer is a tool call with arguments that are not a JSON object."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{not json"}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    completion = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+    }
+    body = json.dumps(completion).encode()
+
+    def answer(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return ScriptedVendor(answer)
+
+
+def test_tool_arguments_that_are_not_a_json_object_fail_over_instead_of_a_500(start_router, fake):
+    broken = bad_arguments_vendor()
+    try:
+        router = start_router(
+            models=[{"vendor": "openai", "model": "gpt-4o", "weight": 1000}, {"vendor": "gemini", "model": "flash"}],
+            OPENAI_BASE_URL=broken.url,
+        )
+        request = {"max_tokens": 64, "tools": [WEATHER_TOOL], "messages": [{"role": "user", "content": "Oslo?"}]}
+        answer = messages_client(router).messages.create(model="any-model", **request)
+        [call] = [block for block in answer.content if block.type == "tool_use"]
+        assert call.input == {"location": "example"}, "the Gemini vendor answered after the broken one"
+        assert broken.calls == 1
+        # Pinned to the broken model there is nothing else to try: the client is told, never a 500.
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            messages_client(router).messages.create(model="gpt-4o", **request)
+        assert caught.value.status_code != 500
+        assert "JSON object" in caught.value.body["error"]["message"]
+    finally:
+        broken.stop()

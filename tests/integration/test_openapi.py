@@ -86,6 +86,8 @@ def test_openapi_document_is_served_and_describes_every_route(router, api):
         ("POST", "/v1/chat/completions"),
         ("POST", "/v1/responses"),
         ("GET", "/v1/responses/{response_id}"),
+        ("POST", "/v1/messages"),
+        ("POST", "/v1/messages/count_tokens"),
         ("POST", "/v1/embeddings"),
     }
 
@@ -216,3 +218,105 @@ def test_embeddings_answers_match_the_document(start_router, fake):
             assert answer.json()["model"] == "any-model"
     assert call("POST", url, validate_request=False, json={"input": []}).status_code == 400
     assert call("POST", url, json={"model": "gpt-4o", "input": "Hello"}).status_code == 400
+
+
+MESSAGES_TOOL = {
+    "name": "get_weather",
+    "description": "Get weather information for a location",
+    "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+}
+ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01", "anthropic-beta": "claude-code-20250219"}
+
+
+def test_whole_messages_answers_match_the_document(router, fake, call):
+    url = router.url("/v1/messages")
+    body = {
+        "model": "any-model",
+        "max_tokens": 64,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    for vendor in ("openai", "gemini"):
+        answer = call("POST", url, params={"vendor": vendor}, headers=ANTHROPIC_HEADERS, json=body).json()
+        assert (answer["type"], answer["stop_reason"]) == ("message", "end_turn")
+        # Gemini's tool calls come without ids and with finish_reason "stop": still documented tool_use blocks.
+        fake.behave(vendor, parallel=2)
+        with_tools = {**body, "tools": [MESSAGES_TOOL], "tool_choice": {"type": "any"}}
+        answer = call("POST", url, params={"vendor": vendor}, json=with_tools).json()
+        assert [block["type"] for block in answer["content"]] == ["tool_use", "tool_use"]
+        assert answer["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize("vendor", ["openai", "gemini"])
+def test_messages_stream_events_match_the_document(router, fake, call, vendor):
+    fake.behave(vendor, parallel=2)
+    body = {
+        "model": "any-model",
+        "max_tokens": 64,
+        "stream": True,
+        "tools": [MESSAGES_TOOL],
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+    }
+    response = call("POST", router.url("/v1/messages"), params={"vendor": vendor}, json=body)
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    validator = schema_validator(router, "AnthropicStreamEvent")
+    names = [line[7:] for line in response.text.splitlines() if line.startswith("event: ")]
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert names == [event["type"] for event in events]
+    for event in events:
+        validator.validate(event)
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    assert "input_json_delta" in [event["delta"].get("type") for event in events if "delta" in event]
+
+
+def test_count_tokens_and_anthropic_model_lists_match_the_document(router, fake, call):
+    counted = call(
+        "POST",
+        router.url("/v1/messages/count_tokens"),
+        headers=ANTHROPIC_HEADERS,
+        json={"model": "any-model", "messages": [{"role": "user", "content": "Hello there"}], "tools": [MESSAGES_TOOL]},
+    )
+    assert counted.json()["input_tokens"] > 0 and counted.headers["X-Token-Count-Method"] == "estimate"
+    assert fake.requests() == []
+    for headers in ({"anthropic-version": "2023-06-01"}, {"x-api-key": "any"}):
+        listing = call("GET", router.url("/v1/models"), headers=headers).json()
+        assert "object" not in listing and listing["has_more"] is False
+        assert call("GET", router.url("/v1/models/gpt-4o"), headers=headers).json()["type"] == "model"
+    assert call("GET", router.url("/v1/models")).json()["object"] == "list"
+
+
+def test_messages_errors_match_the_document(start_router, fake):
+    server = start_router(ROUTER_API_KEYS="sk-openapi-messages-0123456789")
+    call = caller(api_of(server))
+    url = server.url("/v1/messages")
+    key = {"x-api-key": "sk-openapi-messages-0123456789"}
+    hello = {"model": "any-model", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
+    refused = call("POST", url, headers={"x-api-key": "wrong-key-0123456789"}, json=hello)
+    assert (refused.status_code, refused.json()["error"]["type"]) == (401, "authentication_error")
+    # Requests the document itself calls invalid: only the answers are checked.
+    invalid = [
+        ({**hello, "max_tokens": 0}, None),
+        ({**hello, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, None),
+        ({**hello, "mcp_servers": [{"type": "url", "url": "https://mcp.example"}]}, None),
+        ({**hello, "tools": [MESSAGES_TOOL], "tool_choice": {"type": "tool", "name": "nothing"}}, None),
+        (hello, "nobody"),
+    ]
+    for body, vendor in invalid:
+        params = {"vendor": vendor} if vendor else {}
+        answer = call("POST", url, validate_request=False, headers=key, params=params, json=body)
+        assert answer.status_code == (404 if vendor else 400), answer.text
+        assert answer.json()["type"] == "error"
+    unsupported = call(
+        "POST", url, validate_request=False, headers={**key, "Content-Type": "text/plain"}, data=b"hello"
+    )
+    assert unsupported.status_code == 415
+    fake.behave("openai", status=429, retry_after=1)
+    limited = call("POST", url, headers=key, params={"vendor": "openai"}, json=hello)
+    assert (limited.status_code, limited.json()["error"]["type"]) == (429, "rate_limit_error")
+    fake.behave("openai", status=503)
+    fake.behave("gemini", status=500)
+    overloaded = call("POST", url, headers=key, json=hello)
+    assert (overloaded.status_code, overloaded.json()["error"]["type"]) == (529, "overloaded_error")
+    assert overloaded.headers["retry-after"]
+    counted = call("POST", server.url("/v1/messages/count_tokens"), validate_request=False, headers=key, json={})
+    assert (counted.status_code, counted.json()["error"]["type"]) == (400, "invalid_request_error")

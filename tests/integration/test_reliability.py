@@ -5,10 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import requests
 from tests.support.processes import RouterProcess, wait_until
 from tests.support.prometheus import scrape
 from tests.support.redis_server import REDIS_SERVER, RedisServer
+from tests.support.scripted_vendor import ScriptedVendor
 
 HELLO = [{"role": "user", "content": "Hello"}]
 CHAT = {"model": "any-model", "messages": HELLO}
@@ -208,37 +208,21 @@ def test_keepalives_follow_the_time_since_the_clients_last_byte_whatever_the_ven
     assert max(gaps) < 1.8, gaps
 
 
-class OddChunkVendor:
+def odd_chunk_vendor(choices: object) -> ScriptedVendor:
     """A vendor whose every stream is a role chunk, then a chunk whose ``choices`` is ``choices``."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    role = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in (role, {**chunk, "choices": choices}))
+    body += b"data: [DONE]\n\n"
 
-    def __init__(self, choices: object) -> None:
-        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
-        role = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
-        body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in (role, {**chunk, "choices": choices}))
-        body += b"data: [DONE]\n\n"
-        self.calls = 0
-        vendor = self
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                vendor.calls += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return ScriptedVendor(answer)
 
 
 ODD_CHOICES = {"a number": 5, "true": True, "a string": "abc", "an object": {"index": 0}}
@@ -246,7 +230,7 @@ ODD_CHOICES = {"a number": 5, "true": True, "a string": "abc", "an object": {"in
 
 @pytest.mark.parametrize("choices", list(ODD_CHOICES.values()), ids=list(ODD_CHOICES))
 def test_a_responses_stream_chunk_whose_choices_is_not_a_list_is_a_broken_answer(start_router, fake, choices):
-    odd = OddChunkVendor(choices)
+    odd = odd_chunk_vendor(choices)
     try:
         server = start_router(
             models=[{"vendor": "openai", "model": "gpt-4o", "weight": 1000}, {"vendor": "gemini", "model": "flash"}],
@@ -266,3 +250,81 @@ def test_a_responses_stream_chunk_whose_choices_is_not_a_list_is_a_broken_answer
         assert odd.calls >= 2  # the odd vendor was tried first (weight 1000) and failed over
     finally:
         odd.stop()
+
+
+def test_a_hedges_final_failure_does_not_end_the_healthy_attempt_still_running(start_router, fake):
+    # The slow, healthy vendor is always tried first (weight); the hedge goes to one that refuses.
+    server = start_router(
+        models=[{"vendor": "openai", "model": "gpt-4o", "weight": 1000}, {"vendor": "gemini", "model": "flash"}],
+        HEDGE_AFTER_SECONDS="0.3",
+    )
+    fake.behave("openai", delay=1.0)
+    fake.behave("gemini", status=400)
+    for _ in range(3):
+        answer = requests.post(server.url("/v1/chat/completions"), json=CHAT, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Vendor-Source"] == "openai"
+    assert {r["vendor"] for r in fake.requests()} == {"openai", "gemini"}, "the hedge was made, and refused"
+
+
+def test_an_answer_with_error_null_beside_its_choices_is_an_answer(start_router, fake):
+    server = start_router(models=[{"vendor": "openai", "model": "gpt-4o"}], COOLDOWN_SECONDS="30")
+    fake.behave("openai", null_error=True)
+    whole = requests.post(server.url("/v1/chat/completions"), json=CHAT, timeout=10)
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["choices"][0]["message"]["content"] == "Hello from openai! You said: Hello"
+    streamed = requests.post(server.url("/v1/chat/completions"), json={**CHAT, "stream": True}, timeout=10)
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]"), streamed.text
+    # Nothing cooled: the one combination answers again at once.
+    assert requests.post(server.url("/v1/chat/completions"), json=CHAT, timeout=10).status_code == 200
+    assert len(fake.requests()) == 3
+
+
+def test_a_pinned_model_whose_first_key_is_revoked_is_answered_with_its_other_key(start_router, fake):
+    server = start_router(
+        models=[{"vendor": "openai", "model": "gpt-4o"}],
+        credentials=openai_keys("sk-revoked-0123456789abcdef", "sk-healthy-0123456789abcdef"),
+    )
+    fake.behave("openai", revoked_keys=["sk-revoked-0123456789abcdef"])
+    for _ in range(6):
+        answer = requests.post(server.url("/v1/chat/completions"), json={**CHAT, "model": "gpt-4o"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+    used = [r["headers"]["authorization"] for r in fake.requests()]
+    assert used.count("Bearer sk-revoked-0123456789abcdef") == 1, "refused once, then cooled"
+
+
+def lingering_vendor(linger: float) -> ScriptedVendor:
+    """A vendor that sends a whole stream up to ``data: [DONE]``, then holds its body open ``linger`` s."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in events) + b"data: [DONE]\n\n"
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.wfile.write(b"%X\r\n%b\r\n" % (len(body), body))
+        handler.wfile.flush()
+        time.sleep(linger)
+        handler.wfile.write(b"0\r\n\r\n")
+
+    return ScriptedVendor(answer)
+
+
+def test_the_clients_stream_ends_with_done_even_when_the_vendor_holds_its_body_open(start_router, fake):
+    lingering = lingering_vendor(linger=1.0)
+    try:
+        server = start_router(models=[{"vendor": "openai", "model": "gpt-4o"}], OPENAI_BASE_URL=lingering.url)
+        started = time.monotonic()
+        answer = requests.post(server.url("/v1/chat/completions"), json={**CHAT, "stream": True}, timeout=10)
+        ended = time.monotonic() - started
+        assert answer.status_code == 200 and answer.text.rstrip().endswith("data: [DONE]"), answer.text
+        # The router read the vendor's end of body (up to a quarter second) only after the client
+        # had its own: the client's response ended at once.
+        assert ended < 0.2, ended
+    finally:
+        lingering.stop()

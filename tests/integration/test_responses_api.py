@@ -167,8 +167,9 @@ def test_stream_text_deltas_arrive_as_the_vendor_sends_them_and_the_final_respon
                 arrivals.append(time.monotonic())
         final = stream.get_final_response()
     assert len(arrivals) == 5
-    # Five events 150 ms apart: relayed one by one, they arrive over about 600 ms, not at once.
-    assert arrivals[-1] - arrivals[0] >= 0.4
+    # Five events 150 ms apart: relayed one by one, they arrive over about 600 ms, not at once (a
+    # busy machine may delay the first, never bring the last forward: at once would be ~0 s).
+    assert arrivals[-1] - arrivals[0] >= 0.25
     # Spread out as sent (150 ms apart), not bunched at the end; one short gap is allowed for a
     # busy machine delaying one read.
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]

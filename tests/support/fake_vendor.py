@@ -85,6 +85,11 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
 ``error_in_200`` (object | null): answer 200, ``application/json``, body
     ``{"error": <this object>}`` -- for a stream request too (a JSON body, not a stream).
 ``no_choices`` (bool, false): a whole answer's chat.completion has no ``choices`` key.
+``revoked_keys`` (list of str | null): requests whose ``Authorization: Bearer`` key is one of
+    these are answered 401 with an "Incorrect API key provided" error, as a vendor answers a
+    revoked key; other keys are answered as the rest of the behaviour says.
+``null_error`` (bool, false): a whole answer and every stream chunk also carry ``"error": null``,
+    as several OpenAI-compatible servers send beside a good answer.
 ``drop_before_headers`` (bool, false): read the request, then close without answering.
 ``content`` (str | null): the assistant text; default ``"Hello from <vendor>! You said: <last
     user message text, first 200 chars>"``.
@@ -251,6 +256,8 @@ DEFAULTS: dict[str, Any] = {
     "final_blank_line": True,
     "final_line_ending": True,
     "reasoning": None,
+    "null_error": False,
+    "revoked_keys": None,
     "prefix_cache": None,
 }
 
@@ -293,6 +300,8 @@ _SPEC: dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None, float | None]] 
     "final_blank_line": ((bool,), None, None),
     "final_line_ending": ((bool,), None, None),
     "reasoning": ((str, _NONE), None, None),
+    "null_error": ((bool,), None, None),
+    "revoked_keys": ((list, _NONE), None, None),
     "prefix_cache": ((int, _NONE), None, 1),
 }
 assert _SPEC.keys() == DEFAULTS.keys()
@@ -1004,6 +1013,9 @@ class FakeVendor:
         if endpoint == "chat" and b["quirks"] == "gemini" and "prompt_cache_key" in body:
             message = 'Invalid JSON payload received. Unknown name "prompt_cache_key": Cannot find field.'
             return self.send_error(conn, 400, message, ka, "gemini")
+        revoked = b["revoked_keys"]
+        if revoked and req.headers.get("authorization", "").removeprefix("Bearer ") in revoked:
+            b = {**b, "status": 401, "error_message": "Incorrect API key provided."}
         if endpoint == "embeddings":
             problem = embeddings_problem(body)
             if problem:
@@ -1127,6 +1139,8 @@ class FakeVendor:
             answer["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
         if b["usage"]:
             answer["usage"] = usage_of(body, text, cached)
+        if b["null_error"]:
+            answer["error"] = None
         return answer
 
     def events(
@@ -1153,6 +1167,8 @@ class FakeVendor:
             c["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
             if with_usage:
                 c["usage"] = None
+            if b["null_error"]:
+                c["error"] = None
             return orjson.dumps(c)
 
         calls = planned_tool_calls(body, b)

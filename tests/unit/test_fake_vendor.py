@@ -1091,3 +1091,18 @@ def test_reasoning_comes_as_reasoning_content_whole_and_before_the_content_in_a_
     reasoning = [i for i, d in enumerate(deltas) if "reasoning_content" in d]
     assert "".join(deltas[i]["reasoning_content"] for i in reasoning) == "Think first."
     assert max(reasoning) < next(i for i, d in enumerate(deltas) if d.get("content"))
+
+
+def test_null_error_adds_error_null_to_whole_answers_and_every_chunk(port: int, http: requests.Session) -> None:
+    assert chat(http, port, x_fake={"null_error": True}).json()["error"] is None
+    streamed = chat(http, port, stream=True, x_fake={"null_error": True})
+    chunks = chunks_of(streamed.text)
+    assert chunks and all("error" in c and c["error"] is None for c in chunks)
+
+
+def test_revoked_keys_are_answered_401_and_other_keys_as_usual(port: int, http: requests.Session) -> None:
+    url = f"http://127.0.0.1:{port}/openai/chat/completions"
+    body = {"model": "m-1", "messages": MESSAGES, "x_fake": {"revoked_keys": ["sk-old"]}}
+    refused = http.post(url, json=body, headers={"Authorization": "Bearer sk-old"}, timeout=10)
+    assert refused.status_code == 401 and "Incorrect API key" in refused.json()["error"]["message"]
+    assert http.post(url, json=body, headers={"Authorization": "Bearer sk-new"}, timeout=10).status_code == 200

@@ -6,9 +6,12 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, find, given, settings
+from hypothesis import strategies as st
+from marshmallow import ValidationError
 
 from app.errors import InvalidRequest
-from app.messages.schema import validate_messages_request
+from app.messages.schema import _MESSAGES_REQUEST, is_plain_message_request, validate_messages_request
 from app.schemas import MAX_MESSAGES, MAX_TOOLS
 
 TOOL = {"name": "Bash", "description": "Run a command", "input_schema": {"type": "object"}}
@@ -242,3 +245,67 @@ def test_count_tokens_requests_need_no_max_tokens():
     validate_messages_request(counting, counting=True)
     with pytest.raises(InvalidRequest):
         validate_messages_request(counting)
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.integers(-2, 200000),
+    st.floats(-1, 2, allow_nan=False),
+    st.text(max_size=5),
+    st.sampled_from(["user", "assistant", "system", "any-model"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.sampled_from(["type", "text"]), st.text(max_size=3), max_size=2),
+)
+_MESSAGE = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "tool"]),
+            "content": st.one_of(st.text(max_size=5), _VALUES),
+        }
+    ),
+    st.dictionaries(st.sampled_from(["role", "content", "name"]), _VALUES, max_size=3),
+    _VALUES,
+)
+_PLAIN_MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": st.text(max_size=5)})
+# Each field is either plain or one of the edge values the schema may refuse, so that bodies the
+# fast path accepts are common and every way of being almost plain is tried.
+_EDGES = st.sampled_from([None, 0, -1, 1, 2, 1.5, 0.5, True, False, "", "16", [], {}, 10**6])
+_OPTIONAL = ["system", "stream", "temperature", "top_p", "metadata", "tools"]
+PLAINISH_BODY = st.fixed_dictionaries(
+    {
+        "model": st.one_of(st.just("m"), _EDGES, st.text(max_size=3)),
+        "max_tokens": st.one_of(st.just(16), _EDGES),
+        "messages": st.one_of(st.lists(_PLAIN_MESSAGE, min_size=1, max_size=3), st.lists(_MESSAGE, max_size=3), _EDGES),
+    },
+    optional={name: st.one_of(_EDGES, st.text(max_size=3), _VALUES) for name in _OPTIONAL},
+)
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(PLAINISH_BODY)
+def test_the_fast_path_only_ever_accepts_what_the_schema_accepts(body):
+    if is_plain_message_request(body):
+        try:
+            _MESSAGES_REQUEST.load(body)
+        except ValidationError as exc:  # pragma: no cover - the failure hypothesis would report
+            pytest.fail(f"fast path accepted what the schema refuses: {exc.messages}")
+
+
+def test_the_fast_path_takes_the_everyday_request_and_leaves_the_rest():
+    plain = {"model": "m", "max_tokens": 64, "system": "Be brief.", "messages": [{"role": "user", "content": "Hi"}]}
+    assert is_plain_message_request({**plain, "stream": True, "temperature": 0.2})
+    assert not is_plain_message_request({**plain, "tools": [{"name": "Bash", "input_schema": {}}]})
+    assert not is_plain_message_request({**plain, "messages": [{"role": "user", "content": [{"type": "text"}]}]})
+    assert not is_plain_message_request({**plain, "max_tokens": 0})
+
+
+def test_the_property_above_is_not_vacuous():
+    """The body strategy does produce requests the fast path accepts, some with several turns."""
+    found = find(
+        PLAINISH_BODY,
+        lambda body: is_plain_message_request(body) and len(body["messages"]) >= 2,
+        settings=settings(max_examples=5000),
+    )
+    assert is_plain_message_request(found)

@@ -294,3 +294,9 @@ def test_usage_uses_the_responses_names(usage, expected):
 )
 def test_response_error_uses_the_apis_codes(error, expected):
     assert response_error(error) == expected
+
+
+def test_a_reasoning_summary_asked_for_is_not_echoed_as_if_one_were_made():
+    request = {"input": "x", "reasoning": {"effort": "high", "summary": "detailed"}}
+    response = to_response(completion(content="ok"), request, "any-model")
+    assert response["reasoning"] == {"effort": "high", "summary": None}
