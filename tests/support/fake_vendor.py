@@ -143,6 +143,8 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
 ``usage`` (bool, true): whole answers carry ``usage``; a stream has a final usage chunk
     (``"choices": []``) only when the request asked ``stream_options.include_usage`` (and then,
     like OpenAI, every other chunk carries ``"usage": null``).
+``cached_tokens`` (int | null): chat usage (whole and streamed) adds ``prompt_tokens_details:
+    {"cached_tokens": N}`` (at most the prompt tokens), as vendors with a prompt cache report it.
 ``quirks`` ("openai" | "gemini"): gemini imitates Gemini's OpenAI-compatible endpoint: tool
     call ``id`` is "" (whole and streamed); each streamed tool call arrives whole in a delta
     (and chunk) of its own (``index`` per ``tool_call_index``); finish_reason is "stop" even
@@ -244,6 +246,7 @@ DEFAULTS: dict[str, Any] = {
     "final_blank_line": True,
     "final_line_ending": True,
     "reasoning": None,
+    "cached_tokens": None,
 }
 
 _NONE = type(None)
@@ -285,6 +288,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None, float | None]] 
     "final_blank_line": ((bool,), None, None),
     "final_line_ending": ((bool,), None, None),
     "reasoning": ((str, _NONE), None, None),
+    "cached_tokens": ((int, _NONE), None, 0),
 }
 assert _SPEC.keys() == DEFAULTS.keys()
 
@@ -687,7 +691,7 @@ def split_text(text: str, pieces: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def usage_of(body: dict[str, Any], completion: str) -> dict[str, int]:
+def usage_of(body: dict[str, Any], completion: str, cached: int | None = None) -> dict[str, Any]:
     # A rough 4-characters-per-token estimate: only the shape and plausibility matter.
     prompt = 0
     messages = body.get("messages")
@@ -696,11 +700,14 @@ def usage_of(body: dict[str, Any], completion: str) -> dict[str, int]:
             if isinstance(msg, dict):
                 prompt += 4 + len(message_text(msg.get("content"))) // 4
     completion_tokens = 1 + len(completion) // 4
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt + completion_tokens,
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, prompt)}
+    return usage
 
 
 _ARG_EXAMPLES = {"string": "example", "integer": 1, "number": 1.5, "boolean": True}
@@ -1076,7 +1083,7 @@ class FakeVendor:
         if not b["no_choices"]:
             answer["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
         if b["usage"]:
-            answer["usage"] = usage_of(body, text)
+            answer["usage"] = usage_of(body, text, b["cached_tokens"])
         return answer
 
     def events(self, vendor: str, body: dict[str, Any], b: dict[str, Any]) -> Iterator[tuple[bytes, bool]]:
@@ -1141,7 +1148,7 @@ class FakeVendor:
                 "created": created,
                 "model": model,
                 "choices": [],
-                "usage": usage_of(body, text),
+                "usage": usage_of(body, text, b["cached_tokens"]),
             }
             yield orjson.dumps(usage), False
         if b["done"]:
