@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.budgets import window_span
+from app.budgets import Line, RedisLedger, window_span
 from tests.support.processes import wait_until
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 
@@ -312,3 +312,25 @@ def test_redis_down_refuses_budgeted_calls_with_503_and_one_error_line_then_reco
         assert "budget storage" in router.logs() and "answers again" in router.logs()
     finally:
         revived.kill()
+
+
+def test_concurrent_reservations_in_redis_never_grant_more_than_the_limit(redis_server):
+    # Eight processes' worth of ledgers racing on one counter: the check and the charge are one
+    # step in Redis, so the grants add up to the limit exactly, never more.
+    limit, line = 100, Line("generative-api-router:budget:test", 100, time.time() + 3600, 0.0, 1.0)
+    granted: list[int] = []
+
+    def reserve_many() -> None:
+        ledger = RedisLedger(redis_server.url)
+        for _ in range(40):
+            grant = ledger.reserve([line], 1, 1)
+            if grant.tokens:
+                granted.append(grant.tokens)
+
+    threads = [threading.Thread(target=reserve_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(granted) == limit
+    assert RedisLedger(redis_server.url).spent([line.key]) == (limit,)
