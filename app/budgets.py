@@ -91,7 +91,8 @@ class BudgetLimit:
     window: str  # "hour", "day" or "month"
 
     def describe(self) -> str:
-        return f"{self.amount:g} {self.unit} per {self.window}"
+        amount = f"{int(self.amount)}" if self.unit == "tokens" else f"{self.amount:g}"
+        return f"{amount} {self.unit} per {self.window}"
 
 
 def parse_budget(value: str, variable: str) -> tuple[BudgetLimit, ...]:
