@@ -87,6 +87,7 @@ def test_openapi_document_is_served_and_describes_every_route(router, api):
         ("POST", "/v1/responses"),
         ("GET", "/v1/responses/{response_id}"),
         ("POST", "/v1/embeddings"),
+        ("GET", "/v1/budget"),
     }
 
 
@@ -216,3 +217,19 @@ def test_embeddings_answers_match_the_document(start_router, fake):
             assert answer.json()["model"] == "any-model"
     assert call("POST", url, validate_request=False, json={"input": []}).status_code == 400
     assert call("POST", url, json={"model": "gpt-4o", "input": "Hello"}).status_code == 400
+
+
+def test_budget_answers_and_the_budget_refusal_match_the_document(start_router, fake):
+    priced = {"input": 2.5, "output": 10.0}
+    models = [
+        {"vendor": "openai", "model": "gpt-4o", "price": priced},
+        {"vendor": "gemini", "model": "g", "price": priced},
+    ]
+    server = start_router(models=models, BUDGET="30 tokens per day;5 usd per month")
+    call = caller(api_of(server))
+    assert call("GET", server.url("/v1/budget")).json()["budgets"][0]["unit"] == "tokens"
+    url = server.url("/v1/chat/completions")
+    assert call("POST", url, json={"model": "gpt-4o", "messages": HELLO}).status_code == 200
+    refused = call("POST", url, json={"model": "gpt-4o", "messages": HELLO})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert call("GET", server.url("/v1/budget")).json()["budgets"][0]["remaining"] == 30 - 14
