@@ -76,7 +76,9 @@ _KEEP_AFTER_WINDOW = 86400.0
 # After Redis failed, calls are refused at once for this long before it is tried again: a dead
 # Redis then costs one call a timeout now and then, not every call.
 _RETRY_STORAGE_SECONDS = 2.0
-_REDIS_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+# Seconds Redis gets to connect or answer (one retry on a fresh connection): a dead Redis costs a
+# call about a second at most, never a long hang.
+_REDIS_TIMEOUT = 0.5
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -439,21 +441,18 @@ class RedisLedger:
     """
 
     def __init__(self, url: str) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         from app.redact import register_secrets, without_password
+        from app.resp import RespClient, RespError
 
         password = urlsplit(url).password
         if password:
             register_secrets([password])
         self.where = without_password(url)
-        # One immediate retry rides over a pooled connection that Redis closed (a restart).
-        self._redis = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 1), **_REDIS_TIMEOUTS)
-        self._errors = redis.RedisError
-        self._reserve = self._redis.register_script(_RESERVE_SCRIPT)
-        self._adjust = self._redis.register_script(_ADJUST_SCRIPT)
+        # app/resp.py, not redis-py: these two round trips per call are the whole cost of budgets.
+        self._redis = RespClient(url, timeout=_REDIS_TIMEOUT)
+        self._errors = RespError
+        self._reserve = self._redis.script(_RESERVE_SCRIPT)
+        self._adjust = self._redis.script(_ADJUST_SCRIPT)
         self._down_since: float | None = None
 
     def reserve(self, lines: Sequence[Line], wanted: int, minimum: int) -> Grant:
@@ -474,7 +473,7 @@ class RedisLedger:
         return tuple(float(value) for value in after)
 
     def spent(self, keys: Sequence[str]) -> tuple[float, ...]:
-        values = self._call(lambda: self._redis.mget(keys))
+        values = self._call(lambda: self._redis.call("MGET", *keys))
         return tuple(float(value) if value is not None else 0.0 for value in values)
 
     def _call(self, action: Callable[[], Any]) -> Any:
@@ -539,6 +538,7 @@ class Budgets:
         self.ledger = ledger
         self._metrics = metrics
         self._clock = clock
+        self._windows: dict[str, tuple[float, float]] = {}  # window -> its current span, until it ends
 
     def limits(self, client: str) -> tuple[BudgetLimit, ...]:
         return self._limits.get(client, ())
@@ -597,7 +597,10 @@ class Budgets:
         ]
 
     def _line(self, client: str, limit: BudgetLimit, now: float, fixed: float = 0.0, per_token: float = 0.0) -> Line:
-        start, end = window_span(limit.window, now)
+        span = self._windows.get(limit.window)
+        if span is None or not span[0] <= now < span[1]:
+            span = self._windows[limit.window] = window_span(limit.window, now)  # once per window, not per call
+        start, end = span
         key = f"{_PREFIX}:{client}:{limit.unit}:{limit.window}:{int(start)}"
         return Line(key, limit.amount, end + _KEEP_AFTER_WINDOW, fixed, per_token)
 

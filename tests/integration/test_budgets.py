@@ -334,3 +334,18 @@ def test_concurrent_reservations_in_redis_never_grant_more_than_the_limit(redis_
         thread.join(30)
     assert sum(granted) == limit
     assert RedisLedger(redis_server.url).spent([line.key]) == (limit,)
+
+
+def test_the_redis_ledger_authenticates_and_selects_the_database_its_url_names(tmp_path):
+    server = RedisServer(tmp_path / "redis-password", password="budget-secret-pw")
+    try:
+        url = f"redis://:budget-secret-pw@127.0.0.1:{server.port}/3"
+        ledger = RedisLedger(url)
+        line = Line("generative-api-router:budget:auth", 10, time.time() + 60, 2.0, 1.0)
+        assert ledger.reserve([line], 5, 1).tokens == 5
+        assert ledger.spent([line.key]) == (7.0,)
+        server.client.execute_command("SELECT", 3)
+        assert float(server.client.get(line.key)) == 7.0
+        assert ledger.where == f"redis://:***@127.0.0.1:{server.port}/3"
+    finally:
+        server.kill()
