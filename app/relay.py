@@ -319,6 +319,10 @@ class Pump:
     def __iter__(self) -> Iterator[bytes]:
         self._greenlet = gevent.getcurrent()
         relay, keepalive = self.relay, self._keepalive
+        if relay.meter is not None and self._spent():
+            # The first read (the commit's) alone went past the budget: nothing more is read.
+            yield relay.failed(self.cut)
+            return
         while not self.client_gone:
             self._reading = True
             try:
@@ -338,15 +342,23 @@ class Pump:
             if out is None:
                 self.ended = True
                 return
-            meter = relay.meter
-            if meter is not None and out and not relay.normalizer.finish_seen and meter.over():
-                # Spent: what was read is the client's (it is paid for), then the endpoint's error
-                # event; the vendor is closed first, so it generates nothing more for nobody.
-                self.cut = meter.error()
-                relay.close()
+            if out and relay.meter is not None and self._spent():
+                # What was read is the client's (it is paid for), then the endpoint's error event.
                 yield out + relay.failed(self.cut)
                 return
             yield out or relay.keepalive()
+
+    def _spent(self) -> bool:
+        """Whether the stream's budget is spent (its answer not yet finished); if so the stream is
+        cut: ``cut`` holds the error, and the vendor is closed at once, before the client is told,
+        so it generates nothing more that nobody reads."""
+        relay = self.relay
+        meter = relay.meter
+        if meter is None or relay.normalizer.finish_seen or not meter.over():
+            return False
+        self.cut = meter.error()
+        relay.close()
+        return True
 
     def notify_client_gone(self) -> None:
         """Called from the hub when the client's connection closed: stop at once (never blocks)."""

@@ -225,11 +225,11 @@ def test_budget_answers_and_the_budget_refusal_match_the_document(start_router, 
         {"vendor": "openai", "model": "gpt-4o", "price": priced},
         {"vendor": "gemini", "model": "g", "price": priced},
     ]
-    server = start_router(models=models, BUDGET="30 tokens per day;5 usd per month")
+    server = start_router(models=models, BUDGET="20 tokens per day;5 usd per month")
     call = caller(api_of(server))
     assert call("GET", server.url("/v1/budget")).json()["budgets"][0]["unit"] == "tokens"
     url = server.url("/v1/chat/completions")
     assert call("POST", url, json={"model": "gpt-4o", "messages": HELLO}).status_code == 200
     refused = call("POST", url, json={"model": "gpt-4o", "messages": HELLO})
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
-    assert call("GET", server.url("/v1/budget")).json()["budgets"][0]["remaining"] == 30 - 14
+    assert call("GET", server.url("/v1/budget")).json()["budgets"][0]["remaining"] == 20 - 14
