@@ -66,8 +66,6 @@ CHARACTERS_PER_TOKEN = 4
 # Tokens a stream that outgrew its reservation asks for beyond what it already read: one ledger
 # call per this many tokens rather than one per event.
 EXTENSION_TOKENS = 64
-UNITS = ("tokens", "usd")
-WINDOWS = ("hour", "day", "month")
 _LIMIT = re.compile(r"\s*(\d+(?:\.\d+)?)\s+(tokens|usd)\s+per\s+(hour|day|month)\s*\Z", re.IGNORECASE)
 # Every router key in Redis starts with this, apart from other users of the same Redis.
 _PREFIX = "generative-api-router:budget"
