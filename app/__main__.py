@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.budgets import BudgetLimit, check_prices
 from app.catalog import Catalog, ConfigError, load_catalog
+from app.redact import without_password
 from app.selector import share, share_pools
 from app.settings import Settings, SettingsError
 
@@ -20,6 +22,8 @@ def check_config() -> int:
     try:
         settings = Settings.from_env()
         catalog = load_catalog(settings)
+        budgets = settings.budgets()
+        check_prices(budgets, catalog.models)
     except (SettingsError, ConfigError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 1
@@ -34,6 +38,8 @@ def check_config() -> int:
         aliases = f"  aliases {', '.join(model.aliases)}" if model.aliases else ""
         print(f"  {model.vendor + '/' + model.id:40} {model.type:9} weight {model.weight:g}{aliases}")
         print(f"  {'':40} supports {', '.join(sorted(model.capabilities)) or 'plain text only'}")
+        if model.price is not None:
+            print(f"  {'':40} price {model.price.describe()}")
     for alias, group in catalog.aliases.items():
         print(f"alias {alias}: {', '.join(f'{m.vendor}/{m.id}' for m in group)}")
     print(
@@ -48,6 +54,7 @@ def check_config() -> int:
                 f"share {share(combination, combinations):.1f}%"
             )
     print(failure_handling(settings))
+    print(budget_lines(budgets, settings.budget_storage))
     for vendor in catalog.vendors_without_credentials:
         print(f"warning: vendor {vendor} has models but no credentials; its requests would get 503")
     for warning in catalog.warnings:
@@ -78,6 +85,15 @@ def failure_handling(settings: Settings) -> str:
             f"  vendor CAs (REQUESTS_CA_BUNDLE/SSL_CERT_FILE) {settings.ca_bundle or 'built-in bundle'}",
         ]
     )
+
+
+def budget_lines(budgets: dict[str, tuple[BudgetLimit, ...]], storage: str) -> str:
+    """Each client's budget (BUDGET, BUDGET_<CLIENT>), one line each, and where it is counted."""
+    if not budgets:
+        return "budgets: none (BUDGET unset)"
+    lines = [f"budgets, counted in {without_password(storage)}:"]
+    lines += [f"  {client:40} {'; '.join(limit.describe() for limit in limits)}" for client, limits in budgets.items()]
+    return "\n".join(lines)
 
 
 def credentials_source(catalog: Catalog) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app.budgets import BudgetLimit, Budgets, check_prices, open_ledger
 from app.catalog import CAPABILITIES, Catalog, env_name_for_api_key, load_catalog
 from app.chat import CHAT
 from app.cooldowns import open_cooldowns
@@ -19,7 +21,7 @@ from app.recorder import Recorder
 from app.redact import register_secrets
 from app.responses.recipe import RESPONSES
 from app.selector import Selector, share, share_pools
-from app.settings import Settings
+from app.settings import ServerSettings, Settings
 from app.upstream import Upstream
 
 __all__ = ["RECIPES", "Router", "create_app"]
@@ -38,6 +40,7 @@ class Router:
     catalog: Catalog
     endpoints: dict[str, Endpoint]  # by recipe name
     settings: Settings
+    budgets: Budgets | None = None  # None when no client has a budget
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -47,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     when the configuration cannot work.
     """
     from app.auth import install_client_auth
-    from app.blueprints import health, messages, models, openapi, responses
+    from app.blueprints import budget, health, messages, models, openapi, responses
     from app.blueprints.endpoints import endpoint_blueprint
     from app.cors import install_cors
     from app.http import BodyDeadline, install_http_edge
@@ -58,6 +61,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     catalog = load_catalog(settings)
+    client_budgets = settings.budgets()
+    check_prices(client_budgets, catalog.models)
     register_secrets(
         [credential.secret for credential in catalog.credentials] + [client.key for client in settings.api_keys]
     )
@@ -102,8 +107,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     recorder = Recorder(metrics, settings.max_attempts)
     forwarder = Forwarder(selector, upstream, recorder, settings.max_attempts, timing)
-    endpoints = {recipe.name: Endpoint(recipe, selector, forwarder) for recipe in RECIPES}
-    app.extensions["router"] = Router(catalog, endpoints, settings)
+    # No budget anywhere: no ledger at all, and nothing on the hot path looks for one.
+    budgets = None
+    if client_budgets:
+        budgets = Budgets(client_budgets, open_ledger(settings.budget_storage), metrics)
+        metrics.budgets_configured(client_budgets)
+        _report_budgets(settings, client_budgets, budgets.ledger.where)
+    endpoints = {recipe.name: Endpoint(recipe, selector, forwarder, budgets) for recipe in RECIPES}
+    app.extensions["router"] = Router(catalog, endpoints, settings, budgets)
     blueprints = [endpoint_blueprint(recipe) for recipe in RECIPES]
 
     error_shapes = {recipe.path: recipe.error_shape for recipe in RECIPES if recipe.error_shape is not None}
@@ -111,7 +122,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Hook order is request order: preflights need no key, and only a proven key is counted.
     install_cors(app, settings.cors_origins)
     install_client_auth(app, settings)
-    install_rate_limits(app, settings, (*blueprints, responses.bp, messages.bp, models.bp))
+    install_rate_limits(app, settings, (*blueprints, responses.bp, messages.bp, models.bp, budget.bp))
     if settings.trusted_proxies:
         # The client address is the one the trusted proxies saw (X-Forwarded-For), not theirs.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
@@ -123,7 +134,25 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(responses.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(budget.bp)
     return app
+
+
+def _report_budgets(settings: Settings, budgets: dict[str, tuple[BudgetLimit, ...]], where: str) -> None:
+    log.info(
+        "budgets, counted in %s: %s",
+        where,
+        "; ".join(f"{client}: {', '.join(limit.describe() for limit in limits)}" for client, limits in budgets.items()),
+    )
+    workers = ServerSettings.from_env().workers or os.cpu_count() or 1
+    if settings.budget_storage == "memory://" and workers > 1:
+        log.warning(
+            "budgets are counted per worker process (BUDGET_STORAGE=memory://) and %d workers run: each may "
+            "spend a whole budget, so a client can spend up to %d times it; set BUDGET_STORAGE=redis://... to "
+            "count once for every worker and instance",
+            workers,
+            workers,
+        )
 
 
 def _report(settings: Settings, catalog: Catalog) -> None:

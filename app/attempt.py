@@ -16,7 +16,7 @@ from typing import Any
 import gevent
 import orjson
 
-from app.catalog import Combination
+from app.catalog import Combination, Model
 from app.endpoint import Exchange, UnusableAnswer
 from app.errors import UpstreamError, UpstreamTimeout, VendorError
 from app.failures import AttemptFailed, Failure, carries_error
@@ -33,6 +33,11 @@ class WholeAnswer:
 
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    # What a budget settles with: the vendor's usage, its answer (to estimate output when it sent
+    # no usage) and the model that answered.
+    usage: object = None
+    document: dict[str, Any] | None = field(default=None, repr=False)
+    model: Model | None = None
 
 
 @dataclass
@@ -89,8 +94,9 @@ class Conversation:
             answer = self._exchange.translate(document)
         except UnusableAnswer as problem:
             raise _bad_answer(combination, str(problem)) from None
-        on_tokens(document.get("usage"))
-        return WholeAnswer(answer)
+        usage = document.get("usage")
+        on_tokens(usage)
+        return WholeAnswer(answer, usage=usage, document=document, model=combination.model)
 
     def stream(self, attempt: Attempt, body: bytes, on_close: Callable[[StreamAnswer], None]) -> StreamAnswer:
         """The stream answering ``body`` from ``attempt``'s vendor, committed: its first answer event has arrived."""
@@ -106,6 +112,8 @@ class Conversation:
             self._check_status(response)
             normalizer = StreamNormalizer(exchange.requested_model)
             relay = StreamRelay(response, normalizer, exchange.translator(), model_pinned=self._pinned)
+            if exchange.budget is not None:
+                relay.meter = exchange.budget.meter(combination)
             try:
                 first = self._timed(relay.commit)
             except StreamFailure as broke:

@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "Credential",
     "Model",
+    "Price",
     "Vendor",
     "env_name_for_api_key",
     "env_name_for_base_url",
@@ -71,7 +72,8 @@ _VENDOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # longer than the request schema accepts.
 _ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}\Z")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
-_MODEL_KEYS = {"weight", "aliases", "type", "config", "max_output_tokens"}
+_MODEL_KEYS = {"weight", "aliases", "type", "config", "max_output_tokens", "price"}
+_PRICE_KEYS = {"input", "output", "cached_input"}
 
 
 class ConfigError(ValueError):
@@ -112,6 +114,18 @@ class Credential:
 
 
 @dataclass(frozen=True)
+class Price:
+    """What a model's tokens cost, in USD per million tokens (the unit vendors publish)."""
+
+    input: float
+    output: float
+    cached_input: float  # input tokens the vendor read from its prompt cache
+
+    def describe(self) -> str:
+        return f"input {self.input:g}, cached input {self.cached_input:g}, output {self.output:g} USD per 1M tokens"
+
+
+@dataclass(frozen=True)
 class Model:
     """One model of one vendor, with the public names, traffic share and abilities it was given."""
 
@@ -126,6 +140,8 @@ class Model:
     max_output_tokens: int | None = None
     # Whether the model takes ``reasoning_effort``: translations that derive one send it only then.
     reasoning: bool = False
+    # What its tokens cost; needed by usd budgets (app/budgets.py). None: no price given.
+    price: Price | None = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +397,7 @@ def _load_models(path: str, entries: list[Any], vendors: dict[str, Vendor]) -> t
                 capabilities=_capabilities(entry, where),
                 max_output_tokens=_max_output_tokens(entry, where),
                 reasoning=entry.get("config", {}).get("support_reasoning") is True,
+                price=_price(entry, where),
             )
         )
     if not models:
@@ -443,6 +460,24 @@ def _max_output_tokens(entry: dict[str, Any], where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}: 'max_output_tokens' must be a whole number of at least 1; got {value!r}")
     return value
+
+
+def _price(entry: dict[str, Any], where: str) -> Price | None:
+    """An entry's optional ``price``: ``{"input", "output"[, "cached_input"]}`` in USD per million
+    tokens, each a finite number >= 0; cached input costs what input does unless given."""
+    if "price" not in entry:
+        return None
+    value = entry["price"]
+    if not isinstance(value, dict):
+        raise ConfigError(f'{where}: \'price\' must be an object like {{"input": 2.5, "output": 10.0}}')
+    _check_keys(value, f"{where} price", required={"input", "output"}, optional=_PRICE_KEYS)
+    numbers = {}
+    for key in _PRICE_KEYS & value.keys():
+        number = value[key]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:
+            raise ConfigError(f"{where}: 'price.{key}' must be a number >= 0 (USD per million tokens); got {number!r}")
+        numbers[key] = float(number)
+    return Price(numbers["input"], numbers["output"], numbers.get("cached_input", numbers["input"]))
 
 
 def _alias_groups(path: str, models: tuple[Model, ...]) -> dict[str, tuple[Model, ...]]:

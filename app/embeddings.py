@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from app.budgets import text_tokens
 from app.catalog import Vendor
 from app.embeddings_schema import validate_embeddings_request
 from app.endpoint import ClientRequest, Exchange, UnusableAnswer
@@ -24,6 +25,19 @@ class EmbeddingsExchange(Exchange):
 
     def url(self, vendor: Vendor) -> str:
         return vendor.embeddings_url
+
+    def estimated_input_tokens(self) -> int:
+        """Each string at about 4 characters a token, each token list its length; at least 1."""
+        items = self.body.get("input")
+        if not isinstance(items, list) or (items and isinstance(items[0], int)):
+            items = [items]
+        tokens = 0
+        for item in items:
+            tokens += len(item) if isinstance(item, list) else text_tokens(len(item)) if isinstance(item, str) else 1
+        return max(tokens, 1)
+
+    def output_allowance(self) -> int:
+        return 0  # embeddings are all input
 
     def translate(self, document: dict[str, Any]) -> bytes:
         if not isinstance(document.get("data"), list):

@@ -25,9 +25,12 @@ import orjson
 from app.catalog import OPTIONAL_FIELDS, Model, Vendor
 from app.disconnect import ClientWatch
 from app.errors import InvalidRequest, RouterError
+from app.logs import budget_note_var
+from app.messages.count import estimate_input_tokens
 from app.settings import ANONYMOUS_CLIENT
 
 if TYPE_CHECKING:
+    from app.budgets import Budgets, Reservation
     from app.forward import Forwarder, WholeAnswer
     from app.relay import StreamAnswer, StreamTranslator
     from app.selector import Selector
@@ -90,6 +93,12 @@ class Exchange:
     requested_model: str  # the name every answer carries
     stream: bool = False
     needs: frozenset[str] = field(default_factory=frozenset)  # capabilities (app.capabilities)
+    # At most this many output tokens (a budget with less left than the request's allowance);
+    # every vendor body honours it. None: the request's own max tokens, if any.
+    output_limit: int | None = field(default=None, kw_only=True)
+    # The request's hold on its client's budget (app.budgets.Reservation), if it has one: each
+    # streamed attempt meters its output against it.
+    budget: Reservation | None = field(default=None, kw_only=True)
 
     def url(self, vendor: Vendor) -> str:
         """Where the vendor serves this exchange."""
@@ -97,8 +106,10 @@ class Exchange:
 
     def vendor_body(self, model: Model, vendor: Vendor) -> bytes:
         """The JSON sent when ``model`` of ``vendor`` is chosen: the body with the model replaced,
-        without the optional fields (e.g. ``prompt_cache_key``) the vendor does not accept."""
-        body = {**self.body, "model": model.id}
+        its max tokens within what a budget left (if one did), and without the optional fields
+        (e.g. ``prompt_cache_key``) the vendor does not accept."""
+        body = self.body if self.output_limit is None else limit_max_tokens(self.body, self.output_limit)
+        body = {**body, "model": model.id}
         for name in OPTIONAL_FIELDS - vendor.accepts:
             body.pop(name, None)
         try:
@@ -107,6 +118,18 @@ class Exchange:
             # orjson reads 1024 levels of nesting but writes only 254: the client's body is at fault.
             raise InvalidRequest("The request body is nested too deeply (at most 254 levels).") from None
 
+    def estimated_input_tokens(self) -> int:
+        """About how many input tokens the vendor request holds (what a budget reserves for input)."""
+        return estimate_input_tokens(self.body)
+
+    def output_allowance(self) -> int | None:
+        """The most output tokens the request allows (its max tokens), or None when it sets none."""
+        return max_tokens_of(self.body)
+
+    def limit_output(self, tokens: int) -> None:
+        """Have every vendor body ask at most ``tokens`` output tokens."""
+        self.output_limit = tokens
+
     def translate(self, document: dict[str, Any]) -> bytes:
         """The client's body for a vendor's whole answer; raises UnusableAnswer if there is none."""
         raise NotImplementedError
@@ -114,6 +137,25 @@ class Exchange:
     def translator(self) -> StreamTranslator:
         """A fresh StreamTranslator (app.relay) for one stream; only streaming exchanges have one."""
         raise NotImplementedError
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    """A chat body's output limit: ``max_completion_tokens``, else ``max_tokens``; None if neither is a count."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return None
+
+
+def limit_max_tokens(body: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """``body`` asking at most ``tokens`` output tokens, in the field the client used (a body with
+    only ``max_tokens`` keeps it; otherwise ``max_completion_tokens``, which every vendor takes)."""
+    key = "max_tokens" if "max_tokens" in body and "max_completion_tokens" not in body else "max_completion_tokens"
+    current = body.get(key)
+    if isinstance(current, int) and not isinstance(current, bool) and 1 <= current <= tokens:
+        return body
+    return {**body, key: max(tokens, 1)}
 
 
 class Recipe(Protocol):
@@ -132,15 +174,27 @@ class Recipe(Protocol):
 class Endpoint:
     """Serves one recipe: prepare -> resolve the candidates -> forward."""
 
-    def __init__(self, recipe: Recipe, selector: Selector, forwarder: Forwarder) -> None:
+    def __init__(
+        self, recipe: Recipe, selector: Selector, forwarder: Forwarder, budgets: Budgets | None = None
+    ) -> None:
         self.recipe = recipe
         self._selector = selector
         self._forwarder = forwarder
+        self._budgets = budgets  # None when no client has a budget: nothing is reserved or metered
 
     def serve(self, request: ClientRequest, watch: ClientWatch) -> WholeAnswer | StreamAnswer:
-        """The answer (WholeAnswer or StreamAnswer) to ``request``; raises RouterError when there is none."""
+        """The answer (WholeAnswer or StreamAnswer) to ``request``; raises RouterError when there is none.
+
+        Under a budget the request's reservation is made here, before its first attempt (refused:
+        BudgetExceeded), and rides on the exchange; the forwarder settles it with the answer used.
+        """
         recipe = self.recipe
         exchange = recipe.prepare(request)
         model = request.body.get("model")
         candidates = self._selector.candidates(request.vendor, model, recipe.model_type, exchange.needs, recipe.fields)
+        if self._budgets is not None:
+            reservation = self._budgets.reserve(request.client, exchange, candidates)
+            if reservation is not None and reservation.lowered:
+                budget_note_var.set(reservation.output_tokens)
+            exchange.budget = reservation
         return self._forwarder.forward(exchange, candidates, request.client, watch, request.affinity_key)

@@ -20,6 +20,10 @@ class EnvironmentReader:
     def raw(self, name: str) -> str:
         return self._env.get(name, "")
 
+    def names(self, prefix: str) -> list[str]:
+        """The variables set whose names start with ``prefix`` (for per-client families like BUDGET_<NAME>)."""
+        return sorted(name for name in self._env if name.startswith(prefix))
+
     def text(self, name: str, default: str) -> str:
         value = self.raw(name).strip()
         return value or default

@@ -103,6 +103,7 @@ class Forwarder:
         race = Race(self, exchange, candidates, client, session)
         watch.arm(_raise_in(gevent.getcurrent(), watch))
         answered = False
+        budget = exchange.budget
         try:
             answer = race.run()
             answered = True
@@ -110,6 +111,8 @@ class Forwarder:
             self.recorder.client_left_waiting()
             raise
         finally:
+            if budget is not None and not answered:
+                budget.settle(None, None)  # no answer: failed attempts cost nothing
             # Disarmed first: a departure noticed while the attempts still running are stopped
             # must not interrupt that (an answer won meanwhile would be dropped unclosed).
             watch.disarm()
@@ -118,6 +121,15 @@ class Forwarder:
         answer.headers = race.trace.headers()
         if isinstance(answer, StreamAnswer):
             answer.watch_client(watch.arm, watch.disarm)
+            if budget is not None:
+                # Before the response's own close hooks (the access line): settled when it ends.
+                pump = answer.pump
+                answer.close_with(
+                    lambda: budget.settle_stream(pump.relay.meter, pump.relay.normalizer.usage, pump.cut is not None)
+                )
+        elif budget is not None:
+            # Before the answer is returned: the client's next call sees what this one spent.
+            budget.settle_whole(answer.usage, answer.document, answer.model)
         return answer
 
     def cool_down(self, combination: Combination, failure: Failure) -> None:

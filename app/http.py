@@ -33,7 +33,7 @@ from app.errors import (
     RouterError,
     UnsupportedMediaType,
 )
-from app.logs import answered_by_var, request_id_var
+from app.logs import answered_by_var, budget_note_var, request_id_var
 from app.metrics import RouterMetrics
 
 __all__ = ["SESSION_HEADERS", "BodyDeadline", "error_response", "install_http_edge", "read_json_body"]
@@ -231,6 +231,7 @@ def _begin() -> None:
     g.started = time.perf_counter()
     request_id_var.set(request_id)
     answered_by_var.set(None)  # a keep-alive connection's greenlet serves request after request
+    budget_note_var.set(None)
 
 
 def _end(response: Response) -> Response:
@@ -241,6 +242,7 @@ def _end(response: Response) -> Response:
     method, path, status = request.method, request.path, response.status_code
     request_id, client = g.get("request_id", "-"), client_name()
     answered_by = answered_by_var.get()
+    lowered = budget_note_var.get()
     session = _session_of(request.headers)
 
     def log_line() -> None:
@@ -258,6 +260,9 @@ def _end(response: Response) -> Response:
         }
         if answered_by is not None:
             extra.update(answered_by)
+        if lowered is not None:
+            # The budget had less left than the request's output allowance.
+            extra["budget_max_tokens"] = lowered
         if session is not None:
             extra["session"] = session
         names = tuple(extra)

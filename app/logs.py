@@ -22,6 +22,7 @@ __all__ = [
     "JSONFormatter",
     "TextFormatter",
     "answered_by_var",
+    "budget_note_var",
     "configure_logging",
     "escape_controls",
     "request_id_var",
@@ -31,6 +32,10 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 # The attempt that answered a request (credential, share, vendor_ms), for the request's access
 # line: one line per answered request, rather than an attempt line beside the access line.
 answered_by_var: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar("answered_by", default=None)
+
+# The output tokens a request's max tokens was lowered to because its budget had less left, for
+# its access line (None: not lowered).
+budget_note_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("budget_note", default=None)
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 # C0 controls (CR, LF, ESC, ...), DEL, C1 controls (NEL, CSI, ...) and the Unicode line and

@@ -163,6 +163,41 @@ class RouterMetrics:
             "Requests with a method outside RFC 9110's and PATCH (answered 404/405, left out of flask_http_*).",
             registry=registry,
         )
+        # Budgets: livemax, because with Redis every worker sees the one shared count, and with
+        # memory:// each worker enforces its own count: the fullest worker is the one to watch.
+        self.budget_spent = Gauge(
+            "router_budget_spent",
+            "Spent in the current window of a client's budget (running calls' reservations included), in its unit.",
+            ["client", "unit", "window"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.budget_limit = Gauge(
+            "router_budget_limit",
+            "A client's budget limit per window, in its unit (tokens or usd).",
+            ["client", "unit", "window"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.budget_resets_at = Gauge(
+            "router_budget_resets_at_seconds",
+            "When the window router_budget_spent counts in ends (Unix time): after it, that value is stale.",
+            ["client", "unit", "window"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.budget_rejections = Counter(
+            "router_budget_rejections",
+            "Calls refused (429) because the client's budget was spent.",
+            ["client"],
+            registry=registry,
+        )
+        self.budget_cutoffs = Counter(
+            "router_budget_cutoffs",
+            "Streams cut because the client's budget ran out while they were relayed.",
+            ["client"],
+            registry=registry,
+        )
         self.overhead = Histogram(
             "router_overhead_seconds",
             "Time a chat request spent in the router itself, not waiting for a vendor (to the first byte for streams).",
@@ -239,6 +274,25 @@ class RouterMetrics:
         for kind, value in kinds:
             if value:
                 self.series(self.tokens, vendor, model, kind, client).inc(value)
+
+    def budgets_configured(self, budgets: dict[str, tuple[Any, ...]]) -> None:
+        """Publish every client's limits (and nothing spent in this worker yet)."""
+        for client, limits in budgets.items():
+            for limit in limits:
+                self.budget_limit.labels(client, limit.unit, limit.window).set(limit.amount)
+                self.budget_spent.labels(client, limit.unit, limit.window).set(0)
+            self.budget_rejections.labels(client)
+            self.budget_cutoffs.labels(client)
+
+    def budget_spent_now(self, client: str, limit: Any, spent: float, resets_at: float) -> None:
+        self.series(self.budget_spent, client, limit.unit, limit.window).set(spent)
+        self.series(self.budget_resets_at, client, limit.unit, limit.window).set(resets_at)
+
+    def budget_rejected(self, client: str) -> None:
+        self.series(self.budget_rejections, client).inc()
+
+    def budget_cut(self, client: str) -> None:
+        self.series(self.budget_cutoffs, client).inc()
 
     def stream_ended(self, combination: Combination, outcome: str, seconds: float) -> None:
         self.series(self.stream_duration, combination.vendor.name, combination.model.id, outcome).observe(seconds)

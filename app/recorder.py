@@ -106,6 +106,8 @@ class Recorder:
         if outcome == "client_gone":
             self._metrics.series(self._metrics.client_disconnects, "streaming").inc()
             log.info("client went away mid-stream after %.1f s; vendor connection closed", seconds)
+        elif outcome == "budget_exceeded":
+            log.info("stream cut after %.1f s: the client's budget is spent; vendor connection closed", seconds)
         elif outcome == "vendor_failed":
             failure = answer.pump.failure
             message = failure.error.message if failure is not None else ""

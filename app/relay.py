@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 import orjson
@@ -29,6 +29,9 @@ from app.failures import Failure, carries_error
 from app.normalize import StreamNormalizer
 from app.sse import DONE, KEEPALIVE, Event, EventSplitter, FramingError, data_event
 from app.upstream import VendorResponse
+
+if TYPE_CHECKING:
+    from app.budgets import StreamMeter
 
 __all__ = ["ChatEvents", "Pump", "StreamAnswer", "StreamFailure", "StreamRelay", "StreamTranslator"]
 
@@ -127,6 +130,9 @@ class StreamRelay:
         self.finished = False
         self._drain_after_done = False
         self.events = 0  # chunks that carried part of the answer
+        # Counts the output read against the request's budget (app.budgets.StreamMeter); None
+        # without a budget, so an unbudgeted stream pays one attribute test per event.
+        self.meter: StreamMeter | None = None
 
     def commit(self) -> bytes:
         """Read up to the first event carrying an answer; return every client byte up to it.
@@ -252,6 +258,8 @@ class StreamRelay:
         chunk = self.normalizer.chunk(chunk)
         if carries_answer(chunk):
             self.events += 1
+        if self.meter is not None:
+            self.meter.count(chunk)
         parts.append(translator.event(chunk, event.fields))
         return True
 
@@ -312,11 +320,16 @@ class Pump:
         self._reading = False  # waiting on the vendor: the only place a departed client interrupts
         self.client_gone = False
         self.failure: Failure | None = None  # what ended the stream after commit, if it broke
+        self.cut: RouterError | None = None  # the budget ran out: the stream was cut with this error
         self.ended = False  # the relay reached the stream's end and everything was handed on
 
     def __iter__(self) -> Iterator[bytes]:
         self._greenlet = gevent.getcurrent()
         relay, keepalive = self.relay, self._keepalive
+        if relay.meter is not None and self._spent():
+            # The first read (the commit's) alone went past the budget: nothing more is read.
+            yield relay.failed(self.cut)
+            return
         while not self.client_gone:
             self._reading = True
             try:
@@ -336,7 +349,23 @@ class Pump:
             if out is None:
                 self.ended = True
                 return
+            if out and relay.meter is not None and self._spent():
+                # What was read is the client's (it is paid for), then the endpoint's error event.
+                yield out + relay.failed(self.cut)
+                return
             yield out or relay.keepalive()
+
+    def _spent(self) -> bool:
+        """Whether the stream's budget is spent (its answer not yet finished); if so the stream is
+        cut: ``cut`` holds the error, and the vendor is closed at once, before the client is told,
+        so it generates nothing more that nobody reads."""
+        relay = self.relay
+        meter = relay.meter
+        if meter is None or relay.normalizer.finish_seen or not meter.over():
+            return False
+        self.cut = meter.error()
+        relay.close()
+        return True
 
     def notify_client_gone(self) -> None:
         """Called from the hub when the client's connection closed: stop at once (never blocks)."""
@@ -384,9 +413,12 @@ class StreamAnswer:
 
     @property
     def outcome(self) -> str:
-        """completed, vendor_failed, or client_gone (the client left, or the stream was cut short)."""
+        """completed, vendor_failed, budget_exceeded (cut for want of budget), or client_gone (the
+        client left, or the stream was cut short)."""
         if self.pump.failure is not None:
             return "vendor_failed"
+        if self.pump.cut is not None:
+            return "budget_exceeded"
         if self.pump.ended:
             return "completed"
         return "client_gone"

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from app.budgets import BudgetLimit, budget_variable, parse_budget
 from app.environment import EnvironmentReader, SettingsError
 
 __all__ = ["ANONYMOUS_CLIENT", "ClientKey", "ServerSettings", "Settings", "SettingsError", "rate_limit_variable"]
@@ -63,6 +64,8 @@ class ClientKey:
     key: str = field(repr=False)  # a repr (test output, debugging) must never show the key
     # This client's own flask-limiter limit instead of RATE_LIMIT; empty: RATE_LIMIT applies.
     rate_limit: str = ""
+    # This client's own budget (BUDGET_<NAME>) instead of BUDGET; empty: BUDGET applies.
+    budget: tuple[BudgetLimit, ...] = ()
 
 
 def rate_limit_variable(name: str) -> str:
@@ -148,6 +151,12 @@ class Settings:
     # memory:// counts in each worker process; redis://host:port/db is shared by every worker and
     # instance pointed at it (app/limits.py: fails open, per worker, while Redis is down).
     rate_limit_storage: str = "memory://"
+    # Every client's budget (BUDGET), e.g. 2000000 tokens per day; 50 usd per month; empty: none.
+    # A named client's BUDGET_<NAME> replaces it (ClientKey.budget).
+    budget: tuple[BudgetLimit, ...] = ()
+    # memory:// counts budgets in each worker process; redis://host:port/db shares them with every
+    # worker and instance (app/budgets.py: refuses calls under a budget while Redis is down).
+    budget_storage: str = "memory://"
     # Number of proxies in front of the router whose X-Forwarded-For may be trusted (nginx: 1).
     trusted_proxies: int = 0
 
@@ -182,7 +191,7 @@ class Settings:
             max_attempts=reader.integer("MAX_ATTEMPTS", cls.max_attempts, minimum=1),
             cooldown_seconds=reader.number("COOLDOWN_SECONDS", cls.cooldown_seconds, minimum=0),
             max_cooldown_seconds=reader.number("MAX_COOLDOWN_SECONDS", cls.max_cooldown_seconds, minimum=0),
-            cooldown_storage=_read_cooldown_storage(reader),
+            cooldown_storage=_read_redis_url(reader, "COOLDOWN_STORAGE"),
             cooldown_namespace=_read_cooldown_namespace(reader),
             stream_keepalive_seconds=reader.number("STREAM_KEEPALIVE_SECONDS", cls.stream_keepalive_seconds),
             request_timeout=reader.number("REQUEST_TIMEOUT", cls.request_timeout),
@@ -198,9 +207,36 @@ class Settings:
             rate_limit=_read_rate_limit(reader, "RATE_LIMIT"),
             auth_failure_limit=_read_rate_limit(reader, "AUTH_FAILURE_LIMIT") or cls.auth_failure_limit,
             rate_limit_storage=reader.text("RATE_LIMIT_STORAGE", cls.rate_limit_storage),
+            budget=_read_budget(reader, "BUDGET"),
+            budget_storage=_read_redis_url(reader, "BUDGET_STORAGE"),
             trusted_proxies=reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, minimum=0),
             cors_origins=_read_origins(reader),
             worker_connections=server.worker_connections,
+        )
+
+    def budgets(self) -> dict[str, tuple[BudgetLimit, ...]]:
+        """Each client's budget: its own, else BUDGET; ``anonymous`` (keys off) gets BUDGET."""
+        clients = [client.name for client in self.api_keys if isinstance(client, ClientKey)] or [ANONYMOUS_CLIENT]
+        own = {client.name: client.budget for client in self.api_keys if isinstance(client, ClientKey)}
+        budgets = {name: own.get(name) or self.budget for name in clients}
+        return {name: limits for name, limits in budgets.items() if limits}
+
+
+def _read_budget(reader: EnvironmentReader, name: str) -> tuple[BudgetLimit, ...]:
+    value = reader.text(name, "")
+    return parse_budget(value, name) if value else ()
+
+
+def _check_budget_variables(reader: EnvironmentReader, clients: list[ClientKey]) -> None:
+    """A BUDGET_<NAME> naming no configured client stops start-up: a typo must not mean "no budget"."""
+    known = {budget_variable(client.name) for client in clients}
+    for name in reader.names("BUDGET_"):
+        if name in _RESERVED_BUDGET_VARIABLES or name in known or not reader.text(name, ""):
+            continue
+        listed = ", ".join(sorted(client.name for client in clients)) or "none: every caller is anonymous"
+        raise SettingsError(
+            f"{name} names no configured client (clients: {listed}); a client's own budget is "
+            "BUDGET_<NAME> with its name upper-cased and other characters as _; BUDGET applies to every client"
         )
 
 
@@ -241,7 +277,9 @@ def _read_client_keys(reader: EnvironmentReader) -> tuple[ClientKey, ...]:
             if len(words) > 2:
                 raise SettingsError(f"{where}: expected 'key' or 'name key'")
             entries.append((where, words[0], words[1]) if len(words) == 2 else (where, None, words[0]))
-    return _named_keys(entries, reader)
+    clients = _named_keys(entries, reader)
+    _check_budget_variables(reader, list(clients))
+    return clients
 
 
 def _named_keys(entries: list[tuple[str, str | None, str]], reader: EnvironmentReader) -> tuple[ClientKey, ...]:
@@ -257,13 +295,13 @@ def _named_keys(entries: list[tuple[str, str | None, str]], reader: EnvironmentR
         else:
             name = given
             _check_name(name, where)
-        variable = rate_limit_variable(name)
+        variable, budget = rate_limit_variable(name), budget_variable(name)
         uses = (("name", "name:" + name), ("key", "key:" + key), (f"limit variable {variable}", "var:" + variable))
         for what, value in uses:
             if value in first_seen:
                 raise SettingsError(f"{where} has the same {what} as {first_seen[value]}; each must be unique")
             first_seen[value] = where
-        clients.append(ClientKey(name, key, _read_rate_limit(reader, variable)))
+        clients.append(ClientKey(name, key, _read_rate_limit(reader, variable), _read_budget(reader, budget)))
     return tuple(clients)
 
 
@@ -315,12 +353,12 @@ def _read_ca_bundle(reader: EnvironmentReader) -> str | None:
     return None
 
 
-def _read_cooldown_storage(reader: EnvironmentReader) -> str:
-    """COOLDOWN_STORAGE: memory://, or a Redis URL checked now with redis-py's own parser."""
-    value = reader.text("COOLDOWN_STORAGE", "memory://")
+def _read_redis_url(reader: EnvironmentReader, name: str) -> str:
+    """COOLDOWN_STORAGE, BUDGET_STORAGE: memory://, or a Redis URL checked now with redis-py's own parser."""
+    value = reader.text(name, "memory://")
     if value == "memory://":
         return value
-    # Only for a Redis URL: a router with memory:// cooldowns never loads the Redis client (~7 MB).
+    # Only for a Redis URL: a router with memory:// storage never loads the Redis client (~7 MB).
     from redis.connection import parse_url
 
     from app.redact import without_password
@@ -329,7 +367,7 @@ def _read_cooldown_storage(reader: EnvironmentReader) -> str:
         parse_url(value)
     except ValueError as exc:
         raise SettingsError(
-            f"COOLDOWN_STORAGE must be memory:// or like redis://[:password@]host:6379/0 (rediss://, unix://); "
+            f"{name} must be memory:// or like redis://[:password@]host:6379/0 (rediss://, unix://); "
             f"got {without_password(value)!r}: {exc}"
         ) from None
     return value
@@ -357,3 +395,5 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 # RATE_LIMIT_<NAME> variables that are settings of their own: no client may be named so.
 _RESERVED_VARIABLES = frozenset({"RATE_LIMIT_STORAGE"})
+# BUDGET_<NAME> variables that are settings of their own (a client "storage" is already refused).
+_RESERVED_BUDGET_VARIABLES = frozenset({"BUDGET_STORAGE"})

@@ -65,6 +65,8 @@ def error_object(error: RouterError, status: int | None = None) -> dict[str, str
 def stream_error_type(error: RouterError) -> str:
     """The error type ending a stream that broke after its first event: overloaded_error when a
     retry may well succeed (the vendor failed, was rate limited or timed out), else api_error."""
+    if error.code == "budget_exceeded":
+        return "rate_limit_error"  # as the refusal of a call on a spent budget: not the vendor's trouble
     status = _status(error)
     return "overloaded_error" if status in (429, 504, OVERLOADED_STATUS) else "api_error"
 

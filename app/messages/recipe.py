@@ -16,7 +16,7 @@ import orjson
 from app.capabilities import required_capabilities
 from app.catalog import Model, Vendor
 from app.chat import ChatExchange, chat_completion
-from app.endpoint import ClientRequest
+from app.endpoint import ClientRequest, limit_max_tokens
 from app.errors import InvalidRequest
 from app.messages.answer import to_message
 from app.messages.count import estimate_input_tokens
@@ -42,12 +42,18 @@ class MessagesExchange(ChatExchange):
         body = self._bodies.get(model.id)
         if body is None:
             assert self.translated is not None
+            chat = for_model(self.translated, model)
+            if self.output_limit is not None:
+                chat = limit_max_tokens(chat, self.output_limit)
             try:
-                body = orjson.dumps(for_model(self.translated, model))
+                body = orjson.dumps(chat)
             except TypeError:
                 raise InvalidRequest("The request body is nested too deeply (at most 254 levels).") from None
             self._bodies[model.id] = body
         return body
+
+    def estimated_input_tokens(self) -> int:
+        return self.input_tokens
 
     def translate(self, document: dict) -> bytes:
         assert self.translated is not None

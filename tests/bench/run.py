@@ -179,6 +179,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-concurrency", type=int, default=16, help="soak: non-stream concurrency")
     parser.add_argument("--soak-streams", type=int, default=100, help="soak: streams held at all times")
     parser.add_argument("--sample-every", type=float, default=5.0, help="soak: seconds between RSS samples")
+    parser.add_argument(
+        "--router-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra router setting for this run (e.g. BUDGET='1000000000 tokens per day' to measure "
+        "budgets on the hot path); repeatable",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (router log, raw outputs)")
     parser.add_argument("--out", type=Path, help="JSON result path (default: tests/bench/results/<time>.json)")
     caching = parser.add_argument_group(
@@ -431,6 +439,11 @@ class Bench:
         (workdir / "metrics").mkdir()
         if args.worker_connections:
             env["WORKER_CONNECTIONS"] = str(args.worker_connections)
+        for item in args.router_env:
+            name, separator, value = item.partition("=")
+            if not separator or not name:
+                raise SystemExit(f"--router-env wants NAME=VALUE, got {item!r}")
+            env[name] = value
         self.router = RouterProcess(env, workdir / "router.log", workers=args.workers)
         self.router_port = self.router.port
         self.log_offset = 0
@@ -872,6 +885,7 @@ class Bench:
                 "workers": args.workers,
                 "worker_connections": args.worker_connections or 1000,
                 "log_level": args.log_level,
+                "router_env": args.router_env,
                 "vendor_server": args.vendor_server,
                 "command": "gunicorn -c gunicorn.conf.py wsgi:app",
             },

@@ -17,7 +17,7 @@ MODELS = [{"vendor": "openai", "model": "gpt-4o"}, {"vendor": "gemini", "model":
 
 
 def check_config(env: dict[str, str]) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROUTER_", "RATE_", "PROMETHEUS_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ROUTER_", "RATE_", "PROMETHEUS_", "BUDGET"))}
     return subprocess.run(
         [sys.executable, "-m", "app", "check-config"],
         cwd=ROOT,
@@ -58,6 +58,31 @@ def test_failure_handling_settings_are_printed(tmp_path):
     assert "sessions keep their combination (AFFINITY)   on" in result.stdout
     assert "vendor openai: " in result.stdout and "(sends prompt_cache_key)" in result.stdout
     assert "silent client (CLIENT_SEND_TIMEOUT)          20 s" in result.stdout
+
+
+def test_budgets_of_each_client_and_each_models_price_are_printed(tmp_path):
+    credentials = [{"platform": "openai", "type": "api-key", "value": OPENAI_KEYS[0]}]
+    priced = [{"vendor": "openai", "model": "gpt-4o", "price": {"input": 2.5, "output": 10, "cached_input": 1.25}}]
+    env = router_config(tmp_path, None, models=priced, credentials=credentials)
+    env.update(
+        ROUTER_API_KEYS="web=rk-check-web-0123456789,batch.jobs=rk-check-batch-0123456789",
+        BUDGET="2000000 tokens per day;50 usd per month",
+        BUDGET_BATCH_JOBS="10 usd per day",
+    )
+    result = check_config(env)
+    assert result.returncode == 0, result.stderr
+    assert "price input 2.5, cached input 1.25, output 10 USD per 1M tokens" in result.stdout
+    assert "budgets, counted in memory://:" in result.stdout
+    lines = [line.split(None, 1) for line in result.stdout.splitlines() if line.startswith("  web ")]
+    assert lines == [["web", "2000000 tokens per day; 50 usd per month"]]
+    assert any(line.split() == ["batch.jobs", "10", "usd", "per", "day"] for line in result.stdout.splitlines())
+
+    unpriced = router_config(tmp_path / "unpriced", None, models=MODELS[:1], credentials=credentials)
+    result = check_config({**unpriced, "BUDGET": "5 usd per day"})
+    assert result.returncode == 1
+    assert "model openai/gpt-4o has no price" in result.stderr
+    result = check_config({**unpriced, "BUDGET": "5 dollars per day"})
+    assert result.returncode == 1 and "BUDGET must be" in result.stderr
 
 
 def test_routing_config_prints_shares_aliases_types_capabilities_and_key_variables(tmp_path):

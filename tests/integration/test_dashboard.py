@@ -268,6 +268,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
             **router_config(directory / "config", fake, models=models),
             "RATE_LIMIT": "100/minute",
             "HEDGE_AFTER_SECONDS": "0.3",
+            # Budget series exist once a budgeted client calls (far from spent here).
+            "BUDGET": "1000000000 tokens per day",
         }
         router = RouterProcess(env, directory / "router.log", workers=2)
         prometheus = PrometheusServer(directory / "prometheus", [f"127.0.0.1:{router.port}"], [RULES_PATH])

@@ -89,6 +89,7 @@ def test_openapi_document_is_served_and_describes_every_route(router, api):
         ("POST", "/v1/messages"),
         ("POST", "/v1/messages/count_tokens"),
         ("POST", "/v1/embeddings"),
+        ("GET", "/v1/budget"),
     }
 
 
@@ -320,3 +321,19 @@ def test_messages_errors_match_the_document(start_router, fake):
     assert overloaded.headers["retry-after"]
     counted = call("POST", server.url("/v1/messages/count_tokens"), validate_request=False, headers=key, json={})
     assert (counted.status_code, counted.json()["error"]["type"]) == (400, "invalid_request_error")
+
+
+def test_budget_answers_and_the_budget_refusal_match_the_document(start_router, fake):
+    priced = {"input": 2.5, "output": 10.0}
+    models = [
+        {"vendor": "openai", "model": "gpt-4o", "price": priced},
+        {"vendor": "gemini", "model": "g", "price": priced},
+    ]
+    server = start_router(models=models, BUDGET="20 tokens per day;5 usd per month")
+    call = caller(api_of(server))
+    assert call("GET", server.url("/v1/budget")).json()["budgets"][0]["unit"] == "tokens"
+    url = server.url("/v1/chat/completions")
+    assert call("POST", url, json={"model": "gpt-4o", "messages": HELLO}).status_code == 200
+    refused = call("POST", url, json={"model": "gpt-4o", "messages": HELLO})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert call("GET", server.url("/v1/budget")).json()["budgets"][0]["remaining"] == 20 - 14

@@ -154,6 +154,8 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
 ``usage`` (bool, true): whole answers carry ``usage``; a stream has a final usage chunk
     (``"choices": []``) only when the request asked ``stream_options.include_usage`` (and then,
     like OpenAI, every other chunk carries ``"usage": null``).
+``cached_tokens`` (int | null): chat usage (whole and streamed) adds ``prompt_tokens_details:
+    {"cached_tokens": N}`` (at most the prompt tokens), as vendors with a prompt cache report it.
 ``quirks`` ("openai" | "gemini"): gemini imitates Gemini's OpenAI-compatible endpoint: tool
     call ``id`` is "" (whole and streamed); each streamed tool call arrives whole in a delta
     (and chunk) of its own (``index`` per ``tool_call_index``); finish_reason is "stop" even
@@ -259,6 +261,7 @@ DEFAULTS: dict[str, Any] = {
     "null_error": False,
     "revoked_keys": None,
     "prefix_cache": None,
+    "cached_tokens": None,
 }
 
 _NONE = type(None)
@@ -303,6 +306,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None, float | None]] 
     "null_error": ((bool,), None, None),
     "revoked_keys": ((list, _NONE), None, None),
     "prefix_cache": ((int, _NONE), None, 1),
+    "cached_tokens": ((int, _NONE), None, 0),
 }
 assert _SPEC.keys() == DEFAULTS.keys()
 
@@ -706,7 +710,7 @@ def split_text(text: str, pieces: int) -> list[str]:
 
 
 def usage_of(body: dict[str, Any], completion: str, cached: int | None = None) -> dict[str, Any]:
-    """The usage of an answer; with ``cached`` (a prompt cache is emulated) its cached input tokens too."""
+    """The usage of an answer; with ``cached`` (a prompt cache, emulated or told) its cached input tokens too."""
     # A rough 4-characters-per-token estimate: only the shape and plausibility matter.
     prompt = 0
     messages = body.get("messages")
@@ -1064,6 +1068,8 @@ class FakeVendor:
             conn.pause(b["delay"])
             return self.send_json(conn, 200, {"error": b["error_in_200"]}, ka)
         cached = self.cached_tokens(vendor, req, body, b["prefix_cache"]) if endpoint == "chat" else None
+        if b["cached_tokens"] is not None and endpoint == "chat":
+            cached = b["cached_tokens"]  # told outright: wins over an emulated cache
         if endpoint == "chat" and body.get("stream") is True:
             return self.stream(conn, req, vendor, body, b, cached)
         conn.pause(b["delay"])

@@ -160,7 +160,7 @@ class RouterProcess:
             **{
                 k: v
                 for k, v in os.environ.items()
-                if not k.startswith(("PROMETHEUS_", "ROUTER_", "RATE_")) and "_API_KEY" not in k
+                if not k.startswith(("PROMETHEUS_", "ROUTER_", "RATE_", "BUDGET")) and "_API_KEY" not in k
             },
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),

@@ -1,0 +1,351 @@
+"""Budgets over real sockets: the real gunicorn (two workers) and the fake vendor, counted in a real
+Redis shared by every worker (and, for the shared case, two instances)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from app.budgets import Line, RedisLedger, window_span
+from tests.support.processes import wait_until
+from tests.support.redis_server import REDIS_SERVER, RedisServer
+
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (CI installs it: apt-get install redis-server)"
+)
+
+KEY = "rk-budget-web-0123456789"
+OTHER_KEY = "rk-budget-batch-0123456789"
+KEYS = f"web={KEY},batch={OTHER_KEY}"
+HELLO = [{"role": "user", "content": "Hello"}]
+# The fake's usage for HELLO: prompt 4 + 5 // 4 = 5; completion 1 + len("Hello from openai! You
+# said: Hello") // 4 = 9. The router's input estimate for it: 4 + ceil(5 / 4) = 6.
+PROMPT, COMPLETION, INPUT_ESTIMATE = 5, 9, 6
+# Stream pieces of 8 characters: the router counts 2 tokens per content event.
+PIECE = "abcdefgh"
+PIECE_TOKENS = 2
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.kill()
+
+
+def budgeted(redis_server: RedisServer, budget: str, **env: str) -> dict[str, str]:
+    return {"BUDGET": budget, "BUDGET_STORAGE": redis_server.url, "ROUTER_API_KEYS": KEYS, **env}
+
+
+def bearer(key: str = KEY) -> dict[str, str]:
+    # A new connection per call, so gunicorn hands calls to either worker.
+    return {"Authorization": f"Bearer {key}", "Connection": "close"}
+
+
+def chat(router, key: str = KEY, **fields) -> requests.Response:
+    body = {"model": "gpt-4o", "messages": HELLO, **fields}
+    return requests.post(router.url("/v1/chat/completions"), json=body, headers=bearer(key), timeout=30)
+
+
+def budget_of(router, key: str = KEY) -> dict:
+    answer = requests.get(router.url("/v1/budget"), headers=bearer(key), timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def spent(router, key: str = KEY) -> float:
+    return budget_of(router, key)["budgets"][0]["spent"]
+
+
+def events_of(raw: bytes) -> list[tuple[str | None, str]]:
+    """(event name, data) per SSE event."""
+    found = []
+    for block in raw.decode().split("\n\n"):
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        if data:
+            found.append((name, "\n".join(data)))
+    return found
+
+
+def test_a_spent_token_budget_rejects_the_call_with_retry_after_to_the_window_end(start_router, fake, redis_server):
+    router = start_router(workers=2, **budgeted(redis_server, "60 tokens per hour"))
+    # Each call reserves 6 + 10 and costs 14: after 4 calls 56 are spent and 4 left, less than
+    # the input estimate and one output token.
+    statuses = [chat(router, max_tokens=10).status_code for _ in range(4)]
+    assert statuses == [200] * 4
+    refused = chat(router, max_tokens=10)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "budget_exceeded")
+    assert "60 tokens per hour" in error["message"]
+    wait = math.ceil(window_span("hour", time.time())[1] - time.time())
+    assert abs(int(refused.headers["Retry-After"]) - wait) <= 2
+    assert len(fake.requests()) == 4  # refused calls never reach a vendor
+    assert spent(router) == 4 * (PROMPT + COMPLETION)
+    assert budget_of(router)["budgets"][0]["remaining"] == 60 - 56
+
+    metrics = requests.get(router.url("/metrics"), timeout=10).text
+    assert 'router_budget_rejections_total{client="web"} 1.0' in metrics
+    assert 'router_budget_spent{client="web",unit="tokens",window="hour"} 56.0' in metrics
+    assert 'router_budget_limit{client="web",unit="tokens",window="hour"} 60.0' in metrics
+
+
+def stream_until_closed(router, path: str, body: dict, key: str = KEY) -> tuple[bytes, float]:
+    """The whole stream a client reads, and when its last byte arrived (time.time())."""
+    with requests.post(router.url(path), json=body, headers=bearer(key), stream=True, timeout=60) as answer:
+        assert answer.status_code == 200, answer.text
+        raw, last = b"", time.time()
+        for data in answer.iter_content(chunk_size=None):
+            raw += data
+            last = time.time()
+    return raw, last
+
+
+LONG_STREAM = {"content_chunks": [PIECE] * 200, "interval": 0.02}
+
+
+def test_a_chat_stream_is_cut_at_the_budget_with_one_error_event_and_the_vendor_closed_at_once(
+    start_router, fake, redis_server
+):
+    router = start_router(workers=2, **budgeted(redis_server, "100 tokens per day"))
+    fake.behave("openai", **LONG_STREAM)  # 400 tokens: the fake ignores max tokens
+    raw, last = stream_until_closed(
+        router, "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, "stream": True}
+    )
+
+    events = events_of(raw)
+    assert all(data != "[DONE]" for _, data in events)
+    errors = [json.loads(data) for _, data in events if '"error"' in data]
+    assert len(errors) == 1 and '"error"' in events[-1][1]  # one error event, and it is the last
+    assert errors[0]["error"]["code"] == "budget_exceeded"
+    assert errors[0]["error"]["type"] == "insufficient_quota"
+    relayed = sum(len(json.loads(data)["choices"][0]["delta"].get("content") or "") for _, data in events[:-1])
+    # The reservation held 100 - 6 output tokens; the stream went on until its count passed them.
+    assert (100 - INPUT_ESTIMATE) * 4 <= relayed <= (100 - INPUT_ESTIMATE + PIECE_TOKENS) * 4
+
+    [record] = wait_until(lambda: [s for s in fake.streams("openai") if s["client_closed_at"]], timeout=5)
+    assert record["client_closed_at"] - last < 1.0  # the vendor request was closed at once
+    assert record["events_sent"] < 100
+    assert spent(router) <= 100 + PIECE_TOKENS
+    assert 'router_budget_cutoffs_total{client="web"} 1.0' in requests.get(router.url("/metrics"), timeout=10).text
+    assert "budget is spent" in router.logs()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "check"),
+    [
+        (
+            "/v1/responses",
+            {"model": "gpt-4o", "input": "Hello", "stream": True},
+            lambda events: (
+                [name for name, _ in events[-2:]] == ["error", "response.failed"]
+                and json.loads(events[-2][1])["code"] == "budget_exceeded"
+            ),
+        ),
+        (
+            "/v1/messages",
+            {"model": "gpt-4o", "max_tokens": 4000, "messages": HELLO, "stream": True},
+            lambda events: (
+                events[-1][0] == "error"
+                and json.loads(events[-1][1])["error"]["type"] == "rate_limit_error"
+                and json.loads(events[-1][1])["error"]["message"].startswith("budget exceeded")
+            ),
+        ),
+    ],
+)
+def test_responses_and_messages_streams_end_with_their_own_error_event_when_cut(
+    start_router, fake, redis_server, path, body, check
+):
+    router = start_router(workers=2, **budgeted(redis_server, "100 tokens per day"))
+    fake.behave("openai", **LONG_STREAM)
+    raw, _ = stream_until_closed(router, path, body)
+    events = events_of(raw)
+    assert check(events), events[-3:]
+    assert sum(1 for name, _ in events if name == "error") == 1
+
+
+def test_twenty_concurrent_streams_of_one_client_overshoot_by_at_most_one_read_each(start_router, fake, redis_server):
+    limit, streams = 300, 20
+    router = start_router(workers=2, **budgeted(redis_server, f"{limit} tokens per hour"))
+    # One content event every 50 ms: each vendor read holds one event, of 2 tokens.
+    fake.behave("openai", content_chunks=[PIECE] * 100, interval=0.05)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        body = {"model": "gpt-4o", "messages": HELLO, "stream": True, "max_tokens": 40}
+        with requests.post(
+            router.url("/v1/chat/completions"), json=body, headers=bearer(), stream=True, timeout=60
+        ) as answer:
+            if answer.status_code != 200:
+                outcomes.append(str(answer.status_code))
+                return
+            raw = b"".join(answer.iter_content(chunk_size=None))
+        outcomes.append("cut" if b"budget_exceeded" in raw else "completed" if b"[DONE]" in raw else "other")
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    counts = Counter(outcomes)
+    assert counts["other"] == 0 and sum(counts.values()) == streams, counts
+    assert counts["429"] >= 1  # no request starts on a spent budget
+    assert counts["cut"] >= 1, counts
+    total = spent(router)
+    # What a started stream may spend beyond the limit: the tokens of one vendor read.
+    started = counts["cut"] + counts["completed"]
+    assert total <= limit + started * PIECE_TOKENS, (total, counts)
+    assert total >= limit - (INPUT_ESTIMATE + 1)  # and the budget was used, not wasted on reservations
+
+
+def test_two_instances_on_one_redis_share_one_budget_exactly(start_router, fake, redis_server):
+    env = budgeted(redis_server, "100 tokens per hour")
+    first, second = start_router(workers=2, **env), start_router(workers=2, **env)
+    # Each call costs 14 and needs 7 free: 7 calls fit in 100 (98 spent), wherever they go.
+    statuses = [chat(router, max_tokens=10).status_code for router in (first, second) * 5]
+    assert statuses == [200] * 7 + [429] * 3
+    assert spent(first) == spent(second) == 7 * (PROMPT + COMPLETION)
+
+
+def test_usd_budgets_price_cached_input_apart_from_input_and_output(start_router, fake, redis_server):
+    models = [
+        {"vendor": "openai", "model": "gpt-4o", "price": {"input": 2.5, "output": 10.0, "cached_input": 1.25}},
+        {"vendor": "gemini", "model": "gemini-2.0-flash", "price": {"input": 0.1, "output": 0.4}},
+    ]
+    router = start_router(models=models, workers=2, **budgeted(redis_server, "1 usd per day;1000 tokens per day"))
+    fake.behave("openai", cached_tokens=4)
+    assert chat(router).status_code == 200
+    body = {"model": "gpt-4o", "input": "Hello", "stream": True}  # Responses streams carry the usage
+    stream_until_closed(router, "/v1/responses", body)
+    usd, tokens = budget_of(router)["budgets"]
+    # Per call: 1 fresh input token at 2.5, 4 cached at 1.25, 9 output at 10 USD per million.
+    assert usd["unit"] == "usd" and usd["spent"] == pytest.approx(2 * (2.5 + 4 * 1.25 + 9 * 10) / 1e6)
+    assert tokens["spent"] == 2 * (PROMPT + COMPLETION)
+
+
+def test_a_client_that_disconnects_mid_stream_is_charged_for_what_was_read(start_router, fake, redis_server):
+    router = start_router(workers=2, **budgeted(redis_server, "10000 tokens per day"))
+    fake.behave("openai", content_chunks=[PIECE] * 100, interval=0.05)
+    body = {"model": "gpt-4o", "messages": HELLO, "stream": True}
+    received = 0
+    with requests.post(router.url("/v1/chat/completions"), json=body, headers=bearer(), stream=True, timeout=30) as a:
+        for data in a.iter_content(chunk_size=None):
+            received += data.count(PIECE.encode())
+            if received >= 10:
+                break
+    [record] = wait_until(lambda: [s for s in fake.streams("openai") if s["client_closed_at"]], timeout=5)
+    charged = wait_until(lambda: spent(router) < 1000 and spent(router), timeout=5)  # the reservation was replaced
+    # What the client received, and at most what the vendor sent before the router closed it.
+    assert INPUT_ESTIMATE + received * PIECE_TOKENS <= charged <= INPUT_ESTIMATE + record["events_sent"] * PIECE_TOKENS
+
+
+def test_failed_over_attempts_are_not_charged(start_router, fake, redis_server):
+    router = start_router(workers=2, **budgeted(redis_server, "10000 tokens per day"), COOLDOWN_SECONDS="0")
+    fake.behave("openai", status=500)
+    for _ in range(6):
+        assert chat(router, model="any-model").status_code == 200
+    assert fake.requests("openai")  # some calls failed over from openai to gemini
+    # Gemini's answer "Hello from gemini! You said: Hello" is as long as openai's: 14 tokens.
+    assert spent(router) == 6 * (PROMPT + COMPLETION)
+
+
+def test_get_budget_matches_the_usage_the_vendor_reported(start_router, fake, redis_server):
+    router = start_router(workers=2, **budgeted(redis_server, "100000 tokens per month"))
+    total = 0
+    for _ in range(3):
+        total += chat(router).json()["usage"]["total_tokens"]
+    body = {"model": "gpt-4o", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    raw, _ = stream_until_closed(router, "/v1/chat/completions", body)
+    [usage] = [json.loads(data)["usage"] for _, data in events_of(raw) if '"usage":{' in data]
+    total += usage["total_tokens"]
+    shown = budget_of(router)
+    assert shown["client"] == "web"
+    [month] = shown["budgets"]
+    assert (month["spent"], month["remaining"], month["limit"]) == (total, 100000 - total, 100000)
+    assert month["unit"] == "tokens" and month["window"] == "month"
+    assert month["resets_at"].endswith("Z")
+
+
+def test_budgets_of_named_clients_are_independent(start_router, fake, redis_server):
+    router = start_router(workers=2, **budgeted(redis_server, "1000 tokens per day", BUDGET_WEB="30 tokens per day"))
+    assert [chat(router).status_code for _ in range(3)] == [200, 200, 429]
+    assert [chat(router, OTHER_KEY).status_code for _ in range(3)] == [200] * 3
+    assert budget_of(router)["budgets"][0]["limit"] == 30
+    batch = budget_of(router, OTHER_KEY)
+    assert batch["client"] == "batch" and batch["budgets"][0]["spent"] == 3 * (PROMPT + COMPLETION)
+
+
+def test_redis_down_refuses_budgeted_calls_with_503_and_one_error_line_then_recovers(
+    start_router, fake, redis_server, tmp_path
+):
+    router = start_router(workers=1, **budgeted(redis_server, "1000 tokens per day"))
+    assert chat(router).status_code == 200
+    redis_server.kill()
+    for _ in range(5):
+        started = time.monotonic()
+        answer = chat(router)
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "budget_storage_unavailable"
+        assert answer.headers["Retry-After"]
+        assert time.monotonic() - started < 3
+    assert len(fake.requests()) == 1  # nothing was spent uncounted
+    lines = [line for line in router.logs().splitlines() if "budget storage" in line and "unreachable" in line]
+    assert len(lines) == 1 and " ERROR " in lines[0], lines
+    assert "Traceback" not in router.logs()
+
+    revived = RedisServer(tmp_path / "redis-again", port=redis_server.port)
+    try:
+        assert wait_until(lambda: chat(router).status_code == 200, timeout=10)
+        assert "budget storage" in router.logs() and "answers again" in router.logs()
+    finally:
+        revived.kill()
+
+
+def test_concurrent_reservations_in_redis_never_grant_more_than_the_limit(redis_server):
+    # Eight processes' worth of ledgers racing on one counter: the check and the charge are one
+    # step in Redis, so the grants add up to the limit exactly, never more.
+    limit, line = 100, Line("generative-api-router:budget:test", 100, time.time() + 3600, 0.0, 1.0)
+    granted: list[int] = []
+
+    def reserve_many() -> None:
+        ledger = RedisLedger(redis_server.url)
+        for _ in range(40):
+            grant = ledger.reserve([line], 1, 1)
+            if grant.tokens:
+                granted.append(grant.tokens)
+
+    threads = [threading.Thread(target=reserve_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(granted) == limit
+    assert RedisLedger(redis_server.url).spent([line.key]) == (limit,)
+
+
+def test_the_redis_ledger_authenticates_and_selects_the_database_its_url_names(tmp_path):
+    server = RedisServer(tmp_path / "redis-password", password="budget-secret-pw")
+    try:
+        url = f"redis://:budget-secret-pw@127.0.0.1:{server.port}/3"
+        ledger = RedisLedger(url)
+        line = Line("generative-api-router:budget:auth", 10, time.time() + 60, 2.0, 1.0)
+        assert ledger.reserve([line], 5, 1).tokens == 5
+        assert ledger.spent([line.key]) == (7.0,)
+        server.client.execute_command("SELECT", 3)
+        assert float(server.client.get(line.key)) == 7.0
+        assert ledger.where == f"redis://:***@127.0.0.1:{server.port}/3"
+    finally:
+        server.kill()
