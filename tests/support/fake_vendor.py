@@ -116,6 +116,11 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
     the last chunk; or the error event) ends with ONE line ending, no blank line, and the body
     ends there. ``final_line_ending`` (bool, true): false = that last event has no line ending
     at all (whatever ``final_blank_line`` says).
+``revoked_keys`` (list of str | null): API keys the vendor no longer accepts: a request whose
+    ``Authorization: Bearer <key>`` names one of them is answered 401 (``invalid_api_key``, in
+    ``error_format``) before anything else of the behaviour applies, chat and embeddings alike;
+    requests with any other key are answered as the rest of the behaviour says. A revoked key
+    of a real vendor, one key of several.
 ``reasoning`` (str | null): the model's reasoning, as some OpenAI-compatible vendors send it:
     ``reasoning_content`` beside the content of a whole answer; in a stream, deltas of
     ``reasoning_content`` (cut into ``chunks`` pieces, content events) before the content.
@@ -244,6 +249,7 @@ DEFAULTS: dict[str, Any] = {
     "final_blank_line": True,
     "final_line_ending": True,
     "reasoning": None,
+    "revoked_keys": None,
 }
 
 _NONE = type(None)
@@ -285,6 +291,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None, float | None]] 
     "final_blank_line": ((bool,), None, None),
     "final_line_ending": ((bool,), None, None),
     "reasoning": ((str, _NONE), None, None),
+    "revoked_keys": ((list, _NONE), None, None),
 }
 assert _SPEC.keys() == DEFAULTS.keys()
 
@@ -320,6 +327,8 @@ def validate_behaviour(obj: Any) -> str | None:
             and not (value and all(isinstance(p, str) and p for p in value))
         ):
             return "content_chunks must be a list of non-empty strings"
+        if key == "revoked_keys" and value is not None and not all(isinstance(k, str) and k for k in value):
+            return "revoked_keys must be a list of non-empty strings"
     return None
 
 
@@ -583,6 +592,12 @@ def error_body(fmt: str, status: int, message: str) -> tuple[bytes, bytes]:
 
 # Where a 3xx answer points (``/<vendor>/redirected``): a client that follows it is recorded there.
 REDIRECT_TARGET = "redirected"
+
+
+def _bearer(headers: dict[str, str]) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else None
 
 
 def new_record(conn: Connection, req: Request, vendor: str, endpoint: str) -> dict[str, Any]:
@@ -968,6 +983,9 @@ class FakeVendor:
             if problem:
                 return self.send_error(conn, 400, f"x_fake: {problem}", ka)
         b = self.behaviour_for(vendor, x_fake)
+        if b["revoked_keys"] and _bearer(req.headers) in b["revoked_keys"]:
+            fmt = b["error_format"] or ("gemini" if b["quirks"] == "gemini" else "openai")
+            return self.send_error(conn, 401, "Incorrect API key provided: the key was revoked.", ka, fmt)
         if endpoint == "embeddings":
             problem = embeddings_problem(body)
             if problem:

@@ -1047,3 +1047,37 @@ def test_reasoning_comes_as_reasoning_content_whole_and_before_the_content_in_a_
     reasoning = [i for i, d in enumerate(deltas) if "reasoning_content" in d]
     assert "".join(deltas[i]["reasoning_content"] for i in reasoning) == "Think first."
     assert max(reasoning) < next(i for i, d in enumerate(deltas) if d.get("content"))
+
+
+def test_revoked_keys_answer_401_to_those_keys_only(port: int, http: requests.Session) -> None:
+    base = f"http://127.0.0.1:{port}"
+    http.put(f"{base}/_control/vendors/openai", json={"revoked_keys": ["sk-old"], "content": "still here"})
+
+    def call(key: str | None, path: str = "/openai/v1/chat/completions", **body: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        payload = body or {"model": "m", "messages": MESSAGES}
+        return http.post(base + path, json=payload, headers=headers)
+
+    refused = call("sk-old")
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert call("sk-old", stream=True, model="m", messages=MESSAGES).status_code == 401
+    assert call("sk-old", "/openai/v1/embeddings", model="e", input="hi").status_code == 401
+    # Another key, or none, gets the rest of the behaviour; so does another vendor.
+    assert call("sk-new").json()["choices"][0]["message"]["content"] == "still here"
+    assert call(None).status_code == 200
+    assert call("sk-new", "/openai/v1/embeddings", model="e", input="hi").status_code == 200
+    assert call("sk-old", "/gemini/v1beta/openai/chat/completions").status_code == 200
+    # Gemini quirks answer it in Gemini's error format.
+    http.put(f"{base}/_control/vendors/gemini", json={"revoked_keys": ["sk-old"]})
+    gemini = call("sk-old", "/gemini/v1beta/openai/chat/completions")
+    assert gemini.status_code == 401
+    assert gemini.json()[0]["error"]["code"] == 401
+    assert len(control(http, port, "requests")) == 8  # refused requests are recorded too
+
+
+def test_revoked_keys_must_be_a_list_of_non_empty_strings(port: int, http: requests.Session) -> None:
+    base = f"http://127.0.0.1:{port}/_control/vendors/openai"
+    for bad in ("sk-old", [""], [1], {"k": 1}):
+        assert http.put(base, json={"revoked_keys": bad}).status_code == 400
+    assert http.put(base, json={"revoked_keys": None}).status_code == 200
