@@ -1,0 +1,409 @@
+"""The chaos run's verdict: client rows classified, resources per period, logs read, as Markdown.
+
+Classification of one client request (``classify``):
+
+- ``ok``; ``left`` (the client closed the stream on purpose: not an error);
+- ``limited``: a 429 (the rate limit is set high enough that there should be none);
+- ``unavoidable``: a stream that started with a 2xx and then brought an error event or was cut,
+  answered by the flapping vendor (``X-Vendor-Source``), while that vendor was in a mode that
+  breaks committed streams (faults.BREAKS_STREAMS) at some moment between the response head and
+  the end of the stream: the router had committed the answer to that vendor and can only end it;
+- ``avoidable``: everything else that is not complete: any non-2xx, a 2xx whole answer that is
+  an error, a stream broken by anything but the flapping vendor, no answer at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from tests.chaos.cluster import FLAKY
+from tests.chaos.faults import BREAKS_STREAMS, Timeline
+from tests.chaos.observe import Sample
+
+__all__ = ["classify", "report"]
+
+CLASSES = ("ok", "left", "limited", "unavoidable", "avoidable")
+# A worker's RSS "grows" when its fitted trend over its life after the warm-up rises by more than this.
+RSS_GROWTH_MB = 4.0
+RSS_GROWTH_SHARE = 0.05
+
+
+def classify(row: dict[str, Any], timeline: Timeline) -> str:
+    outcome = row["outcome"]
+    if outcome in ("ok", "left"):
+        return outcome
+    if row["status"] == 429:
+        return "limited"
+    status = row["status"] or 0
+    if (
+        row["stream"]
+        and 200 <= status < 300
+        and outcome in ("stream_error", "stream_cut")
+        and row["vendor"] == FLAKY
+        and timeline.modes_between(row["t_head"] or row["t0"], row["t_end"]) & BREAKS_STREAMS
+    ):
+        return "unavoidable"
+    return "avoidable"
+
+
+# ---- logs
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    if not path.exists():
+        return entries
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = {"raw": line}
+        entries.append(entry if isinstance(entry, dict) else {"raw": line})
+    return entries
+
+
+def _shape(message: str) -> str:
+    """A log message with its numbers, ids and addresses blanked, to count messages by kind."""
+    message = re.sub(r"[0-9a-f]{16,}", "<id>", message)
+    message = re.sub(r"\d+(\.\d+)?", "N", message)
+    return message[:160]
+
+
+def read_logs(router_logs: dict[str, Path], nginx_dir: Path) -> dict[str, Any]:
+    access: dict[str, dict[str, Any]] = {}
+    tracebacks: list[str] = []
+    by_level: Counter[str] = Counter()
+    problems: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    for name, path in router_logs.items():
+        for entry in _json_lines(path):
+            raw = entry.get("raw")
+            if raw is not None:
+                if "Traceback" in raw:
+                    tracebacks.append(f"{name}: {raw[:300]}")
+                if raw.strip():
+                    problems[f"{name} (not JSON) {_shape(raw)}"] += 1
+                continue
+            if entry.get("exception") or "Traceback" in str(entry.get("message", "")):
+                tracebacks.append(f"{name}: {entry.get('message')}\n{str(entry.get('exception'))[:2000]}")
+            level = str(entry.get("level", "?"))
+            by_level[level] += 1
+            if entry.get("logger") == "router.access":
+                access[entry.get("request_id", "-")] = {**entry, "instance": name}
+                statuses[f"{entry.get('path')} {entry.get('status')}"] += 1
+            elif level in ("warning", "error", "critical"):
+                problems[f"{level} {entry.get('logger')}: {_shape(str(entry.get('message')))}"] += 1
+    nginx_access = {e.get("request_id"): e for e in _json_lines(nginx_dir / "access.log") if "request_id" in e}
+    nginx_errors: Counter[str] = Counter()
+    error_log = nginx_dir / "error.log"
+    for line in error_log.read_text(errors="replace").splitlines() if error_log.exists() else []:
+        match = re.match(r"\S+ \S+ \[(\w+)\] \d+#\d+: (?:\*\d+ )?(.*)", line)
+        if match and match.group(1) not in ("info", "notice", "debug"):
+            text = re.sub(r", client: .*", "", match.group(2))
+            nginx_errors[f"[{match.group(1)}] {_shape(text)}"] += 1
+    return {
+        "access": access,
+        "nginx_access": nginx_access,
+        "tracebacks": tracebacks,
+        "levels": dict(by_level),
+        "problems": problems,
+        "router_statuses": statuses,
+        "nginx_errors": nginx_errors,
+    }
+
+
+# ---- resources
+
+
+def _fit_rise(points: list[tuple[float, float]]) -> float:
+    """The rise of the least-squares line through ``points`` from the first x to the last."""
+    if len(points) < 3:
+        return 0.0
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    return slope * (xs[-1] - xs[0])
+
+
+def worker_growth(samples: list[Sample], after: float, min_span: float) -> list[dict[str, Any]]:
+    """Each worker sampled for at least ``min_span`` s after ``after``: its RSS trend."""
+    series: dict[tuple[str, int], list[tuple[float, dict[str, int]]]] = defaultdict(list)
+    for sample in samples:
+        if sample.at < after:
+            continue
+        for name, workers in sample.workers.items():
+            for pid, figures in workers.items():
+                series[(name, pid)].append((sample.at, figures))
+    rows = []
+    for (name, pid), points in sorted(series.items()):
+        span = points[-1][0] - points[0][0]
+        if span < min_span:
+            continue
+        rss = [(t, f["rss_kb"] / 1024) for t, f in points]
+        rise = _fit_rise(rss)
+        first = rss[0][1]
+        rows.append(
+            {
+                "instance": name,
+                "pid": pid,
+                "from_s": points[0][0],
+                "span_s": span,
+                "rss_first_mb": first,
+                "rss_last_mb": rss[-1][1],
+                "rss_trend_mb": rise,
+                "fds_range": (min(f["fds"] for _, f in points), max(f["fds"] for _, f in points)),
+                "grows": rise > max(RSS_GROWTH_MB, RSS_GROWTH_SHARE * first),
+            }
+        )
+    return rows
+
+
+def _non_socket_fds(figures: dict[str, int]) -> int:
+    return figures["fds"] - figures["clients"] - figures["vendors"] - figures["redis"] - figures["other_tcp"]
+
+
+def idle_check(before: Sample, after: Sample) -> dict[str, Any]:
+    """After the load: streams in flight 0, no client connection held, descriptors back to an idle worker's."""
+    base = [_non_socket_fds(f) for ws in before.workers.values() for f in ws.values()]
+    baseline = max(base) if base else 0
+    workers = []
+    for name, ws in after.workers.items():
+        for pid, figures in ws.items():
+            workers.append({"instance": name, "pid": pid, **figures, "non_socket_fds": _non_socket_fds(figures)})
+    streams = {name: (m or {}).get("router_streams_in_flight") for name, m in after.metrics.items()}
+    ok = (
+        all(value == 0 for value in streams.values())
+        and all(w["clients"] == 0 for w in workers)
+        and all(w["non_socket_fds"] <= baseline + 2 for w in workers)
+    )
+    return {"streams_in_flight": streams, "workers": workers, "baseline_non_socket_fds": baseline, "ok": ok}
+
+
+# ---- the report
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _worker_cell(figures: dict[str, int] | None, new: bool) -> str:
+    if figures is None:
+        return "-"
+    mark = "*" if new else ""
+    rss = figures["rss_kb"] / 1024
+    return f"{rss:.0f} MB · {figures['fds']} fd · {figures['clients']}/{figures['vendors']} conn{mark}"
+
+
+def report(
+    rows: list[dict[str, Any]],
+    timeline: Timeline,
+    samples: list[Sample],
+    before: Sample,
+    after: Sample,
+    logs: dict[str, Any],
+    start: float,
+    duration: float,
+    period: float,
+    warmup: float,
+    command: str,
+    leftovers: list[int],
+) -> tuple[str, dict[str, Any]]:
+    classes = [classify(row, timeline) for row in rows]
+    out: list[str] = []
+    totals = Counter(classes)
+
+    # Requests by persona and class.
+    by_persona: dict[str, Counter[str]] = defaultdict(Counter)
+    for row, cls in zip(rows, classes, strict=True):
+        by_persona[row["persona"]][cls] += 1
+    table = [[persona, sum(c.values()), *(c[cls] for cls in CLASSES)] for persona, c in sorted(by_persona.items())]
+    table.append(["**all**", len(rows), *(f"**{totals[cls]}**" for cls in CLASSES)])
+    out.append("Requests by client kind and outcome:\n")
+    out.append(_table(["client", "requests", *CLASSES], table))
+
+    # Per period: events, outcomes, resources.
+    periods = max(round(duration / period), 1)
+    unit = "min" if period == 60 else f"{period:g} s"
+    events_in: dict[int, list[str]] = defaultdict(list)
+    for event in timeline.events:
+        events_in[int((event["start"] - start) // period)].append(event["kind"])
+    counts: dict[int, Counter[str]] = defaultdict(Counter)
+    for row, cls in zip(rows, classes, strict=True):
+        counts[min(int((row["t0"] - start) // period), periods - 1)][cls] += 1
+    instances = sorted({name for s in samples for name in s.workers})
+    header = ["t", "event", "requests", "unavoidable", "avoidable"]
+    for name in instances:
+        header += [f"{name} worker 1", f"{name} worker 2"]
+    header.append("streams in flight")
+    resource_rows = []
+    seen: set[int] = set()
+    for p in range(periods + 1):
+        at = start + p * period
+        sample = min(samples, key=lambda s: abs(s.at - at)) if samples else None
+        if p == periods:
+            sample = after
+        label = "after" if p == periods else f"{int(p * period // 60)}:{int(p * period % 60):02d}"
+        c = counts.get(p, Counter())
+        cells: list[Any] = [
+            label,
+            ", ".join(events_in.get(p, [])) or ("load stopped" if p == periods else ""),
+            sum(c.values()) if p < periods else "",
+            c["unavoidable"] if p < periods else "",
+            c["avoidable"] if p < periods else "",
+        ]
+        for name in instances:
+            workers = sorted((sample.workers.get(name) or {}).items()) if sample else []
+            for slot in range(2):
+                if slot < len(workers):
+                    pid, figures = workers[slot]
+                    cells.append(_worker_cell(figures, pid not in seen and p > 0))
+                    seen.add(pid)
+                else:
+                    cells.append("-")
+        streams = [
+            (sample.metrics.get(name) or {}).get("router_streams_in_flight") if sample else None for name in instances
+        ]
+        cells.append(" + ".join("-" if v is None else f"{v:.0f}" for v in streams))
+        resource_rows.append(cells)
+    out.append(
+        f"\nPer {unit} (requests by when they started; resources sampled at the mark; per worker: RSS · open "
+        "descriptors · TCP connections from nginx / to vendors; * = a new worker since the previous mark):\n"
+    )
+    out.append(_table(header, resource_rows))
+
+    # Growth and idle.
+    growth = worker_growth(samples, start + warmup, min_span=min(120.0, duration / 4))
+    idle = idle_check(before, after)
+    grown = [g for g in growth if g["grows"]]
+    out.append(
+        f"\nGrowth after the first {warmup:.0f} s (RSS trend over each worker's life, least squares; "
+        f"grows = more than {RSS_GROWTH_MB:g} MB and {RSS_GROWTH_SHARE:.0%}):\n"
+    )
+    out.append(
+        _table(
+            ["worker", "observed", "RSS first → last", "trend", "descriptors (min-max)", "grows"],
+            [
+                [
+                    f"{g['instance']} pid {g['pid']}",
+                    f"{(g['from_s'] - start) / 60:.1f}-{(g['from_s'] + g['span_s'] - start) / 60:.1f} min",
+                    f"{g['rss_first_mb']:.1f} → {g['rss_last_mb']:.1f} MB",
+                    f"{g['rss_trend_mb']:+.1f} MB",
+                    f"{g['fds_range'][0]}-{g['fds_range'][1]}",
+                    "**yes**" if g["grows"] else "no",
+                ]
+                for g in growth
+            ],
+        )
+        if growth
+        else "(no worker lived long enough after the warm-up to judge)"
+    )
+    out.append(
+        f"\nAfter the load: streams in flight {idle['streams_in_flight']}; per worker client connections "
+        f"{[w['clients'] for w in idle['workers']]}, descriptors other than sockets "
+        f"{[w['non_socket_fds'] for w in idle['workers']]} (an idle worker before the load: "
+        f"{idle['baseline_non_socket_fds']}), vendor connections kept in the pool "
+        f"{[w['vendors'] for w in idle['workers']]}: {'back to idle' if idle['ok'] else '**NOT back to idle**'}."
+    )
+
+    # Unavoidable by mode; avoidable in full.
+    unavoidable = Counter()
+    for row, cls in zip(rows, classes, strict=True):
+        if cls == "unavoidable":
+            modes = timeline.modes_between(row["t_head"] or row["t0"], row["t_end"]) & BREAKS_STREAMS
+            unavoidable[f"{row['outcome']} while {FLAKY} was {'/'.join(sorted(modes))}"] += 1
+    if unavoidable:
+        out.append("\nUnavoidable errors (streams committed to the flapping vendor, which then broke them):\n")
+        out.append(_table(["what", "count"], [[k, v] for k, v in unavoidable.most_common()]))
+    avoidable = [row for row, cls in zip(rows, classes, strict=True) if cls == "avoidable"]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in avoidable:
+        detail = _shape(str(row["detail"]))
+        groups[f"{row['persona']}: {row['outcome']} {row['status'] or ''} {detail}"].append(row)
+    if avoidable:
+        out.append("\nAvoidable errors, grouped (first example: when, router access line, nginx line):\n")
+        lines = []
+        for key, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            row = group[0]
+            router = logs["access"].get(row["id"])
+            nginx = logs["nginx_access"].get(row["id"])
+            near = [
+                f"{e['kind']}@{e['start'] - start:.0f}s"
+                for e in timeline.events
+                if e["start"] - 15 <= row["t0"] <= e["end"] + 15
+            ]
+            lines.append(
+                [
+                    key,
+                    len(group),
+                    f"{row['t0'] - start:.1f} s",
+                    ", ".join(near) or "-",
+                    f"{router['instance']}: {router.get('message')}" if router else "none",
+                    f"{nginx.get('status')} upstream {nginx.get('upstream')} {nginx.get('upstream_time')}"
+                    if nginx
+                    else "none",
+                ]
+            )
+        out.append(_table(["what", "count", "first at", "events near", "router", "nginx"], lines))
+
+    # Logs.
+    missing = Counter(row["outcome"] for row in rows if row["id"] not in logs["access"])
+    mismatched = [
+        row["id"]
+        for row in rows
+        if row["id"] in logs["access"]
+        and row["status"] is not None
+        and logs["access"][row["id"]].get("status") != row["status"]
+    ]
+    api_lines = sum(str(entry.get("path")).startswith("/v1") for entry in logs["access"].values())
+    out.append(
+        f"\nAccess lines: the routers logged {api_lines} for /v1; client requests without one: "
+        f"{sum(missing.values())} {dict(missing) if missing else ''}; with another status than the client saw: "
+        f"{len(mismatched)} {mismatched[:5] if mismatched else ''}"
+    )
+    out.append(f"\nTracebacks in the router logs: {len(logs['tracebacks'])}")
+    for text in logs["tracebacks"][:5]:
+        out.append("```\n" + text[:1500] + "\n```")
+    out.append(f"\nRouter log lines by level: {json.dumps(logs['levels'], sort_keys=True)}")
+    if logs["problems"]:
+        out.append("\nRouter warnings and errors, by kind:\n")
+        out.append(_table(["line", "count"], [[k.replace("|", "/"), v] for k, v in logs["problems"].most_common(25)]))
+    if logs["nginx_errors"]:
+        out.append("\nnginx error log, by kind:\n")
+        kinds = logs["nginx_errors"].most_common(15)
+        out.append(_table(["line", "count"], [[k.replace("|", "/"), v] for k, v in kinds]))
+    out.append("\nOperator events:\n")
+    out.append(
+        _table(
+            ["at", "event", "what was done"],
+            [[f"{e['start'] - start:.0f} s", e["kind"], e["detail"]] for e in timeline.events],
+        )
+    )
+    if leftovers:
+        out.append(f"\n**Processes left behind: {leftovers}**")
+
+    done = totals["avoidable"] == 0 and not grown and not logs["tracebacks"] and idle["ok"] and not leftovers
+    verdict = (
+        f"**{'DONE' if done else 'NOT DONE'}**: {len(rows)} requests, {totals['avoidable']} avoidable errors, "
+        f"{totals['unavoidable']} unavoidable, {len(grown)} workers growing, {len(logs['tracebacks'])} tracebacks, "
+        f"in-flight {'back to 0' if idle['ok'] else 'NOT back to 0'}."
+    )
+    text = f"Command: `{command}`\n\n{verdict}\n\n" + "\n".join(out) + "\n"
+    summary = {
+        "done": done,
+        "totals": dict(totals),
+        "requests": len(rows),
+        "growth": growth,
+        "idle": idle,
+        "tracebacks": logs["tracebacks"],
+        "avoidable": avoidable,
+        "events": timeline.events,
+    }
+    return text, summary
