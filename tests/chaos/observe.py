@@ -44,6 +44,11 @@ class Sample:
     # instance -> metric name -> value (None when /metrics did not answer)
     metrics: dict[str, dict[str, float] | None] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Sample:
+        workers = {name: {int(pid): w for pid, w in ws.items()} for name, ws in saved["workers"].items()}
+        return cls(at=saved["at"], workers=workers, metrics=saved["metrics"])
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "at": self.at,

@@ -194,6 +194,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
 def _worker_cell(figures: dict[str, int] | None, new: bool) -> str:
     if figures is None:
         return "-"
@@ -231,10 +235,10 @@ def report(
 
     # Per period: events, outcomes, resources.
     periods = max(round(duration / period), 1)
-    unit = "min" if period == 60 else f"{period:g} s"
+    unit = "minute" if period == 60 else f"{period:g} s"
     events_in: dict[int, list[str]] = defaultdict(list)
     for event in timeline.events:
-        events_in[int((event["start"] - start) // period)].append(event["kind"])
+        events_in[int((event["start"] - start + 1) // period)].append(event["kind"])
     counts: dict[int, Counter[str]] = defaultdict(Counter)
     for row, cls in zip(rows, classes, strict=True):
         counts[min(int((row["t0"] - start) // period), periods - 1)][cls] += 1
@@ -245,26 +249,29 @@ def report(
     header.append("streams in flight")
     resource_rows = []
     seen: set[int] = set()
-    for p in range(periods + 1):
-        at = start + p * period
+    marks: list[tuple[str, Sample | None, int | None]] = [("before", before, None)]
+    for p in range(periods):
+        at = start + (p + 1) * period
         sample = min(samples, key=lambda s: abs(s.at - at)) if samples else None
-        if p == periods:
-            sample = after
-        label = "after" if p == periods else f"{int(p * period // 60)}:{int(p * period % 60):02d}"
-        c = counts.get(p, Counter())
+        marks.append((f"{_clock(p * period)}-{_clock((p + 1) * period)}", sample, p))
+    marks.append(("after", after, None))
+    for label, sample, p in marks:
+        c = counts.get(p, Counter()) if p is not None else None
         cells: list[Any] = [
             label,
-            ", ".join(events_in.get(p, [])) or ("load stopped" if p == periods else ""),
-            sum(c.values()) if p < periods else "",
-            c["unavoidable"] if p < periods else "",
-            c["avoidable"] if p < periods else "",
+            ", ".join(events_in.get(p, []))
+            if p is not None
+            else ("load stopped, settled" if label == "after" else "idle"),
+            sum(c.values()) if c is not None else "",
+            c["unavoidable"] if c is not None else "",
+            c["avoidable"] if c is not None else "",
         ]
         for name in instances:
             workers = sorted((sample.workers.get(name) or {}).items()) if sample else []
             for slot in range(2):
                 if slot < len(workers):
                     pid, figures = workers[slot]
-                    cells.append(_worker_cell(figures, pid not in seen and p > 0))
+                    cells.append(_worker_cell(figures, pid not in seen and label != "before"))
                     seen.add(pid)
                 else:
                     cells.append("-")
@@ -274,8 +281,9 @@ def report(
         cells.append(" + ".join("-" if v is None else f"{v:.0f}" for v in streams))
         resource_rows.append(cells)
     out.append(
-        f"\nPer {unit} (requests by when they started; resources sampled at the mark; per worker: RSS · open "
-        "descriptors · TCP connections from nginx / to vendors; * = a new worker since the previous mark):\n"
+        f"\nPer {unit} (requests by when they started; resources sampled at the end of the period; per worker: RSS · "
+        "open descriptors · TCP connections from nginx (= greenlets serving requests) / to vendors; * = a worker "
+        "not seen at the previous sample row):\n"
     )
     out.append(_table(header, resource_rows))
 

@@ -15,7 +15,7 @@ import requests
 from tests.chaos import report as reporting
 from tests.chaos.cluster import CLIENT_KEYS, Cluster
 from tests.chaos.faults import FLAP_CYCLE, STEADY_BEHAVIOUR, Events, Flapper, Timeline
-from tests.chaos.observe import Sampler, sample_cluster
+from tests.chaos.observe import Sample, Sampler, sample_cluster
 from tests.support.processes import ROOT, wait_until
 
 RESULTS = ROOT / "tests" / "chaos" / "results"
@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warmup", type=float, default=None, help="seconds after which nothing may grow (120; 40%% of shorter runs)"
     )
     parser.add_argument("--out", type=Path, default=None, help="result directory (tests/chaos/results/<time>)")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="only print the report of the run saved in this directory"
+    )
     args = parser.parse_args(argv)
     if not 0.5 <= args.minutes <= 60:
         parser.error("--minutes must be between 0.5 and 60")
@@ -87,6 +90,8 @@ def alive(pid: int) -> bool:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        return write_report(args.report)
     duration = args.minutes * 60
     warmup = args.warmup if args.warmup is not None else min(120.0, duration * 0.4)
     out = args.out or RESULTS / time.strftime("%Y%m%d-%H%M%S")
@@ -165,14 +170,46 @@ def run(argv: list[str] | None = None) -> int:
         cluster.stop()
     time.sleep(1)
     leftovers = sorted(pid for pid in {*seen_pids, *cluster_pids} if alive(pid))
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
-    logs = reporting.read_logs({i.name: i.log_path for i in cluster.instances}, out / "cluster" / "nginx")
-    text, summary = reporting.report(
-        rows, timeline, samples, before, after, logs, start, duration, args.event_every, warmup, command, leftovers
-    )
-    (out / "report.md").write_text(text)
+    facts = {
+        "start": start,
+        "duration": duration,
+        "period": args.event_every,
+        "warmup": warmup,
+        "command": command,
+        "leftovers": leftovers,
+    }
+    (out / "run.json").write_text(json.dumps(facts, indent=1))
     (out / "timeline.json").write_text(json.dumps({"phases": timeline.phases, "events": timeline.events}, indent=1))
     (out / "samples.json").write_text(json.dumps([s.as_dict() for s in [before, *samples, after]]))
+    return write_report(out)
+
+
+def write_report(out: Path) -> int:
+    """Read a run's files in ``out``, write report.md and summary.json, print the report; 0 if DONE."""
+    facts = json.loads((out / "run.json").read_text())
+    saved = json.loads((out / "timeline.json").read_text())
+    timeline = Timeline(phases=[tuple(p) for p in saved["phases"]], events=saved["events"])
+    samples = [Sample.from_dict(s) for s in json.loads((out / "samples.json").read_text())]
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
+    routers = sorted((out / "cluster").glob("router-*/router.log"))
+    logs = reporting.read_logs(
+        {path.parent.name.removeprefix("router-"): path for path in routers}, out / "cluster" / "nginx"
+    )
+    text, summary = reporting.report(
+        rows,
+        timeline,
+        samples[1:-1],
+        samples[0],
+        samples[-1],
+        logs,
+        facts["start"],
+        facts["duration"],
+        facts["period"],
+        facts["warmup"],
+        facts["command"],
+        facts["leftovers"],
+    )
+    (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(text, flush=True)
     say(f"report in {out / 'report.md'}")
