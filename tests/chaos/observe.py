@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,20 +41,32 @@ _ESTABLISHED = "01"
 class Sample:
     at: float  # time.time()
     # instance -> worker pid -> figures
-    workers: dict[str, dict[int, dict[str, int]]] = field(default_factory=dict)
+    workers: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     # instance -> metric name -> value (None when /metrics did not answer)
     metrics: dict[str, dict[str, float] | None] = field(default_factory=dict)
+    # The machine's 1-minute load average (other work on the machine shows here).
+    load: float = 0.0
+    # How late the sampler woke for this sample (s): a machine that stalls every process shows here.
+    lag: float = 0.0
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> Sample:
         workers = {name: {int(pid): w for pid, w in ws.items()} for name, ws in saved["workers"].items()}
-        return cls(at=saved["at"], workers=workers, metrics=saved["metrics"])
+        return cls(
+            at=saved["at"],
+            workers=workers,
+            metrics=saved["metrics"],
+            load=saved.get("load", 0.0),
+            lag=saved.get("lag", 0.0),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "at": self.at,
             "workers": {name: {str(pid): w for pid, w in ws.items()} for name, ws in self.workers.items()},
             "metrics": self.metrics,
+            "load": self.load,
+            "lag": self.lag,
         }
 
 
@@ -99,22 +112,66 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def _worker(pid: int, tcp: dict[int, tuple[int, int, str]], port: int, vendor: int, redis: int) -> dict[str, int]:
+_STATES = {"01": "established", "06": "time_wait", "08": "close_wait", "0A": "listen", "07": "close", "09": "last_ack"}
+_METRICS_FILE = re.compile(r".*/([a-z_]+)_(\d+)\.db")
+
+
+def _target_kind(
+    target: str, pid: int, master: int, tcp: dict[int, tuple[int, int, str]], ports: dict[int, str]
+) -> str:
+    """What a descriptor is, in words that do not change from run to run (for the idle check)."""
+    match = _SOCKET.fullmatch(target)
+    if match:
+        entry = tcp.get(int(match.group(1)))
+        if entry is None:
+            return "socket (not TCP)"
+        local, remote, state = entry
+        peer = "listener" if state == "0A" else "client" if local in ports else ports.get(remote, "other")
+        return f"tcp {peer} {_STATES.get(state, state)}"
+    match = _METRICS_FILE.fullmatch(target)
+    if match:
+        owner = {pid: "own", master: "master's"}.get(int(match.group(2)), "another process's")
+        return f"metrics file {match.group(1)} ({owner})"
+    if target.startswith(("pipe:", "anon_inode:")):
+        return target.split("[", 1)[0].rstrip(":") + (target if target.startswith("anon_inode:") else "")
+    if "wgunicorn-" in target:
+        return "gunicorn heartbeat file"
+    return "log file" if target.endswith(".log") else target
+
+
+def _worker(
+    pid: int, tcp: dict[int, tuple[int, int, str]], port: int, vendor: int, redis: int, master: int, detail: bool
+) -> dict[str, Any]:
     fds = os.listdir(f"/proc/{pid}/fd")
-    figures = {"rss_kb": _rss_kb(pid), "fds": len(fds), "clients": 0, "vendors": 0, "redis": 0, "other_tcp": 0}
+    figures: dict[str, Any] = {
+        "rss_kb": _rss_kb(pid),
+        "fds": len(fds),
+        "clients": 0,
+        "vendors": 0,
+        "redis": 0,
+        "other_tcp": 0,
+        "other_sockets": 0,  # listening, closing (close_wait...), not TCP
+    }
+    kinds: Counter[str] = Counter()
     for fd in fds:
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
+        if detail:
+            kinds[_target_kind(target, pid, master, tcp, {port: "client", vendor: "vendor", redis: "redis"})] += 1
         match = _SOCKET.fullmatch(target)
-        entry = tcp.get(int(match.group(1))) if match else None
+        if not match:
+            continue
+        entry = tcp.get(int(match.group(1)))
         if entry is None or entry[2] != _ESTABLISHED:
+            figures["other_sockets"] += 1
             continue
         local, remote, _ = entry
-        kinds = {vendor: "vendors", redis: "redis"}
-        key = "clients" if local == port else kinds.get(remote, "other_tcp")
+        key = "clients" if local == port else {vendor: "vendors", redis: "redis"}.get(remote, "other_tcp")
         figures[key] += 1
+    if detail:
+        figures["kinds"] = dict(sorted(kinds.items()))
     return figures
 
 
@@ -131,17 +188,19 @@ def _metrics(base: str) -> dict[str, float] | None:
     return wanted
 
 
-def sample_cluster(cluster: Cluster) -> Sample:
-    sample = Sample(at=time.time())
+def sample_cluster(cluster: Cluster, detail: bool = False) -> Sample:
+    """Every worker of every instance now; ``detail``: also what each descriptor is (``kinds``)."""
+    with open("/proc/loadavg") as f:
+        sample = Sample(at=time.time(), load=float(f.read().split()[0]))
     tcp = _tcp_table()
     vendor_port = cluster.fake.port if cluster.fake else -1
     redis_port = cluster.redis.port if cluster.redis else -1
     for instance in cluster.instances:
-        workers: dict[int, dict[str, int]] = {}
+        workers: dict[int, dict[str, Any]] = {}
         master = instance.master_pid
         for pid in worker_pids(master) if master else []:
             try:
-                workers[pid] = _worker(pid, tcp, instance.port, vendor_port, redis_port)
+                workers[pid] = _worker(pid, tcp, instance.port, vendor_port, redis_port, master, detail)
             except OSError:
                 continue  # exited while we looked
         sample.workers[instance.name] = workers
@@ -162,9 +221,14 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         try:
+            due = time.monotonic()
             for _ in range(100_000):
-                self.samples.append(sample_cluster(self.cluster))
-                if self.stopping.wait(self.every):
+                lag = max(time.monotonic() - due, 0.0)
+                sample = sample_cluster(self.cluster)
+                sample.lag = lag
+                self.samples.append(sample)
+                due += self.every
+                if self.stopping.wait(max(due - time.monotonic(), 0.0)):
                     return
         except BaseException as exc:
             self.error = exc

@@ -15,6 +15,7 @@ Classification of one client request (``classify``):
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -31,6 +32,8 @@ CLASSES = ("ok", "left", "limited", "unavoidable", "avoidable")
 # A worker's RSS "grows" when its fitted trend over its life after the warm-up rises by more than this.
 RSS_GROWTH_MB = 4.0
 RSS_GROWTH_SHARE = 0.05
+# A worker's own warm-up: a new worker's first minute is not judged.
+WORKER_WARMUP = 60.0
 
 
 def classify(row: dict[str, Any], timeline: Timeline) -> str:
@@ -45,7 +48,7 @@ def classify(row: dict[str, Any], timeline: Timeline) -> str:
         and 200 <= status < 300
         and outcome in ("stream_error", "stream_cut")
         and row["vendor"] == FLAKY
-        and timeline.modes_between(row["t_head"] or row["t0"], row["t_end"]) & BREAKS_STREAMS
+        and timeline.modes_between(row["t0"], row["t_end"]) & BREAKS_STREAMS
     ):
         return "unavoidable"
     return "avoidable"
@@ -132,14 +135,17 @@ def _fit_rise(points: list[tuple[float, float]]) -> float:
 
 
 def worker_growth(samples: list[Sample], after: float, min_span: float) -> list[dict[str, Any]]:
-    """Each worker sampled for at least ``min_span`` s after ``after``: its RSS trend."""
+    """Each worker sampled for at least ``min_span`` s after ``after`` and after its own first
+    WORKER_WARMUP seconds (a worker forked by a reload or restart loads the app, then warms up
+    under load, as the first workers did before ``after``): its RSS trend."""
+    first_seen: dict[int, float] = {}
     series: dict[tuple[str, int], list[tuple[float, dict[str, int]]]] = defaultdict(list)
     for sample in samples:
-        if sample.at < after:
-            continue
         for name, workers in sample.workers.items():
             for pid, figures in workers.items():
-                series[(name, pid)].append((sample.at, figures))
+                first_seen.setdefault(pid, sample.at)
+                if sample.at >= max(after, first_seen[pid] + WORKER_WARMUP):
+                    series[(name, pid)].append((sample.at, figures))
     rows = []
     for (name, pid), points in sorted(series.items()):
         span = points[-1][0] - points[0][0]
@@ -164,25 +170,43 @@ def worker_growth(samples: list[Sample], after: float, min_span: float) -> list[
     return rows
 
 
-def _non_socket_fds(figures: dict[str, int]) -> int:
-    return figures["fds"] - figures["clients"] - figures["vendors"] - figures["redis"] - figures["other_tcp"]
+def _idle_problems(kinds: dict[str, int], baseline: dict[str, int]) -> list[str]:
+    """Descriptors an idle worker should not hold: more of a kind than an idle worker had before the load.
+
+    Not counted: the pools' established connections to vendors and Redis (reported beside), and
+    metrics files as long as there are at most two per kind (a worker's own, and its master's
+    reload counter, which workers forked after a SIGHUP inherit).
+    """
+    problems = []
+    for kind, count in sorted(kinds.items()):
+        if kind in ("tcp vendor established", "tcp redis established"):
+            continue
+        if kind.startswith("metrics file") and count <= 2:
+            continue
+        if count > baseline.get(kind, 0):
+            problems.append(f"{kind} x{count} (idle before: {baseline.get(kind, 0)})")
+    return problems
 
 
 def idle_check(before: Sample, after: Sample) -> dict[str, Any]:
-    """After the load: streams in flight 0, no client connection held, descriptors back to an idle worker's."""
-    base = [_non_socket_fds(f) for ws in before.workers.values() for f in ws.values()]
-    baseline = max(base) if base else 0
+    """After the load: streams in flight 0, no client connection held, no descriptor an idle worker lacks."""
+    baseline: dict[str, int] = {}
+    for workers in before.workers.values():
+        for figures in workers.values():
+            for kind, count in (figures.get("kinds") or {}).items():
+                baseline[kind] = max(baseline.get(kind, 0), count)
     workers = []
     for name, ws in after.workers.items():
         for pid, figures in ws.items():
-            workers.append({"instance": name, "pid": pid, **figures, "non_socket_fds": _non_socket_fds(figures)})
+            problems = _idle_problems(figures.get("kinds") or {}, baseline)
+            workers.append({"instance": name, "pid": pid, **figures, "problems": problems})
     streams = {name: (m or {}).get("router_streams_in_flight") for name, m in after.metrics.items()}
     ok = (
         all(value == 0 for value in streams.values())
-        and all(w["clients"] == 0 for w in workers)
-        and all(w["non_socket_fds"] <= baseline + 2 for w in workers)
+        and all(w["clients"] == 0 and not w["problems"] for w in workers)
+        and len(workers) == sum(len(ws) for ws in before.workers.values())
     )
-    return {"streams_in_flight": streams, "workers": workers, "baseline_non_socket_fds": baseline, "ok": ok}
+    return {"streams_in_flight": streams, "workers": workers, "baseline": baseline, "ok": ok}
 
 
 # ---- the report
@@ -203,7 +227,8 @@ def _worker_cell(figures: dict[str, int] | None, new: bool) -> str:
         return "-"
     mark = "*" if new else ""
     rss = figures["rss_kb"] / 1024
-    return f"{rss:.0f} MB · {figures['fds']} fd · {figures['clients']}/{figures['vendors']} conn{mark}"
+    conns = f"{figures['clients']}/{figures['vendors']}/{figures['redis']}"
+    return f"{rss:.0f} MB · {figures['fds']} fd · {conns} conn{mark}"
 
 
 def report(
@@ -246,7 +271,7 @@ def report(
     header = ["t", "event", "requests", "unavoidable", "avoidable"]
     for name in instances:
         header += [f"{name} worker 1", f"{name} worker 2"]
-    header.append("streams in flight")
+    header += ["streams in flight", "load avg"]
     resource_rows = []
     seen: set[int] = set()
     marks: list[tuple[str, Sample | None, int | None]] = [("before", before, None)]
@@ -279,21 +304,32 @@ def report(
             (sample.metrics.get(name) or {}).get("router_streams_in_flight") if sample else None for name in instances
         ]
         cells.append(" + ".join("-" if v is None else f"{v:.0f}" for v in streams))
+        cells.append(f"{sample.load:.1f}" if sample else "-")
         resource_rows.append(cells)
     out.append(
         f"\nPer {unit} (requests by when they started; resources sampled at the end of the period; per worker: RSS · "
-        "open descriptors · TCP connections from nginx (= greenlets serving requests) / to vendors; * = a worker "
-        "not seen at the previous sample row):\n"
+        "open descriptors · TCP connections from nginx (= greenlets serving requests) / to vendors / to Redis; "
+        "* = a worker not seen at the previous sample row):\n"
     )
     out.append(_table(header, resource_rows))
+
+    lags = sorted(s.lag for s in samples)
+    if lags:
+        out.append(
+            f"\nMachine: load average {min(s.load for s in samples):.1f}-{max(s.load for s in samples):.1f} on "
+            f"{os.cpu_count()} CPUs; the sampler woke up to {lags[-1]:.1f} s late "
+            f"(median {lags[len(lags) // 2]:.2f} s): "
+            "a late wake-up is a stall of the whole machine, which every process of the run also had."
+        )
 
     # Growth and idle.
     growth = worker_growth(samples, start + warmup, min_span=min(120.0, duration / 4))
     idle = idle_check(before, after)
     grown = [g for g in growth if g["grows"]]
     out.append(
-        f"\nGrowth after the first {warmup:.0f} s (RSS trend over each worker's life, least squares; "
-        f"grows = more than {RSS_GROWTH_MB:g} MB and {RSS_GROWTH_SHARE:.0%}):\n"
+        f"\nGrowth after the first {warmup:.0f} s and each worker's own first {WORKER_WARMUP:.0f} s (RSS trend "
+        f"over the worker's life, least squares; grows = more than {RSS_GROWTH_MB:g} MB and "
+        f"{RSS_GROWTH_SHARE:.0%}):\n"
     )
     out.append(
         _table(
@@ -313,19 +349,21 @@ def report(
         if growth
         else "(no worker lived long enough after the warm-up to judge)"
     )
+    streams = ", ".join(f"{name} {value:g}" for name, value in idle["streams_in_flight"].items() if value is not None)
     out.append(
-        f"\nAfter the load: streams in flight {idle['streams_in_flight']}; per worker client connections "
-        f"{[w['clients'] for w in idle['workers']]}, descriptors other than sockets "
-        f"{[w['non_socket_fds'] for w in idle['workers']]} (an idle worker before the load: "
-        f"{idle['baseline_non_socket_fds']}), vendor connections kept in the pool "
-        f"{[w['vendors'] for w in idle['workers']]}: {'back to idle' if idle['ok'] else '**NOT back to idle**'}."
+        f"\nAfter the load ({'back to idle' if idle['ok'] else '**NOT back to idle**'}): streams in flight "
+        f"{streams}; per worker: client connections (greenlets) {[w['clients'] for w in idle['workers']]}, "
+        f"descriptors {[w['fds'] for w in idle['workers']]}, of which pooled connections to vendors "
+        f"{[w['vendors'] for w in idle['workers']]} and to Redis {[w['redis'] for w in idle['workers']]}; "
+        "descriptors an idle worker did not have before the load: "
+        f"{[w['problems'] for w in idle['workers']] if any(w['problems'] for w in idle['workers']) else 'none'}."
     )
 
     # Unavoidable by mode; avoidable in full.
     unavoidable = Counter()
     for row, cls in zip(rows, classes, strict=True):
         if cls == "unavoidable":
-            modes = timeline.modes_between(row["t_head"] or row["t0"], row["t_end"]) & BREAKS_STREAMS
+            modes = timeline.modes_between(row["t0"], row["t_end"]) & BREAKS_STREAMS
             unavoidable[f"{row['outcome']} while {FLAKY} was {'/'.join(sorted(modes))}"] += 1
     if unavoidable:
         out.append("\nUnavoidable errors (streams committed to the flapping vendor, which then broke them):\n")

@@ -108,7 +108,7 @@ def run(argv: list[str] | None = None) -> int:
     seen_pids: set[int] = set()
     try:
         smoke(cluster.nginx.base)
-        before = sample_cluster(cluster)
+        before = sample_cluster(cluster, detail=True)
         say(
             f"cluster up: nginx {cluster.nginx.base}, instances {[i.port for i in cluster.instances]}, "
             f"vendors {cluster.fake.base}, redis {cluster.redis.port}"
@@ -150,7 +150,7 @@ def run(argv: list[str] | None = None) -> int:
         say("load stopped; waiting for streams and connections to settle")
         settle(cluster)
         time.sleep(2)
-        after = sample_cluster(cluster)
+        after = sample_cluster(cluster, detail=True)
         sampler.stopping.set()
         sampler.join(30)
         for thread in threads:
