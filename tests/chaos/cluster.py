@@ -55,9 +55,10 @@ ROUTER_ENV = {
     # High enough that no client is limited: the limiter still counts every call in Redis.
     "RATE_LIMIT": "100000/minute",
     "TRUSTED_PROXIES": "1",
-    # A stalled vendor is given up after 2 s of silence (the vendors here answer in milliseconds and
-    # stream an event every 50 ms, or a comment every 300 ms while pausing).
-    "UPSTREAM_READ_TIMEOUT": "2",
+    # A stalled vendor is given up after 5 s of silence (the vendors here answer in milliseconds and
+    # stream an event every 50 ms, or a comment every 300 ms while pausing; 5 s, not less, so that a
+    # busy shared machine stalling a process for a second or two is not taken for a vendor stall).
+    "UPSTREAM_READ_TIMEOUT": "5",
     # Short cooldowns, so the flapping vendor is tried again within each of its healthy phases.
     "COOLDOWN_SECONDS": "5",
     # A drain waits for running streams; the longest here (a slow reader) takes a few seconds.

@@ -43,9 +43,9 @@ MODES: dict[str, dict[str, Any]] = {
     "stall_mid": {"stall_after": 2, "stall": 30},
     # Streams are cut after 2 content events; whole answers after half their body.
     "drop": {"drop_after": 2},
-    # Streams pause 2.5 s after the role chunk with only SSE comments (every 0.3 s): longer than the
+    # Streams pause 6 s after the role chunk with only SSE comments (every 0.3 s): longer than the
     # router's read timeout, but the vendor is not silent, and the stream completes.
-    "comments": {"content_delay": 2.5, "comment_every": 0.3},
+    "comments": {"content_delay": 6, "comment_every": 0.3},
     # HTTP 200 whose body is an error object, to whole and stream requests alike.
     "error200": {"error_in_200": {"message": "The model is overloaded.", "type": "server_error", "code": 503}},
     # Streams end with an error event after 2 content events.
