@@ -170,16 +170,27 @@ def worker_growth(samples: list[Sample], after: float, min_span: float) -> list[
     return rows
 
 
+def _dead_sockets(kinds: dict[str, int]) -> int:
+    """Sockets whose connection is over but whose descriptor is still held: closed by the peer
+    (close_wait) or gone from the kernel's TCP table (closed). A connection pool holds such a one
+    until it hands it out again and finds it dead (after a Redis restart: Redis's pooled ones)."""
+    return sum(
+        count
+        for kind, count in kinds.items()
+        if kind == "socket (not TCP)" or (kind.startswith("tcp ") and kind.endswith((" close_wait", " close")))
+    )
+
+
 def _idle_problems(kinds: dict[str, int], baseline: dict[str, int]) -> list[str]:
     """Descriptors an idle worker should not hold: more of a kind than an idle worker had before the load.
 
-    Not counted: the pools' established connections to vendors and Redis (reported beside), and
-    metrics files as long as there are at most two per kind (a worker's own, and its master's
-    reload counter, which workers forked after a SIGHUP inherit).
+    Not counted: the pools' established connections to vendors and Redis, and their dead sockets
+    (both reported beside), and metrics files as long as there are at most two per kind (a
+    worker's own, and its master's reload counter, which workers forked after a SIGHUP inherit).
     """
     problems = []
     for kind, count in sorted(kinds.items()):
-        if kind in ("tcp vendor established", "tcp redis established"):
+        if kind in ("tcp vendor established", "tcp redis established") or _dead_sockets({kind: count}):
             continue
         if kind.startswith("metrics file") and count <= 2:
             continue
@@ -198,8 +209,11 @@ def idle_check(before: Sample, after: Sample) -> dict[str, Any]:
     workers = []
     for name, ws in after.workers.items():
         for pid, figures in ws.items():
-            problems = _idle_problems(figures.get("kinds") or {}, baseline)
-            workers.append({"instance": name, "pid": pid, **figures, "problems": problems})
+            kinds = figures.get("kinds") or {}
+            problems = _idle_problems(kinds, baseline)
+            workers.append(
+                {"instance": name, "pid": pid, **figures, "problems": problems, "dead": _dead_sockets(kinds)}
+            )
     streams = {name: (m or {}).get("router_streams_in_flight") for name, m in after.metrics.items()}
     ok = (
         all(value == 0 for value in streams.values())
@@ -354,7 +368,9 @@ def report(
         f"\nAfter the load ({'back to idle' if idle['ok'] else '**NOT back to idle**'}): streams in flight "
         f"{streams}; per worker: client connections (greenlets) {[w['clients'] for w in idle['workers']]}, "
         f"descriptors {[w['fds'] for w in idle['workers']]}, of which pooled connections to vendors "
-        f"{[w['vendors'] for w in idle['workers']]} and to Redis {[w['redis'] for w in idle['workers']]}; "
+        f"{[w['vendors'] for w in idle['workers']]} and to Redis {[w['redis'] for w in idle['workers']]}, dead "
+        f"sockets still held by a pool {[w['dead'] for w in idle['workers']]} (closed by the peer, e.g. Redis "
+        "restarted; released when the pool hands them out again); "
         "descriptors an idle worker did not have before the load: "
         f"{[w['problems'] for w in idle['workers']] if any(w['problems'] for w in idle['workers']) else 'none'}."
     )
