@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format demo bench bench-peers bench-failover bench-cache soak check-config clean
+.PHONY: run test lint format demo bench bench-peers bench-failover bench-cache soak chaos check-config clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench-cache: $(VENV)/.dev
 ## soak: the benchmark's 10-minute memory soak
 soak: $(VENV)/.dev
 	$(BIN)/python -m tests.bench --soak 600
+
+## chaos: 10 minutes of mixed clients through nginx to 2 routers while a vendor flaps, Redis and
+## instances restart, configs reload and a key is revoked; not part of `make test` (README "Chaos run")
+chaos: $(VENV)/.dev
+	$(BIN)/python -m tests.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

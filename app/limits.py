@@ -254,9 +254,31 @@ class _StorageLog(logging.Filter):
         elif text.startswith("Rate limit storage recovered"):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg, record.args = "rate-limit storage %s answers again: limits are shared again", (self._where,)
+        elif text.endswith("Swallowing error") and record.exc_info and _storage_outage(record.exc_info[1]):
+            # A check that was already waiting on the storage when it failed: flask-limiter moved
+            # to its in-memory fallback for the next calls (the line above) and lets this one
+            # through unchecked. That is the outage already reported, not a bug: one line, no
+            # traceback. Any other error keeps its traceback.
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = (
+                "rate-limit storage %s failed during this request's check: served without a rate-limit check (%s)"
+            )
+            record.args = (self._where, type(record.exc_info[1]).__name__)
+            record.exc_info, record.exc_text = None, None
+            return record.levelno >= logging.getLogger().getEffectiveLevel()
         else:
             return record.levelno >= logging.getLogger().getEffectiveLevel()
         return True
+
+
+def _storage_outage(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the storage could not be reached or did not answer in time."""
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # only memory:// storage without the Redis client
+        return isinstance(exc, OSError)
+    return isinstance(exc, OSError | RedisConnectionError | RedisTimeoutError)
 
 
 def _storage_options(storage: str) -> dict[str, object]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,30 @@ def test_redis_down_mid_run_calls_still_succeed_and_an_error_is_logged(start_rou
     assert len(unreachable) == 1, logs[-3000:]  # one loud line, not one per request
     assert " ERROR " in unreachable[0]
     assert "Traceback" not in logs
+
+
+def test_redis_hanging_under_concurrent_calls_logs_no_traceback(start_router, fake, redis_server):
+    """Calls already waiting on Redis when it fails are served unlimited, with no traceback.
+
+    flask-limiter switches to its in-memory fallback on the first failed check; the checks that
+    were waiting on Redis at the same moment fail after it and are swallowed, each with an
+    ERROR line and a full traceback (flask_limiter/_extension.py, _check_request_limit): on a
+    busy router every Redis outage logged a burst of them. A hung Redis (SIGSTOP) makes the race
+    certain: every concurrent check waits out the socket timeout.
+    """
+    router = start_router(RATE_LIMIT="1000/minute", RATE_LIMIT_STORAGE=redis_server.url, ROUTER_API_KEYS=KEY)
+    assert chat(router).status_code == 200
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda _: chat(router).status_code, range(12)))
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    assert statuses == [200] * 12
+
+    logs = router.logs()
+    assert "Traceback" not in logs, logs[-3000:]
+    unreachable = [line for line in logs.splitlines() if "rate-limit storage" in line and "unreachable" in line]
+    assert len(unreachable) == 1, logs[-3000:]
+    unchecked = [line for line in logs.splitlines() if "served without a rate-limit check" in line]
+    assert unchecked and all(" WARNING " in line for line in unchecked), logs[-3000:]

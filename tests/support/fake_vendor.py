@@ -85,9 +85,6 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
 ``error_in_200`` (object | null): answer 200, ``application/json``, body
     ``{"error": <this object>}`` -- for a stream request too (a JSON body, not a stream).
 ``no_choices`` (bool, false): a whole answer's chat.completion has no ``choices`` key.
-``revoked_keys`` (list of str | null): requests whose ``Authorization: Bearer`` key is one of
-    these are answered 401 with an "Incorrect API key provided" error, as a vendor answers a
-    revoked key; other keys are answered as the rest of the behaviour says.
 ``null_error`` (bool, false): a whole answer and every stream chunk also carry ``"error": null``,
     as several OpenAI-compatible servers send beside a good answer.
 ``drop_before_headers`` (bool, false): read the request, then close without answering.
@@ -121,6 +118,11 @@ body's ``"x_fake"`` object, updated by the behaviour stored with PUT (last wins)
     the last chunk; or the error event) ends with ONE line ending, no blank line, and the body
     ends there. ``final_line_ending`` (bool, true): false = that last event has no line ending
     at all (whatever ``final_blank_line`` says).
+``revoked_keys`` (list of str | null): API keys the vendor no longer accepts: a request whose
+    ``Authorization: Bearer <key>`` names one of them is answered 401 (``invalid_api_key``, in
+    ``error_format``) before anything else of the behaviour applies, chat and embeddings alike;
+    requests with any other key are answered as the rest of the behaviour says. A revoked key
+    of a real vendor, one key of several.
 ``reasoning`` (str | null): the model's reasoning, as some OpenAI-compatible vendors send it:
     ``reasoning_content`` beside the content of a whole answer; in a stream, deltas of
     ``reasoning_content`` (cut into ``chunks`` pieces, content events) before the content.
@@ -342,6 +344,8 @@ def validate_behaviour(obj: Any) -> str | None:
             and not (value and all(isinstance(p, str) and p for p in value))
         ):
             return "content_chunks must be a list of non-empty strings"
+        if key == "revoked_keys" and value is not None and not all(isinstance(k, str) and k for k in value):
+            return "revoked_keys must be a list of non-empty strings"
     return None
 
 
@@ -605,6 +609,12 @@ def error_body(fmt: str, status: int, message: str) -> tuple[bytes, bytes]:
 
 # Where a 3xx answer points (``/<vendor>/redirected``): a client that follows it is recorded there.
 REDIRECT_TARGET = "redirected"
+
+
+def _bearer(headers: dict[str, str]) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else None
 
 
 def new_record(conn: Connection, req: Request, vendor: str, endpoint: str) -> dict[str, Any]:
@@ -1017,9 +1027,9 @@ class FakeVendor:
         if endpoint == "chat" and b["quirks"] == "gemini" and "prompt_cache_key" in body:
             message = 'Invalid JSON payload received. Unknown name "prompt_cache_key": Cannot find field.'
             return self.send_error(conn, 400, message, ka, "gemini")
-        revoked = b["revoked_keys"]
-        if revoked and req.headers.get("authorization", "").removeprefix("Bearer ") in revoked:
-            b = {**b, "status": 401, "error_message": "Incorrect API key provided."}
+        if b["revoked_keys"] and _bearer(req.headers) in b["revoked_keys"]:
+            fmt = b["error_format"] or ("gemini" if b["quirks"] == "gemini" else "openai")
+            return self.send_error(conn, 401, "Incorrect API key provided: the key was revoked.", ka, fmt)
         if endpoint == "embeddings":
             problem = embeddings_problem(body)
             if problem:

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.processes import ROOT, free_port, terminate, wait_until
@@ -21,14 +22,17 @@ CONFIG = ROOT / "configs" / "nginx" / "router.conf"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 
-def adapt(config: str, upstream_port: int, listen_port: int, directory: Path) -> str:
+def adapt(config: str, upstream_port: int | Sequence[int], listen_port: int, directory: Path) -> str:
     """The production config pointed at ``127.0.0.1:upstream_port``, listening on ``listen_port``.
 
-    Each replaced line must be there exactly once: if the file changes shape, this fails instead of
+    Several upstream ports: one ``server`` line each, as for several router instances. Each
+    replaced line must be there exactly once: if the file changes shape, this fails instead of
     quietly testing something else.
     """
+    ports = [upstream_port] if isinstance(upstream_port, int) else list(upstream_port)
+    servers = "\n".join(rf"\g<1>server 127.0.0.1:{port};" for port in ports)
     replacements = [
-        (r"^(\s*)server router:8082;$", rf"\g<1>server 127.0.0.1:{upstream_port};"),
+        (r"^(\s*)server router:8082;$", servers),
         (r"^(\s*)listen 80;$", rf"\g<1>listen 127.0.0.1:{listen_port};"),
         (r"^(\s*)access_log /var/log/nginx/access\.log", rf"\g<1>access_log {directory}/access.log"),
     ]
@@ -39,9 +43,9 @@ def adapt(config: str, upstream_port: int, listen_port: int, directory: Path) ->
 
 
 class Nginx:
-    """nginx with the router's config in front of ``upstream_port``, on a free loopback port."""
+    """nginx with the router's config in front of ``upstream_port`` (one or several), on a free loopback port."""
 
-    def __init__(self, directory: Path, upstream_port: int) -> None:
+    def __init__(self, directory: Path, upstream_port: int | Sequence[int]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = free_port()

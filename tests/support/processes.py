@@ -151,8 +151,9 @@ def router_config(
 class RouterProcess:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` in a subprocess on a free port, its log in a file."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, workers: int = 1) -> None:
-        self.port = free_port()
+    def __init__(self, env: Mapping[str, str], log_path: Path, workers: int = 1, port: int | None = None) -> None:
+        """``port``: listen there (e.g. where a restarted instance's proxy looks for it), else a free one."""
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {

@@ -1100,9 +1100,35 @@ def test_null_error_adds_error_null_to_whole_answers_and_every_chunk(port: int, 
     assert chunks and all("error" in c and c["error"] is None for c in chunks)
 
 
-def test_revoked_keys_are_answered_401_and_other_keys_as_usual(port: int, http: requests.Session) -> None:
-    url = f"http://127.0.0.1:{port}/openai/chat/completions"
-    body = {"model": "m-1", "messages": MESSAGES, "x_fake": {"revoked_keys": ["sk-old"]}}
-    refused = http.post(url, json=body, headers={"Authorization": "Bearer sk-old"}, timeout=10)
-    assert refused.status_code == 401 and "Incorrect API key" in refused.json()["error"]["message"]
-    assert http.post(url, json=body, headers={"Authorization": "Bearer sk-new"}, timeout=10).status_code == 200
+def test_revoked_keys_answer_401_to_those_keys_only(port: int, http: requests.Session) -> None:
+    base = f"http://127.0.0.1:{port}"
+    http.put(f"{base}/_control/vendors/openai", json={"revoked_keys": ["sk-old"], "content": "still here"})
+
+    def call(key: str | None, path: str = "/openai/v1/chat/completions", **body: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        payload = body or {"model": "m", "messages": MESSAGES}
+        return http.post(base + path, json=payload, headers=headers)
+
+    refused = call("sk-old")
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert call("sk-old", stream=True, model="m", messages=MESSAGES).status_code == 401
+    assert call("sk-old", "/openai/v1/embeddings", model="e", input="hi").status_code == 401
+    # Another key, or none, gets the rest of the behaviour; so does another vendor.
+    assert call("sk-new").json()["choices"][0]["message"]["content"] == "still here"
+    assert call(None).status_code == 200
+    assert call("sk-new", "/openai/v1/embeddings", model="e", input="hi").status_code == 200
+    assert call("sk-old", "/gemini/v1beta/openai/chat/completions").status_code == 200
+    # Gemini quirks answer it in Gemini's error format.
+    http.put(f"{base}/_control/vendors/gemini", json={"revoked_keys": ["sk-old"]})
+    gemini = call("sk-old", "/gemini/v1beta/openai/chat/completions")
+    assert gemini.status_code == 401
+    assert gemini.json()[0]["error"]["code"] == 401
+    assert len(control(http, port, "requests")) == 8  # refused requests are recorded too
+
+
+def test_revoked_keys_must_be_a_list_of_non_empty_strings(port: int, http: requests.Session) -> None:
+    base = f"http://127.0.0.1:{port}/_control/vendors/openai"
+    for bad in ("sk-old", [""], [1], {"k": 1}):
+        assert http.put(base, json={"revoked_keys": bad}).status_code == 400
+    assert http.put(base, json={"revoked_keys": None}).status_code == 200
