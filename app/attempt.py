@@ -110,6 +110,7 @@ class Conversation:
         try:
             response = self._send(combination, body)
             self._check_status(response)
+            self._check_is_a_stream(response)
             normalizer = StreamNormalizer(exchange.requested_model)
             relay = StreamRelay(response, normalizer, exchange.translator(), model_pinned=self._pinned)
             if exchange.budget is not None:
@@ -165,6 +166,21 @@ class Conversation:
         headers = {"Retry-After": str(int(retry_after + 0.999))} if retry_after is not None else {}
         error = VendorError(status, vendor_error(status, document, content[:1000].decode("utf-8", "replace")), headers)
         raise AttemptFailed(Failure.vendor_status(error, model_pinned=self._pinned, retry_after=retry_after))
+
+    def _check_is_a_stream(self, response: VendorResponse) -> None:
+        """Raise AttemptFailed for a JSON body where a stream was asked for: an error object is
+        judged by its own code (a 429 stays a 429, a refused key cools the key), anything else
+        is not an answer the client can read."""
+        if not response.headers.get("Content-Type", "").lower().startswith("application/json"):
+            return
+        content = self._timed(response.read_all)
+        try:
+            document = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            document = None
+        if isinstance(document, dict) and carries_error(document):
+            raise AttemptFailed(Failure.error_in_body(document, model_pinned=self._pinned))
+        raise _bad_answer(response.combination, "answered a stream request with a JSON body, not an event stream")
 
     def _timed(self, action: Callable[[], Any]) -> Any:
         """Run a vendor read or write, timing it as vendor time; transport failures fail the attempt."""

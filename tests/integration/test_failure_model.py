@@ -368,3 +368,13 @@ def _closed_at(fake: FakeVendorProcess, record: dict) -> float | None:
         if current["received_at"] == record["received_at"]:
             return current["client_closed_at"]
     return None
+
+
+def test_a_json_error_answering_a_stream_request_is_judged_by_its_own_code(start_router, fake):
+    fake.behave("openai", error_in_200={"message": "quota gone", "code": 429, "type": "insufficient_quota"})
+    server = start_router(models=ONE_OPENAI)
+    response = requests.post(
+        server.url("/v1/chat/completions"), json={"model": "any-model", "messages": HELLO, "stream": True}, timeout=10
+    )
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["message"] == "quota gone"
