@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.budgets import BudgetLimit, check_prices
+from app.budgets.limits import BudgetLimit, check_prices
 from app.catalog import Catalog, ConfigError, load_catalog
 from app.redact import without_password
 from app.selector import share, share_pools

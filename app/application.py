@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.budgets import BudgetLimit, Budgets, check_prices, open_ledger
+from app.budgets.ledger import open_ledger
+from app.budgets.limits import BudgetLimit, check_prices
+from app.budgets.service import Budgets
 from app.catalog import CAPABILITIES, Catalog, env_name_for_api_key, load_catalog
 from app.chat import CHAT
 from app.cooldowns import open_cooldowns

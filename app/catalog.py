@@ -140,7 +140,7 @@ class Model:
     max_output_tokens: int | None = None
     # Whether the model takes ``reasoning_effort``: translations that derive one send it only then.
     reasoning: bool = False
-    # What its tokens cost; needed by usd budgets (app/budgets.py). None: no price given.
+    # What its tokens cost; needed by usd budgets (app/budgets/). None: no price given.
     price: Price | None = None
 
 

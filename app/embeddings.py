@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from app.budgets import text_tokens
+from app.budgets.tokens import text_tokens
 from app.catalog import Vendor
 from app.embeddings_schema import validate_embeddings_request
 from app.endpoint import ClientRequest, Exchange, UnusableAnswer

@@ -30,7 +30,7 @@ from app.messages.count import estimate_input_tokens
 from app.settings import ANONYMOUS_CLIENT
 
 if TYPE_CHECKING:
-    from app.budgets import Budgets, Reservation
+    from app.budgets.service import Budgets, Reservation
     from app.forward import Forwarder, WholeAnswer
     from app.relay import StreamAnswer, StreamTranslator
     from app.selector import Selector
@@ -96,7 +96,7 @@ class Exchange:
     # At most this many output tokens (a budget with less left than the request's allowance);
     # every vendor body honours it. None: the request's own max tokens, if any.
     output_limit: int | None = field(default=None, kw_only=True)
-    # The request's hold on its client's budget (app.budgets.Reservation), if it has one: each
+    # The request's hold on its client's budget (app.budgets.service.Reservation), if it has one: each
     # streamed attempt meters its output against it.
     budget: Reservation | None = field(default=None, kw_only=True)
 

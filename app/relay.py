@@ -31,7 +31,7 @@ from app.sse import DONE, KEEPALIVE, Event, EventSplitter, FramingError, data_ev
 from app.upstream import VendorResponse
 
 if TYPE_CHECKING:
-    from app.budgets import StreamMeter
+    from app.budgets.service import StreamMeter
 
 __all__ = ["ChatEvents", "Pump", "StreamAnswer", "StreamFailure", "StreamRelay", "StreamTranslator"]
 
@@ -130,7 +130,7 @@ class StreamRelay:
         self.finished = False
         self._drain_after_done = False
         self.events = 0  # chunks that carried part of the answer
-        # Counts the output read against the request's budget (app.budgets.StreamMeter); None
+        # Counts the output read against the request's budget (app.budgets.service.StreamMeter); None
         # without a budget, so an unbudgeted stream pays one attribute test per event.
         self.meter: StreamMeter | None = None
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.budgets import Line, RedisLedger, window_span
+from app.budgets.ledger import Line, RedisLedger
+from app.budgets.limits import window_span
 from tests.support.processes import wait_until
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 

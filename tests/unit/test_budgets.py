@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 import pytest
 import responses
 
-from app.budgets import BudgetLimit, Line, MemoryLedger, Usage, parse_budget, window_span
+from app.budgets.ledger import Line, MemoryLedger
+from app.budgets.limits import BudgetLimit, parse_budget, window_span
+from app.budgets.tokens import Usage
 from app.catalog import ConfigError
 from app.settings import ClientKey, Settings, SettingsError
 from tests.support.api import GEMINI_URL, OPENAI_URL, assert_openai_error, chat_body, completion
