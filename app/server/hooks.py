@@ -1,7 +1,8 @@
-"""gunicorn's server hooks: Prometheus multiprocess files, and SIGHUP reloads checked first.
+"""gunicorn's server hooks: Prometheus multiprocess files, SIGHUP reloads checked first, and the
+slots of the connection balance (app/server/balance.py).
 
 Named in gunicorn.conf.py; they run in the master (``on_starting``, ``on_exit``, ``child_exit``,
-``when_ready``) or in a worker after it started (``post_worker_init``).
+``when_ready``, ``pre_fork``) or in a worker after it started (``post_worker_init``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ import subprocess
 import sys
 import tempfile
 
-__all__ = ["child_exit", "on_exit", "on_starting", "post_worker_init", "use_metrics_directory", "when_ready"]
+from app.server import balance
+
+__all__ = [
+    "child_exit",
+    "on_exit",
+    "on_starting",
+    "post_worker_init",
+    "pre_fork",
+    "use_metrics_directory",
+    "when_ready",
+]
 
 _OWN_METRICS_PREFIX = "router-metrics-"
 
@@ -46,10 +57,16 @@ def on_exit(server):
 
 
 def child_exit(server, worker):
-    """Drop a dead worker's live gauges (in-flight streams), keep its counters."""
+    """Drop a dead worker's live gauges (in-flight streams), keep its counters; free its balance slot."""
+    balance.release_slot(worker)
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def pre_fork(server, worker):
+    """Give the worker about to fork a slot for its connection count (app/server/balance.py)."""
+    worker.balance_slot = balance.assign_slot(server.WORKERS.values())
 
 
 def when_ready(server):
