@@ -8,6 +8,7 @@ Named in gunicorn.conf.py; they run in the master (``on_starting``, ``on_exit``,
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import shutil
 import subprocess
@@ -112,9 +113,20 @@ def _config_problem() -> str | None:
 
 
 def post_worker_init(worker):
-    """Show the reload counter at 0 from the start: a missing series is no data, not zero, to an alert."""
+    """Show the reload counter at 0 from the start: a missing series is no data, not zero, to an alert.
+
+    Then set aside what the worker loaded for good (modules, the app, its catalog) from Python's
+    garbage collector: a full collection walks every tracked object, and in a worker the app's own
+    hundreds of thousands of them made each one a pause of 20-60 ms under load, during which every
+    request of the worker waits. Frozen after one last collection, they are never walked again, and
+    a full collection takes ~1 ms (measured with gc.callbacks at c=64). Raising the collection
+    thresholds as well cut the number of young collections by ten but made each ~2 ms, with no gain
+    in the latency tail, so they stay at Python's defaults.
+    """
     for result in ("ok", "failed"):
         _reloads_counter().labels(result)
+    gc.collect()
+    gc.freeze()
 
 
 def _count_reload(result: str) -> None:
