@@ -27,7 +27,7 @@ from app.endpoint import UnusableAnswer
 from app.errors import RouterError, UpstreamError
 from app.failures import Failure, carries_error
 from app.normalize import StreamNormalizer
-from app.sse import DONE, KEEPALIVE, Event, EventSplitter, FramingError, data_event
+from app.sse import DONE, KEEPALIVE, Event, EventSplitter, FramingError, LastBytes, data_event
 from app.upstream import VendorResponse
 
 __all__ = ["ChatEvents", "Pump", "StreamAnswer", "StreamFailure", "StreamRelay", "StreamTranslator"]
@@ -196,6 +196,11 @@ class StreamRelay:
                 return out
         return None
 
+    @property
+    def complete(self) -> bool:
+        """The answer has ended well: the bytes ``read`` returned last were the stream's last."""
+        return self.finished and self._pending_failure is None
+
     def failed(self, error: RouterError) -> bytes:
         """The client's bytes that end this stream with ``error``."""
         return self._translator.failed(error)
@@ -336,7 +341,8 @@ class Pump:
             if out is None:
                 self.ended = True
                 return
-            yield out or relay.keepalive()
+            # The last event (e.g. [DONE]) carries the end of the body with it: one write, not two.
+            yield LastBytes(out) if out and relay.complete else out or relay.keepalive()
 
     def notify_client_gone(self) -> None:
         """Called from the hub when the client's connection closed: stop at once (never blocks)."""

@@ -24,6 +24,7 @@ from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from app.server.balance import Balance
+from app.sse import LastBytes
 
 __all__ = ["RouterWorker"]
 
@@ -77,13 +78,15 @@ _CONFIG_RETRY_SECONDS = 5
 class _OneWriteResponse(Response):
     """gunicorn's response, with fewer system calls per response and per stream event.
 
-    The head leaves with the first body bytes in one write, not in a write of its own; and each
-    write is one ``send`` (``sendall`` only for what a full socket buffer left over), because
+    The head leaves with the first body bytes in one write, not in a write of its own; a stream's
+    last bytes (``LastBytes``) take the end of the chunked body with them; and each write is one
+    ``send`` (``sendall`` only for what a full socket buffer left over), because
     gevent's ``sendall`` also asks the kernel for the send-buffer size on every call.
     """
 
     _holding = False
     _held: bytes | None = None
+    _ended = False  # the chunked body's last chunk went out with LastBytes
 
     def write(self, arg) -> None:
         self._holding = True  # send_headers (called first by write) keeps the head for _emit_body
@@ -105,15 +108,22 @@ class _OneWriteResponse(Response):
         self.headers_sent = True
 
     def _emit_body(self, data: bytes) -> None:
+        if self._ended:
+            return  # nothing may follow the body's end (LastBytes promised there was nothing)
         if self.chunked:
-            data = b"%X\r\n%b\r\n" % (len(data), data)
+            if type(data) is LastBytes:
+                self._ended = True
+                data = b"%X\r\n%b\r\n0\r\n\r\n" % (len(data), data)  # and the last chunk
+            else:
+                data = b"%X\r\n%b\r\n" % (len(data), data)
         if self._held is not None:
             data, self._held = self._held + data, None
         self._send(data)
 
     def close(self) -> None:
         if self.headers_sent and self.chunked:
-            self._send(b"0\r\n\r\n")  # the last chunk
+            if not self._ended:
+                self._send(b"0\r\n\r\n")  # the last chunk
         else:
             super().close()
 
