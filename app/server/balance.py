@@ -18,7 +18,10 @@ siblings (an anonymous mapping made by the master before it forks), and:
 - it closes a keep-alive connection after its current answer (``Connection: close``) when it
   holds more than one connection above the least loaded sibling (``should_shed``), at most one
   every ``_SHED_INTERVAL`` seconds so the shed connections land before the next is judged; the
-  client reconnects, and the accept rule puts the new connection on the sibling.
+  client reconnects, and the accept rule puts the new connection on the sibling. Not while a
+  burst is being accepted (the counts are still moving), nor for a while after a sibling let a
+  connection wait past ``BALANCE_ACCEPT_WAIT`` (it is not accepting: what is closed for it would
+  come back).
 
 A slot holds -1 while its worker does not accept (booting, stopping, dead), so only serving
 workers are compared. ``BALANCE_CONNECTIONS=0`` switches both rules off.
@@ -43,6 +46,12 @@ _DEFER_STEP = 0.002
 _EPISODE_GAP = 0.25
 # Seconds between two keep-alive connections closed to rebalance.
 _SHED_INTERVAL = 0.05
+# No connection is closed to rebalance this soon after this worker accepted one: during a burst
+# of new connections the counts are still moving (a sibling may not have taken its share yet).
+_SETTLE_SECONDS = 0.1
+# Nor for this long after a sibling left a connection waiting past BALANCE_ACCEPT_WAIT: it is not
+# accepting (blocked, stopped, busy for longer), and a connection closed for it would come back.
+_SIBLING_SLOW_SECONDS = 1.0
 
 _table: memoryview | None = None
 
@@ -86,6 +95,8 @@ class Balance:
         self._deferring_since: float | None = None
         self._last_deferral = 0.0
         self._last_shed = 0.0
+        self._last_accept = 0.0
+        self._quiet_until = 0.0
 
     def serving(self, on: bool) -> None:
         """The worker starts (True) or stops (False) accepting connections."""
@@ -94,6 +105,7 @@ class Balance:
 
     def opened(self) -> None:
         self._open += 1
+        self._last_accept = time.monotonic()
         self._publish()
 
     def closed(self) -> None:
@@ -133,6 +145,7 @@ class Balance:
         self._last_deferral = now
         if now - self._deferring_since >= self._accept_wait:
             self._deferring_since = None  # the siblings did not take it in time: take it
+            self._quiet_until = now + _SIBLING_SLOW_SECONDS
             return 0.0
         return _DEFER_STEP
 
@@ -144,7 +157,9 @@ class Balance:
         if not siblings or self._open <= min(siblings) + 1:
             return False
         now = time.monotonic()
-        if now - self._last_shed < _SHED_INTERVAL:
+        if now - self._last_shed < _SHED_INTERVAL or now - self._last_accept < _SETTLE_SECONDS:
+            return False
+        if now < self._quiet_until:
             return False
         self._last_shed = now
         return True
