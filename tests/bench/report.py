@@ -287,9 +287,12 @@ def table(result: dict[str, Any]) -> str:
         whole = cost.get("whole_call") or {}
         if whole.get("new_connection_cpu_ms_per_call") is not None:
             parts.append(
-                f"whole call, router CPU: {whole['new_connection_cpu_ms_per_call']:.3f} ms on a new connection each "
-                f"(as every stream here), {whole['keepalive_cpu_ms_per_call']:.3f} ms kept alive; a stream's start "
-                f"is {cost['start_over_whole_call']:.2f}x a whole call's, like with like"
+                f"like with like (ab, c=4, a new connection per call): router CPU per whole call "
+                f"{whole['new_connection_cpu_ms_per_call']:.3f} ms, per stream of one piece (all events at once) "
+                f"{whole['stream_new_connection_cpu_ms_per_call']:.3f} ms: a stream's start is "
+                f"{cost['start_over_whole_call']:.2f}x a whole call's (the fitted start above: "
+                f"{cost['fitted_start_over_whole_call']:.2f}x); a whole call kept alive: "
+                f"{whole['keepalive_cpu_ms_per_call']:.3f} ms"
             )
 
     memory = result["memory"]
