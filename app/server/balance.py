@@ -10,11 +10,10 @@ siblings (an anonymous mapping made by the master before it forks), and:
 
 - it accepts while it holds fewer than its share of the connections held and waiting in the
   listening socket's queue, or no more than the least loaded sibling (``accept_delay``): a
-  burst of new connections is split in one wake of each worker (taking turns one connection per
-  event-loop iteration, as gunicorn does, made the last of 64 wait ~1 s), a single new one goes
-  to the least loaded. Otherwise it stops accepting for a few milliseconds, and accepts anyway
-  once it has deferred for ``BALANCE_ACCEPT_WAIT`` seconds, so a sibling that cannot accept
-  (blocked, or just starting) delays a connection by that much at most;
+  burst of new connections is split evenly, a single new one goes to the least loaded.
+  Otherwise it stops accepting for a few milliseconds, and accepts anyway once it has deferred
+  for ``BALANCE_ACCEPT_WAIT`` seconds, so a sibling that cannot accept (blocked, or just
+  starting) delays a connection by that much at most;
 - it closes a keep-alive connection after its current answer (``Connection: close``) when it
   holds more than one connection above the least loaded sibling (``should_shed``), at most one
   every ``_SHED_INTERVAL`` seconds so the shed connections land before the next is judged; the

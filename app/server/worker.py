@@ -14,6 +14,7 @@ import sys
 import time
 from datetime import timedelta
 from http import HTTPStatus
+from typing import ClassVar
 
 import gevent
 from gevent.server import StreamServer
@@ -121,6 +122,7 @@ class _OneWriteResponse(Response):
         self._send(data)
 
     def close(self) -> None:
+        self.req.router_streamed = self.chunked  # read by RouterWorker.handle_request
         if self.headers_sent and self.chunked:
             if not self._ended:
                 self._send(b"0\r\n\r\n")  # the last chunk
@@ -138,49 +140,58 @@ class _OneWriteResponse(Response):
 _TURN_SECONDS = 1e-6
 
 
-# Connections one wake of the accept watcher may take while the balance allows. gunicorn accepts
-# one per event-loop iteration when there are several workers (so one worker does not take a
-# whole burst); the balance does that job here, and one per iteration made the last of a burst
-# of new connections wait for dozens of busy iterations (measured: ~1 s at 64 connections).
-_ACCEPT_BATCH = 100
-
-
-def _queued(listener) -> int:
-    """Connections waiting in a TCP listening socket's accept queue (at least 1: this wake's)."""
+def _queued(listener, at_least: int = 1) -> int:
+    """Connections waiting in a TCP listening socket's accept queue (``at_least`` when unknown)."""
     try:
         info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
     except OSError:  # not TCP (a unix socket)
-        return 1
+        return at_least
     # struct tcp_info: eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked; for a
     # listening socket Linux reports its accept-queue length as unacked.
-    return max(struct.unpack_from("=I", info, 24)[0], 1)
+    return max(struct.unpack_from("=I", info, 24)[0], at_least)
 
 
 class _BalancedServer(StreamServer):
     """gevent's accepting server, leaving a new connection to a less loaded sibling worker first."""
 
     balance: Balance | None = None
-    _accepted = 0
+    started_servers: ClassVar[list[_BalancedServer]] = []
+
+    def start(self) -> None:
+        super().start()
+        _BalancedServer.started_servers.append(self)
+
+    def admit_one(self) -> None:
+        """A whole answer has been sent: take one waiting connection now if the balance allows,
+        rather than at the accept watcher's next wake.
+
+        With several workers gunicorn accepts one connection per event-loop iteration, so that one
+        worker does not take a whole burst. That paces a burst of new streams well: between two
+        starts (~1 ms each) the events of the streams already started go on flowing (500 streams
+        at once: all incremental; taking 4 per iteration: 60%, 100: 1%). But a burst of keep-alive
+        clients that send request after request makes every iteration long, and the last of 64
+        new connections waited ~1.3 s for its first answer. Their whole answers end all the time:
+        admitting one waiting connection per whole answer takes them in as fast as the worker
+        serves (max 1.3 s -> 0.17 s at c=64), while a burst of streams is still paced."""
+        if self._watcher is None or self.balance is None:
+            return
+        waiting = _queued(self.socket, at_least=0)
+        if waiting and not self.balance.accept_delay(waiting):
+            super()._do_read()
 
     def _do_read(self) -> None:
-        balance = self.balance
-        for _ in range(_ACCEPT_BATCH if balance is not None else 1):
-            wait = balance.accept_delay(_queued(self.socket)) if balance is not None else 0.0
-            if wait:
-                # BaseServer's own back-off after an accept error works the same way: stop
-                # watching the socket, and watch it again when the timer fires.
-                self.stop_accepting()
-                self._timer = self.loop.timer(wait)
-                self._timer.start(self._start_accepting_if_started)
-                return
-            accepted = self._accepted
-            super()._do_read()  # at most max_accept (1 with several workers) connections
-            if self._accepted == accepted or self._watcher is None:
-                return  # none was waiting, or the server stopped accepting (full, an error)
+        wait = self.balance.accept_delay(_queued(self.socket)) if self.balance is not None else 0.0
+        if wait:
+            # BaseServer's own back-off after an accept error works the same way: stop watching
+            # the socket, and watch it again when the timer fires.
+            self.stop_accepting()
+            self._timer = self.loop.timer(wait)
+            self._timer.start(self._start_accepting_if_started)
+            return
+        super()._do_read()  # at most max_accept connections: gunicorn's 1 with several workers
 
     def do_handle(self, *args) -> None:
         # Counted when accepted, not when its greenlet starts: the next accept decision sees it.
-        self._accepted += 1
         if self.balance is not None:
             self.balance.opened()
         try:
@@ -282,6 +293,10 @@ class RouterWorker(GeventWorker):
             # and its vendor request: a client that stopped reading is routine, not a traceback.
             self.log.info("client %s accepted no bytes for CLIENT_SEND_TIMEOUT; connection closed", addr)
             raise OSError(errno.EPIPE, "client send timeout") from None
+        finally:
+            if not getattr(req, "router_streamed", True):
+                for server in _BalancedServer.started_servers:
+                    server.admit_one()
         # The connection stays open. gevent never preempts: when the client's next request and the
         # vendor's answer are already there each time this greenlet reads (both run on other
         # cores and answer faster than the router finishes a call), the greenlet serves request
