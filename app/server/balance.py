@@ -93,9 +93,9 @@ class Balance:
         self._serving = False
         self._deferring_since: float | None = None
         self._last_deferral = 0.0
-        self._last_shed = 0.0
         self._last_accept = 0.0
         self._quiet_until = 0.0
+        self._next_look = 0.0
 
     def serving(self, on: bool) -> None:
         """The worker starts (True) or stops (False) accepting connections."""
@@ -152,13 +152,10 @@ class Balance:
         """Whether to close this keep-alive connection after its answer, for a less loaded sibling."""
         if self._open < 2:
             return False
-        siblings = self._siblings()
-        if not siblings or self._open <= min(siblings) + 1:
-            return False
+        # The shared table is read at most once per _SHED_INTERVAL, not on every request.
         now = time.monotonic()
-        if now - self._last_shed < _SHED_INTERVAL or now - self._last_accept < _SETTLE_SECONDS:
+        if now < self._next_look or now - self._last_accept < _SETTLE_SECONDS or now < self._quiet_until:
             return False
-        if now < self._quiet_until:
-            return False
-        self._last_shed = now
-        return True
+        self._next_look = now + _SHED_INTERVAL
+        siblings = self._siblings()
+        return bool(siblings) and self._open > min(siblings) + 1

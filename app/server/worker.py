@@ -156,6 +156,9 @@ class _BalancedServer(StreamServer):
 
     balance: Balance | None = None
     started_servers: ClassVar[list[_BalancedServer]] = []
+    # More connections were waiting than the last accept took: only then does a finished whole
+    # answer look at the queue (a system call), not after every answer.
+    _backlog = False
 
     def start(self) -> None:
         super().start()
@@ -173,14 +176,20 @@ class _BalancedServer(StreamServer):
         new connections waited ~1.3 s for its first answer. Their whole answers end all the time:
         admitting one waiting connection per whole answer takes them in as fast as the worker
         serves (max 1.3 s -> 0.17 s at c=64), while a burst of streams is still paced."""
-        if self._watcher is None or self.balance is None:
+        if not self._backlog or self._watcher is None or self.balance is None:
             return
         waiting = _queued(self.socket, at_least=0)
+        self._backlog = waiting > 1
         if waiting and not self.balance.accept_delay(waiting):
             super()._do_read()
 
     def _do_read(self) -> None:
-        wait = self.balance.accept_delay(_queued(self.socket)) if self.balance is not None else 0.0
+        if self.balance is None:
+            super()._do_read()
+            return
+        waiting = _queued(self.socket)
+        self._backlog = waiting > 1
+        wait = self.balance.accept_delay(waiting)
         if wait:
             # BaseServer's own back-off after an accept error works the same way: stop watching
             # the socket, and watch it again when the timer fires.
