@@ -9,11 +9,13 @@ gevent's monkey-patching in every worker. Start: ``gunicorn -c gunicorn.conf.py 
 import multiprocessing
 
 from app.environment import SettingsError
+from app.server.balance import create_table
 from app.server.hooks import (  # noqa: F401 -- gunicorn finds its hooks by name in this file
     child_exit,
     on_exit,
     on_starting,
     post_worker_init,
+    pre_fork,
     use_metrics_directory,
     when_ready,
 )
@@ -69,6 +71,22 @@ if server.log_format == "json":
 # OpenAI JSON for requests gunicorn refuses itself, fewer system calls per response, and a worker
 # that waits for config files being edited instead of halting the server (app/server/worker.py).
 worker_class = RouterWorker
+
+# BALANCE_CONNECTIONS (on) and BALANCE_ACCEPT_WAIT (0.1 s). Keep-alive connections (a client's
+# pool, nginx's upstream keepalive) stay with the worker that accepted them, and gevent workers
+# accept greedily, so one worker could hold most of them and its requests wait for its one core.
+# With this on, each worker counts its connections in memory shared with the others (made here,
+# before the workers fork; slots handed out by the pre_fork hook): a worker leaves a new
+# connection to a less loaded one for up to BALANCE_ACCEPT_WAIT seconds (then takes it, so a
+# blocked or booting sibling delays a connection by that much at most), and one holding more than
+# one connection above the least loaded closes a keep-alive connection after its answer
+# (Connection: close; the client reconnects and lands on the other). app/server/balance.py.
+RouterWorker.configure(
+    balance_connections=server.balance_connections and workers > 1,
+    balance_accept_wait=server.balance_accept_wait,
+)
+if server.balance_connections and workers > 1:
+    create_table()
 
 # Prometheus multiprocess mode needs its directory in the environment before the workers fork.
 use_metrics_directory()

@@ -122,11 +122,15 @@ class Forwarder:
         if isinstance(answer, StreamAnswer):
             answer.watch_client(watch.arm, watch.disarm)
             if budget is not None:
-                # Before the response's own close hooks (the access line): settled when it ends.
                 pump = answer.pump
-                answer.close_with(
-                    lambda: budget.settle_stream(pump.relay.meter, pump.relay.normalizer.usage, pump.cut is not None)
-                )
+
+                def settle() -> None:
+                    budget.settle_stream(pump.relay.meter, pump.relay.normalizer.usage, pump.cut is not None)
+
+                # A complete answer settles before its last bytes leave (the client's next call sees
+                # the spend); any other end settles when the stream closes, before the access line.
+                pump.before_last = settle
+                answer.close_with(settle)
         elif budget is not None:
             # Before the answer is returned: the client's next call sees what this one spent.
             budget.settle_whole(answer.usage, answer.document, answer.model)

@@ -27,7 +27,7 @@ from app.endpoint import UnusableAnswer
 from app.errors import RouterError, UpstreamError
 from app.failures import Failure, carries_error
 from app.normalize import StreamNormalizer
-from app.sse import DONE, KEEPALIVE, Event, EventSplitter, FramingError, data_event
+from app.sse import DONE, KEEPALIVE, Event, EventSplitter, FramingError, LastBytes, data_event
 from app.upstream import VendorResponse
 
 if TYPE_CHECKING:
@@ -202,6 +202,11 @@ class StreamRelay:
                 return out
         return None
 
+    @property
+    def complete(self) -> bool:
+        """The answer has ended well: the bytes ``read`` returned last were the stream's last."""
+        return self.finished and self._pending_failure is None
+
     def failed(self, error: RouterError) -> bytes:
         """The client's bytes that end this stream with ``error``."""
         return self._translator.failed(error)
@@ -322,6 +327,7 @@ class Pump:
         self.failure: Failure | None = None  # what ended the stream after commit, if it broke
         self.cut: RouterError | None = None  # the budget ran out: the stream was cut with this error
         self.ended = False  # the relay reached the stream's end and everything was handed on
+        self.before_last: Callable[[], None] | None = None  # run before the last bytes of a complete answer
 
     def __iter__(self) -> Iterator[bytes]:
         self._greenlet = gevent.getcurrent()
@@ -353,6 +359,14 @@ class Pump:
                 # What was read is the client's (it is paid for), then the endpoint's error event.
                 yield out + relay.failed(self.cut)
                 return
+            if out and relay.complete:
+                if self.before_last is not None:
+                    # Before the client can see the end: e.g. its budget settled, so a call it
+                    # makes next already counts what this stream spent.
+                    self.before_last()
+                # The last event (e.g. [DONE]) carries the end of the body with it: one write, not two.
+                yield LastBytes(out)
+                continue
             yield out or relay.keepalive()
 
     def _spent(self) -> bool:

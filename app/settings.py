@@ -35,6 +35,8 @@ class ServerSettings:
     timeout: int = 30
     graceful_timeout: int = 120
     keepalive: int = 5
+    balance_connections: bool = True
+    balance_accept_wait: float = 0.1
     access_log: str | None = None
     log_level: str = "info"
     log_format: str = "text"
@@ -50,6 +52,8 @@ class ServerSettings:
             timeout=reader.integer("GUNICORN_TIMEOUT", cls.timeout, minimum=0),
             graceful_timeout=reader.integer("GRACEFUL_TIMEOUT", cls.graceful_timeout, minimum=0),
             keepalive=reader.integer("KEEPALIVE", cls.keepalive, minimum=0),
+            balance_connections=reader.boolean("BALANCE_CONNECTIONS", cls.balance_connections),
+            balance_accept_wait=reader.number("BALANCE_ACCEPT_WAIT", cls.balance_accept_wait, minimum=0),
             access_log=reader.text("GUNICORN_ACCESS_LOG", "") or None,
             log_level=reader.choice("LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")),
             log_format=reader.choice("LOG_FORMAT", cls.log_format, ("text", "json")),

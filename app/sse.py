@@ -11,12 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DONE", "KEEPALIVE", "Event", "EventSplitter", "FramingError", "data_event", "named_event"]
+__all__ = ["DONE", "KEEPALIVE", "Event", "EventSplitter", "FramingError", "LastBytes", "data_event", "named_event"]
 
 DONE = b"[DONE]"
 KEEPALIVE = b": keep-alive\n\n"
 # An event larger than this without a blank line is a broken stream, not a big answer.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class LastBytes(bytes):
+    """A streamed body's last bytes: nothing follows them. The router's gunicorn worker sends the
+    end of the chunked body in the same write (app/server/worker.py) instead of in one of its
+    own after the body's iterator ends; any other server sees plain bytes."""
+
+    __slots__ = ()
 
 
 class FramingError(ValueError):

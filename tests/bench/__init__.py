@@ -4,8 +4,12 @@ Not a test: pytest ignores this package (.pytest.ini). ``python -m tests.bench``
 and the router exactly as in production (``gunicorn -c gunicorn.conf.py wsgi:app``, one gevent
 worker per CPU, LOG_LEVEL=info, the production default), then measures on loopback only:
 
-- non-stream calls/s and latency p50/p99 at concurrency 1, 16 and 64, router and direct, with
-  ``wrk -t1`` (load.py) or, without wrk, a gevent generator in its own process (loadgen.py);
+- non-stream calls/s and latency p50/p90/p99/max at concurrency 1, 16 and 64, router and direct,
+  with ``ab -k`` (ApacheBench; else ``wrk -t1``, else a gevent generator in its own process:
+  load.py, loadgen.py), each row checked against Little's law (mean latency x calls/s =
+  concurrency, within 10%: a generator whose figures break it is flagged), with the connections
+  each server process held halfway through and the calls each router worker made; ``--nginx``
+  adds rows through nginx in front of the router;
 - K = 50, 500 and 1,000 concurrent streams of 20 chunks 20 ms apart, router and direct, held by a
   stream client in its own process (streamclient.py, epoll engine in streamloop.py); stats.py
   defines every figure (TTFC, incremental, stall, ok, served/open);
@@ -17,7 +21,9 @@ worker per CPU, LOG_LEVEL=info, the production default), then measures on loopba
   (``--dialect=messages``); the summary gives its router CPU per call as a ratio to chat's at c = 1
   and 16 (goal: at most 1.15x) and says whether its streams stay incremental;
 - the router's CPU to start a stream and per relayed event (``--cost-streams``): bursts of
-  streams of 1 and of 41 chunks, fitted to CPU per stream = start + events x per event;
+  streams of 1 and of 41 chunks, fitted to CPU per stream = start + events x per event; and,
+  like with like, CPU per call of a whole call and of a stream whose events come at once, both
+  with ab on a new connection per call (the stream client opens one per stream);
 - the router's RSS (master + workers) idle, under load and after load, its CPU time per call,
   and the CPU share of the vendor and of the load generators, to show which one set the pace
   (procs.py reads /proc);

@@ -65,8 +65,11 @@ def run_load(host: str, port: int, request: bytes, concurrency: int, duration: f
         "rps": round(len(latencies) / wall, 1) if wall else 0.0,
         "errors": errors,
         "latency_ms": {
-            name: round(percentile(latencies, p) * 1000, 3) if latencies else None
-            for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+            "mean": round(sum(latencies) / len(latencies) * 1000, 3) if latencies else None,
+            **{
+                name: round(percentile(latencies, p) * 1000, 3) if latencies else None
+                for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+            },
         },
     }
 

@@ -25,10 +25,26 @@ def _cpu(observed: dict[str, Any]) -> str:
     return f"{total} ({workers})" if workers else total
 
 
+def _little(row: dict[str, Any]) -> str:
+    """mean x calls/s over the concurrency (Little's law), ! when off by more than 10%."""
+    check = row.get("little") or {}
+    if check.get("ratio") is None:
+        return "-"
+    return f"{check['ratio']:.2f}{'' if check['ok'] else ' !'}"
+
+
+def _spread(row: dict[str, Any]) -> str:
+    """Connections held per server process halfway through, and calls per router worker: 8/8 | 5012/4990."""
+    held = "/".join(str(n) for n in sorted((row.get("connections_by_pid") or {}).values(), reverse=True))
+    calls = "/".join(str(n) for n in sorted((row.get("calls_by_worker") or {}).values(), reverse=True) if n)
+    return f"{held or '-'}{f' | {calls}' if calls else ''}"
+
+
 def nonstream_line(row: dict[str, Any]) -> str:
     lat, obs = row["latency_ms"], row["observed"]
     return (
-        f"  {row['rps']:9.1f} calls/s  p50 {_f(lat['p50'])} ms  p99 {_f(lat['p99'])} ms  "
+        f"  {row['rps']:9.1f} calls/s  p50 {_f(lat['p50'])} p90 {_f(lat.get('p90'))} p99 {_f(lat['p99'])} "
+        f"max {_f(lat.get('max'), 1)} ms  Little {_little(row)}  conns | calls {_spread(row)}  "
         f"errors {_errors(row['errors'])}  router CPU {_cpu(obs)}  vendor CPU {obs['vendor_cpu_share']:.2f}"
     )
 
@@ -37,7 +53,8 @@ def stream_line(row: dict[str, Any]) -> str:
     ttfc = row["ttfc_ms"]
     return (
         f"  ok {row['ok']}/{row['streams']}  served/open {row['peak_served']}/{row['peak_open']}  "
-        f"TTFC p50 {_f(ttfc['p50'])} ms p99 {_f(ttfc['p99'])} ms  incremental {row['incremental']}  "
+        f"TTFC p50 {_f(ttfc['p50'])} p90 {_f(ttfc.get('p90'))} p99 {_f(ttfc['p99'])} max {_f(ttfc.get('max'))} ms  "
+        f"incremental {row['incremental']}  "
         f"stalls {row['stalls']}  "
         f"client CPU {row['client_cpu_share']:.2f}  router CPU {_cpu(row['observed'])}  "
         f"vendor CPU {row['observed']['vendor_cpu_share']:.2f}"
@@ -73,7 +90,11 @@ def _nonstream_grid(rows_in: list[dict[str, Any]]) -> str:
                 row["target"],
                 f"{row['rps']:.0f}",
                 _f(lat["p50"]),
+                _f(lat.get("p90")),
                 _f(lat["p99"]),
+                _f(lat.get("max"), 1),
+                _little(row),
+                _spread(row),
                 _errors(row["errors"]),
                 _f(row.get("router_cpu_ms_per_call"), 3) if served else "",
                 _cpu(obs) if served else "",
@@ -82,7 +103,8 @@ def _nonstream_grid(rows_in: list[dict[str, Any]]) -> str:
                 obs["loadavg"].split()[0],
             ]
         )
-    headers = ["conc", "path", "calls/s", "p50 ms", "p99 ms", "errors", "CPU ms/call", "server CPU"]
+    headers = ["conc", "path", "calls/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "Little", "conns | calls"]
+    headers += ["errors", "CPU ms/call", "server CPU"]
     headers += ["vendor CPU", "loadgen CPU", "load1"]
     return grid(headers, rows)
 
@@ -99,7 +121,9 @@ def _stream_grid(rows_in: list[dict[str, Any]]) -> str:
                 f"{row['ok']}/{row['streams']}",
                 f"{row['peak_served']}/{row['peak_open']}",
                 _f(ttfc["p50"], 1),
+                _f(ttfc.get("p90"), 1),
                 _f(ttfc["p99"], 1),
+                _f(ttfc.get("max"), 1),
                 f"{row['incremental']} ({row['incremental_share'] * 100:.0f}%)",
                 f"{row['stalls']}/{row['streams_with_stalls']}",
                 _f(row["max_gap_ms"], 0),
@@ -112,7 +136,8 @@ def _stream_grid(rows_in: list[dict[str, Any]]) -> str:
                 obs["loadavg"].split()[0],
             ]
         )
-    headers = ["K", "path", "ok", "served/open", "TTFC p50", "TTFC p99", "incremental", "stalls/streams"]
+    headers = ["K", "path", "ok", "served/open", "TTFC p50", "TTFC p90", "TTFC p99", "TTFC max", "incremental"]
+    headers += ["stalls/streams"]
     headers += ["max gap ms", "errors", "CPU ms/stream", "server CPU", "vendor CPU", "client CPU", "worker fds"]
     headers += ["load1"]
     return grid(headers, rows)
@@ -208,6 +233,18 @@ def table(result: dict[str, Any]) -> str:
             "CPU columns: cores busy (1.00 = one core); server CPU is the router's (or the peer's) as total "
             "(per process); CPU ms/call = server CPU time / calls"
         )
+        parts.append(
+            "Little: mean latency x calls/s / concurrency (Little's law; ! = off by more than 10%: the load "
+            "generator's figures are not to be trusted); conns | calls: connections held by each server process "
+            "halfway through | calls made by each router worker"
+        )
+        suspect = [
+            f"c={r['concurrency']} {r['target']}"
+            for r in result["nonstream"]
+            if (r.get("little") or {}).get("ok") is False
+        ]
+        if suspect:
+            parts.append("WARNING: Little's law broken (figures not trustworthy) in: " + ", ".join(suspect))
 
     stream_meta = meta["stream"]
     if result["streams"]:
@@ -247,6 +284,16 @@ def table(result: dict[str, Any]) -> str:
             f"stream cost (router CPU per stream, bursts of {cost['streams']} spread over 0.5 s: {points}): "
             f"start {cost['start_ms']:.3f} ms, per relayed event {cost['per_event_us']:.1f} µs",
         ]
+        whole = cost.get("whole_call") or {}
+        if whole.get("new_connection_cpu_ms_per_call") is not None:
+            parts.append(
+                f"like with like (ab, c=4, a new connection per call): router CPU per whole call "
+                f"{whole['new_connection_cpu_ms_per_call']:.3f} ms, per stream of one piece (all events at once) "
+                f"{whole['stream_new_connection_cpu_ms_per_call']:.3f} ms: a stream's start is "
+                f"{cost['start_over_whole_call']:.2f}x a whole call's (the fitted start above: "
+                f"{cost['fitted_start_over_whole_call']:.2f}x); a whole call kept alive: "
+                f"{whole['keepalive_cpu_ms_per_call']:.3f} ms"
+            )
 
     memory = result["memory"]
     parts += [

@@ -12,7 +12,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -23,11 +25,12 @@ import requests
 
 from tests.bench import cache, failstats, report, summary
 from tests.bench.failover import DEFAULT_ENV, FAULT_MODES, run_failover
-from tests.bench.load import LoadGenerator, pick_generator
+from tests.bench.load import ApacheBench, LoadGenerator, little, pick_generator
 from tests.bench.peers import PEERS, Peer, PeerSkipped, default_cache, start_peer
 from tests.bench.procs import Sampler, cpu_between, cpu_seconds, loadavg, sample_tree
 from tests.bench.servers import HOST, LeanVendor
 from tests.bench.stats import INCREMENTAL_SHARE, STALL_SECONDS
+from tests.support.nginx import NGINX, Nginx
 from tests.support.processes import ROOT, FakeVendorProcess, RouterProcess, router_config, wait_until
 
 __all__ = ["main"]
@@ -51,6 +54,8 @@ class Target:
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     server_pid: int | None = None  # the process tree whose CPU and memory the rows report
+    # The port whose connections are counted per process (the router's behind nginx).
+    held_port: int | None = None
 
 
 def request_body(stream: bool, interval: float, pieces: int) -> bytes:
@@ -132,7 +137,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("lean", "fake"),
         help="lean: tests/bench/vendor.py (default); fake: tests/support/fake_vendor.py (~50 µs CPU per stream event)",
     )
-    parser.add_argument("--loadgen", default="auto", choices=("auto", "wrk", "gevent"))
+    parser.add_argument(
+        "--loadgen",
+        default="auto",
+        choices=("auto", "ab", "wrk", "gevent"),
+        help="auto: ab -k (apache2-utils) if installed, else wrk, else the gevent generator; every row is "
+        "checked against Little's law (tests/bench/load.py)",
+    )
+    parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="also measure whole calls through nginx (configs/nginx/router.conf, 2 workers, upstream keepalive) "
+        "in front of the router",
+    )
     parser.add_argument(
         "--stream-client",
         default="epoll",
@@ -378,9 +395,15 @@ class Bench:
         self.router: RouterProcess | None = None
         self.peers: list[Peer] = []
         self.peers_skipped: dict[str, str] = {}
+        self.nginx: Nginx | None = None
         try:
             self._start_router(args, workdir)
             self._start_peers(args, workdir)
+            if args.nginx:
+                if NGINX is None:
+                    raise SystemExit("--nginx: nginx is not installed (Debian: apt-get install nginx-light)")
+                self.nginx = Nginx(workdir / "nginx", self.router_port, workers=2)
+                say(f"nginx in front of the router on port {self.nginx.port} (2 workers, upstream keepalive)")
         except BaseException:
             self.stop()
             raise
@@ -390,6 +413,16 @@ class Bench:
         self.via_peers = [
             Target(peer.name, peer.port, ROUTER_PATH, peer.headers, server_pid=peer.pid) for peer in self.peers
         ]
+        # The router behind nginx: the server CPU columns are the router's (nginx's is not counted).
+        self.via_nginx = (
+            [
+                Target(
+                    "nginx+router", self.nginx.port, ROUTER_PATH, server_pid=self.router_pid, held_port=self.router_port
+                )
+            ]
+            if self.nginx
+            else []
+        )
         self.responses = Target("router", self.router_port, "/v1/responses", server_pid=self.router_pid)
         self.messages = Target("router", self.router_port, "/v1/messages", server_pid=self.router_pid)
         self.whole_body = request_body(stream=False, interval=args.interval, pieces=args.pieces)
@@ -449,6 +482,8 @@ class Bench:
         self.log_offset = 0
 
     def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
         for peer in self.peers:
             peer.stop()
         if self.router is not None:
@@ -673,7 +708,7 @@ class Bench:
 
         if not args.skip_nonstream:
             for concurrency in args.concurrency:
-                for target in paths:
+                for target in (*paths, *self.via_nginx):
                     result["nonstream"].append(self.whole_row(target, concurrency))
 
         if not args.skip_streams:
@@ -734,8 +769,24 @@ class Bench:
         if args.warmup:
             self.whole_load(target, concurrency, args.warmup, body)
         say(f"non-stream c={concurrency} {target.name} {target.path} for {args.duration:g} s")
-        row = self.observe(lambda: self.whole_load(target, concurrency, args.duration, body), server=target.server_pid)
+        # Which process holds the connections, looked at halfway through; calls per router worker.
+        held: dict[str, int] = {}
+        port = target.held_port or target.port
+        look = threading.Timer(args.duration / 2, lambda: held.update(connections_by_pid(port)))
+        calls_before = self.calls_by_worker() if target.server_pid == self.router_pid else None
+        look.start()
+        try:
+            row = self.observe(
+                lambda: self.whole_load(target, concurrency, args.duration, body), server=target.server_pid
+            )
+        finally:
+            look.cancel()
         row.update(concurrency=concurrency, target=target.name, path=target.path)
+        row["little"] = little(row, concurrency)
+        row["connections_by_pid"] = held
+        if calls_before is not None:
+            after = self.calls_by_worker()
+            row["calls_by_worker"] = {pid: after[pid] - calls_before.get(pid, 0) for pid in sorted(after)}
         if target.server_pid is not None and row["requests"]:
             row["router_cpu_ms_per_call"] = round(row["observed"]["router_cpu_s"] * 1000 / row["requests"], 3)
         self._track_memory(target, row)
@@ -766,6 +817,59 @@ class Bench:
             self.peak_rss = max(self.peak_rss, row["observed"]["router_rss_peak_mb"])
             self.peak_pss = max(self.peak_pss, row["observed"]["router_pss_peak_mb"])
 
+    def calls_by_worker(self) -> dict[str, int]:
+        """Vendor calls made so far by each router worker (its own Prometheus multiprocess file)."""
+        from prometheus_client.mmap_dict import MmapedDict
+
+        calls: dict[str, int] = {}
+        for path in (self.workdir / "metrics").glob("counter_*.db"):
+            pid = path.stem.removeprefix("counter_")
+            total = 0.0
+            for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+                if json.loads(key)[0] == "router_upstream_requests":
+                    total += value
+            calls[pid] = int(total)
+        return calls
+
+    def whole_cost(self, calls: int) -> dict[str, Any]:
+        """The router's CPU per call, like with like: ab at c=4, ``calls`` calls after as many
+        discarded, each call on a new connection: a whole call, and a stream whose vendor sends all
+        its events at once (one content piece); and a whole call on kept-alive connections.
+
+        The stream client opens a connection per stream, so a stream's start carries a connection's
+        accept, greenlet, parser and close; the whole call it is held against must carry them too.
+        ab speaks HTTP/1.0, so that stream is sent unchunked, closed at its end: the same path
+        through the router but for the chunk framing.
+        """
+        binary = shutil.which("ab")
+        if binary is None:
+            return {"note": "ab not installed: no CPU per call on new connections"}
+        stream = request_body(stream=True, interval=1e-6, pieces=1)  # the lean vendor's interval 0 is its default
+        out: dict[str, Any] = {}
+        for name, keepalive, body in (
+            ("new_connection", False, self.whole_body),
+            ("keepalive", True, self.whole_body),
+            ("stream_new_connection", False, stream),
+        ):
+            generator = ApacheBench(self.workdir, binary, keepalive=keepalive)
+
+            def run(g: ApacheBench = generator, b: bytes = body) -> dict[str, Any]:
+                return g.run(HOST, self.via_router.port, ROUTER_PATH, b, 4, 0, requests=calls)
+
+            run()
+            cpu = calls_done = 0.0
+            for _ in range(3):
+                row = self.observe(run)
+                cpu += row["observed"]["router_cpu_s"]
+                calls_done += row["requests"]
+            out[f"{name}_cpu_ms_per_call"] = round(cpu * 1000 / calls_done, 4)
+        say(
+            f"  router CPU per call on a new connection: whole {out['new_connection_cpu_ms_per_call']:.3f} ms, "
+            f"stream of one piece {out['stream_new_connection_cpu_ms_per_call']:.3f} ms; whole kept alive "
+            f"{out['keepalive_cpu_ms_per_call']:.3f} ms"
+        )
+        return out
+
     def stream_cost(self, expected: int) -> dict[str, Any]:
         """The router's CPU to start a stream and per relayed event.
 
@@ -793,7 +897,20 @@ class Bench:
         per_event = (long["cpu_ms_per_stream"] - short["cpu_ms_per_stream"]) / (long["events"] - short["events"])
         start = short["cpu_ms_per_stream"] - per_event * short["events"]
         say(f"  router CPU to start a stream {start:.3f} ms, per relayed event {per_event * 1000:.1f} µs")
-        return {"streams": k, "points": points, "start_ms": round(start, 3), "per_event_us": round(per_event * 1000, 2)}
+        whole = self.whole_cost(2000)
+        call = whole.get("new_connection_cpu_ms_per_call")
+        stream = whole.get("stream_new_connection_cpu_ms_per_call")
+        return {
+            "streams": k,
+            "points": points,
+            "start_ms": round(start, 3),
+            "per_event_us": round(per_event * 1000, 2),
+            "whole_call": whole,
+            # Like with like: the same client, the same concurrency, a new connection each.
+            "start_over_whole_call": round(stream / call, 3) if call and stream else None,
+            # The fitted start (bursts, events 20 ms apart) over the same whole call.
+            "fitted_start_over_whole_call": round(start / call, 3) if call else None,
+        }
 
     # -- the soak ---------------------------------------------------------------------------------
 
@@ -932,6 +1049,16 @@ def scan_log(path: Path, offset: int) -> dict[str, Any]:
             if len(samples) < 5 and line.strip()[:300] not in samples:
                 samples.append(line.strip()[:300])
     return {**counts, "samples": samples}
+
+
+def connections_by_pid(port: int) -> dict[str, int]:
+    """Established connections to ``port``, by the pid of the process holding the server's end (``ss``)."""
+    command = ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(Counter(re.findall(r"pid=(\d+)", done.stdout)))
 
 
 def say(text: str) -> None:

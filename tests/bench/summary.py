@@ -64,6 +64,11 @@ def figures(result: dict[str, Any]) -> dict[str, float | None]:
         out[f"{name}:rps_c{c}"] = row["rps"]
         out[f"{name}:p50_c{c}"] = row["latency_ms"]["p50"]
         out[f"{name}:p99_c{c}"] = row["latency_ms"]["p99"]
+        for extra in ("p90", "max"):
+            if row["latency_ms"].get(extra) is not None:
+                out[f"{name}:{extra}_c{c}"] = row["latency_ms"][extra]
+        if (row.get("little") or {}).get("ratio") is not None:
+            out[f"{name}:little_c{c}"] = row["little"]["ratio"]
         out[f"{name}:errors_c{c}"] = sum(row["errors"].values())
         if row.get("router_cpu_ms_per_call") is not None:
             out[f"{name}:cpu_ms_call_c{c}"] = row["router_cpu_ms_per_call"]
@@ -91,6 +96,9 @@ def figures(result: dict[str, Any]) -> dict[str, float | None]:
     if cost:
         out["router:stream_start_ms"] = cost["start_ms"]
         out["router:stream_event_us"] = cost["per_event_us"]
+        if cost.get("start_over_whole_call") is not None:
+            out["router:stream_start_over_call"] = cost["start_over_whole_call"]
+            out["router:cpu_ms_call_new_connection"] = cost["whole_call"]["new_connection_cpu_ms_per_call"]
     memory = result["memory"]
     out["router:rss_idle_mb"] = memory["idle_rss_mb"]
     out["router:rss_peak_mb"] = memory["under_load_peak_rss_mb"]
@@ -136,6 +144,8 @@ GOALS = (
          lambda v: v <= 0.60, " ms", 3),
     Goal("router CPU to start a stream", "router:stream_start_ms", "~1.9 ms", "≤ 1.0 ms", lambda v: v <= 1.0,
          " ms", 2),
+    Goal("a stream's start ÷ a whole call's CPU (ab, a new connection each)", "router:stream_start_over_call",
+         "~2x (against kept-alive calls)", "≤ 1.1x", lambda v: v <= 1.1, "x", 2),
     Goal("router CPU per relayed stream event", "router:stream_event_us", "~75 µs", "≤ 30 µs", lambda v: v <= 30,
          " µs", 1),
     Goal("500 streams at once, 20 chunks 20 ms apart: incremental", "router:k500:incremental_pct", "65%", "100%",
@@ -229,6 +239,7 @@ def goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "met": None if entry is None else g.met(entry["median"]),  # type: ignore[misc]
             }
         )
+    rows += _tail_goals(summary)
     for label, figure, chat, unit, digits in (*RESPONSES, *MESSAGES_BESIDE_CHAT):
         rows.append(
             {
@@ -238,6 +249,41 @@ def goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "goal": f"chat: {_measured(summary, chat, unit, digits)}",
                 "measured": _measured(summary, figure, unit, digits),
                 "met": None,
+            }
+        )
+    return rows
+
+
+# The tail against the Portkey gateway measured in the same run: (label, router's figure, Portkey's,
+# how many times Portkey's the router must reach at least (p99: at most 1x), unit, digits, today).
+TAIL = (
+    ("p99 at concurrency 16", "router:p99_c16", "portkey:p99_c16", None, " ms", 1, "141-158 ms (Portkey 59)"),
+    ("p99 at concurrency 64", "router:p99_c64", "portkey:p99_c64", None, " ms", 1, "1,123 ms (Portkey 134, wrk)"),
+    ("p99 at concurrency 16 behind nginx", "nginx+router:p99_c16", "portkey:p99_c16", None, " ms", 1, "-"),
+    ("p99 at concurrency 64 behind nginx", "nginx+router:p99_c64", "portkey:p99_c64", None, " ms", 1, "-"),
+    ("calls/s at concurrency 16", "router:rps_c16", "portkey:rps_c16", 1.5, "", 0, "1,396 (Portkey 811)"),
+    ("calls/s at concurrency 64", "router:rps_c64", "portkey:rps_c64", 1.5, "", 0, "1,388 (Portkey 777)"),
+)
+
+
+def _tail_goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tail goals: the router's p99 no worse than Portkey's, its calls/s at least 1.5x Portkey's."""
+    rows = []
+    for label, figure, peer, times, unit, digits, today in TAIL:
+        own, theirs = summary.get(figure), summary.get(peer)
+        goal = "≤ Portkey's" if times is None else f"≥ {times:g}x Portkey's"
+        met = None
+        if own is not None and theirs is not None:
+            met = own["median"] <= theirs["median"] if times is None else own["median"] >= times * theirs["median"]
+        rows.append(
+            {
+                "measure": label,
+                "figure": figure,
+                "today": today,
+                "goal": goal,
+                "measured": f"{_measured(summary, figure, unit, digits)} vs "
+                f"Portkey {_measured(summary, peer, unit, digits)}",
+                "met": met,
             }
         )
     return rows

@@ -39,7 +39,8 @@ With ``--log-calls``, ``GET /_control/log`` returns every chat call received, ol
 CLOCK_MONOTONIC on Linux, so other processes can place the calls on their own timeline);
 ``POST /_control/reset`` empties it and sets every vendor back to ``ok``.
 
-HTTP/1.1 keep-alive and pipelining; Content-Length request bodies only. Start:
+HTTP/1.1 keep-alive and pipelining, HTTP/1.0 keep-alive when asked (``ab -k``); Content-Length request
+bodies only. Start:
 ``python -m tests.bench.vendor [--port 0] [--pieces N --interval S]``; prints
 ``BENCH_VENDOR_LISTENING <port>``.
 """
@@ -82,8 +83,15 @@ def _id(prefix: str = "chatcmpl-") -> str:
     return f"{prefix}{_PREFIX}{next(_IDS):08x}"
 
 
-def _response(status: str, ctype: bytes, body: bytes, keep_alive: bool) -> bytes:
-    connection = b"" if keep_alive else b"Connection: close\r\n"
+# ``keep_alive`` for an HTTP/1.0 client that asked for it (ApacheBench's ``-k``): said in the answer.
+_KEPT_10 = "HTTP/1.0 keep-alive"
+
+
+def _response(status: str, ctype: bytes, body: bytes, keep_alive: bool | str) -> bytes:
+    if keep_alive == _KEPT_10:
+        connection = b"Connection: keep-alive\r\n"
+    else:
+        connection = b"" if keep_alive else b"Connection: close\r\n"
     return (
         b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
         % (status.encode(), ctype, len(body), connection)
@@ -206,7 +214,19 @@ def stream_frames(
 class Conn:
     """One client connection: input buffer, output buffer, and the stream it is answering, if any."""
 
-    __slots__ = ("closed", "fd", "inbuf", "keep_alive", "out", "server", "sock", "stalled", "stream", "writing")
+    __slots__ = (
+        "closed",
+        "fd",
+        "http10",
+        "inbuf",
+        "keep_alive",
+        "out",
+        "server",
+        "sock",
+        "stalled",
+        "stream",
+        "writing",
+    )
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
@@ -217,6 +237,7 @@ class Conn:
         self.writing = False
         self.stream: list[bytes] | None = None
         self.keep_alive = True
+        self.http10 = False
         self.closed = False
         self.stalled = False  # a request left unanswered on purpose: nothing more is read or answered
 
@@ -288,7 +309,7 @@ class Conn:
                 return
             head = self.inbuf[:end].decode("latin-1")
             lines = head.split("\r\n")
-            length, close, credential = 0, False, ""
+            length, close, asked, credential = 0, False, False, ""
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 name = name.strip().lower()
@@ -296,6 +317,7 @@ class Conn:
                     length = int(value)
                 elif name == "connection":
                     close = value.strip().lower() == "close"
+                    asked = value.strip().lower() == "keep-alive"
                 elif name == "authorization":
                     credential = value.strip()
             if len(self.inbuf) < end + 4 + length:
@@ -304,13 +326,15 @@ class Conn:
             self.inbuf = self.inbuf[end + 4 + length :]
             method, _, rest = lines[0].partition(" ")
             path = rest.rsplit(" ", 1)[0].split("?", 1)[0]
-            self.keep_alive = not close and lines[0].endswith("HTTP/1.1")
+            http11 = lines[0].endswith("HTTP/1.1")
+            self.keep_alive = not close and (http11 or asked)
+            self.http10 = not http11
             self.answer(method, path, body, credential)
         if not self.keep_alive and not self.out and self.stream is None:
             self.close()
 
     def answer(self, method: str, path: str, raw: bytes, credential: str = "") -> None:
-        ka = self.keep_alive
+        ka: bool | str = _KEPT_10 if self.keep_alive and self.http10 else self.keep_alive
         if method == "GET" and path == "/health":
             self.write(_response("200 OK", b"text/plain", b"OK", ka))
             return

@@ -45,7 +45,7 @@ def adapt(config: str, upstream_port: int | Sequence[int], listen_port: int, dir
 class Nginx:
     """nginx with the router's config in front of ``upstream_port`` (one or several), on a free loopback port."""
 
-    def __init__(self, directory: Path, upstream_port: int | Sequence[int]) -> None:
+    def __init__(self, directory: Path, upstream_port: int | Sequence[int], workers: int = 1) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = free_port()
@@ -56,7 +56,7 @@ class Nginx:
         user = "user root;\n" if os.geteuid() == 0 else ""
         (directory / "nginx.conf").write_text(
             f"""{user}daemon off;
-worker_processes 1;
+worker_processes {workers};
 pid {directory}/nginx.pid;
 error_log {directory}/error.log info;
 events {{ worker_connections 512; }}
