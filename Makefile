@@ -46,9 +46,9 @@ check-config: $(VENV)/.runtime
 bench: $(VENV)/.dev
 	$(BIN)/python -m tests.bench
 
-## bench-peers: the benchmark 3 times with Portkey and LiteLLM in the same runs (installed into ~/.cache/router-bench)
+## bench-peers: the benchmark 3 times with Portkey and LiteLLM in the same runs (installed into ~/.cache/router-bench), and nginx in front of the router
 bench-peers: $(VENV)/.dev
-	$(BIN)/python -m tests.bench --peers portkey,litellm --repeat 3
+	$(BIN)/python -m tests.bench --peers portkey,litellm --nginx --repeat 3
 
 ## bench-failover: one of two vendors errs, stalls, then drops streams under constant load, and recovers
 bench-failover: $(VENV)/.dev
