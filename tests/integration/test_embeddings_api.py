@@ -110,14 +110,15 @@ def test_token_inputs_are_embedded(openai_client, fake):
 
 def test_embedding_requests_never_reach_a_chat_model_and_chat_never_an_embedding_model(openai_client, fake):
     # Each pick is random among two models: 8 rounds miss one of them 1 time in 128, 24 never in practice.
-    for _ in range(24):
+    rounds = 24
+    for _ in range(rounds):
         openai_client.embeddings.create(model="any-model", input="Hello")
         openai_client.chat.completions.create(model="any-model", messages=[{"role": "user", "content": "Hello"}])
         openai_client.responses.create(model="any-model", input="Hello")
     received = [(r["endpoint"], r["body"]["model"]) for r in fake.requests()]
     assert {model for endpoint, model in received if endpoint == "embeddings"} == EMBEDDING_IDS
     assert {model for endpoint, model in received if endpoint == "chat"} == CHAT_IDS
-    assert len(received) == 24
+    assert len(received) == 3 * rounds
 
 
 def test_naming_a_model_of_the_other_type_answers_400_pointing_to_the_right_endpoint(openai_client, fake):
