@@ -17,7 +17,7 @@ import gevent
 import orjson
 
 from app.catalog import Combination, Model
-from app.endpoint import Exchange, UnusableAnswer
+from app.endpoint import Exchange, StreamingExchange, UnusableAnswer
 from app.errors import UpstreamError, UpstreamTimeout, VendorError
 from app.failures import AttemptFailed, Failure, carries_error
 from app.normalize import StreamNormalizer, vendor_error
@@ -102,6 +102,8 @@ class Conversation:
         """The stream answering ``body`` from ``attempt``'s vendor, committed: its first answer event has arrived."""
         combination = attempt.combination
         exchange = self._exchange
+        # Only streaming recipes ever set ``stream``: embeddings have no translator to ask for.
+        assert isinstance(exchange, StreamingExchange)
         first_token = self._first_token_timeout
         timer = gevent.Timeout(first_token) if first_token is not None else None
         if timer is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from app.capabilities import required_capabilities
-from app.endpoint import ClientRequest, Exchange, UnusableAnswer
+from app.endpoint import ClientRequest, StreamingExchange, UnusableAnswer
 from app.normalize import normalize_completion
 from app.relay import ChatEvents, StreamTranslator
 from app.schemas import validate_chat_request
@@ -31,7 +31,7 @@ def chat_completion(document: dict[str, Any], requested_model: str) -> dict[str,
     return normalize_completion(document, requested_model)
 
 
-class ChatExchange(Exchange):
+class ChatExchange(StreamingExchange):
     """Chat completions on the vendor side, normalized on the way back."""
 
     def translate(self, document: dict[str, Any]) -> bytes:

@@ -16,6 +16,7 @@ Everything else (candidates, failover, hedging, deadlines, relaying, metrics) is
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,6 +43,7 @@ __all__ = [
     "ErrorShape",
     "Exchange",
     "Recipe",
+    "StreamingExchange",
     "UnusableAnswer",
 ]
 
@@ -82,11 +84,12 @@ class ClientRequest:
 
 
 @dataclass
-class Exchange:
+class Exchange(ABC):
     """A client request on its way to vendors and back: the vendor body, and how answers return.
 
     The base forwards ``body`` to the vendor's chat completions with only the model replaced and
-    leaves answers to subclasses: ``translate`` for a whole answer, ``translator`` for a stream.
+    leaves answers to subclasses: ``translate`` for a whole answer, and (``StreamingExchange``)
+    ``translator`` for a stream.
     """
 
     body: dict[str, Any]  # the vendor request, before a model is chosen
@@ -130,13 +133,17 @@ class Exchange:
         """Have every vendor body ask at most ``tokens`` output tokens."""
         self.output_limit = tokens
 
+    @abstractmethod
     def translate(self, document: dict[str, Any]) -> bytes:
         """The client's body for a vendor's whole answer; raises UnusableAnswer if there is none."""
-        raise NotImplementedError
 
+
+class StreamingExchange(Exchange):
+    """An exchange whose answers may also come as a stream (every one but embeddings)."""
+
+    @abstractmethod
     def translator(self) -> StreamTranslator:
-        """A fresh StreamTranslator (app.relay) for one stream; only streaming exchanges have one."""
-        raise NotImplementedError
+        """A fresh StreamTranslator (app.relay) for one stream's normalized chunks."""
 
 
 def max_tokens_of(body: dict[str, Any]) -> int | None:
