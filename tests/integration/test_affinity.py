@@ -8,9 +8,12 @@ counts and translates on chat, Responses and Messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -37,6 +40,27 @@ def hello(text: str = "Hello") -> dict:
     return {"model": "any-model", "messages": [{"role": "user", "content": text}]}
 
 
+@contextlib.contextmanager
+def held_connections(router) -> Iterator[Callable[[], None]]:
+    """``hold()`` opens one more idle connection to the router, kept open until the block ends.
+
+    Each worker accepts a new connection only while it holds no more than the other, so the idle
+    ones mostly alternate between the two workers, and so do the calls made between them: one
+    session's calls are answered by both workers, not all by whichever happens to wake first.
+    """
+    opened: list[socket.socket] = []
+
+    def hold() -> None:
+        opened.append(socket.create_connection(("127.0.0.1", router.port), timeout=5))
+        time.sleep(0.05)  # accepted before the next connection arrives
+
+    try:
+        yield hold
+    finally:
+        for connection in opened:
+            connection.close()
+
+
 def keys_used(fake, vendor: str = "openai") -> list[str]:
     """The key of every chat request the fake received for ``vendor``, oldest first."""
     return [r["headers"]["authorization"] for r in fake.requests(vendor) if r["endpoint"] == "chat"]
@@ -47,8 +71,15 @@ def test_the_same_session_reaches_the_same_key_from_either_of_two_workers(start_
     for header in ("X-Session-Id", "X-Claude-Code-Session-Id"):
         for session in ("agent-a", "agent-b", "agent-c"):
             fake.reset()
-            for turn in range(12):
-                post(router, CHAT, hello(f"turn {turn}"), {header: session})
+            # At least 12 turns, and on until both workers have answered this session (each
+            # has its own pool of vendor connections, so two connections reach the fake).
+            with held_connections(router) as hold:
+                for turn in range(40):
+                    hold()
+                    post(router, CHAT, hello(f"turn {turn}"), {header: session})
+                    if turn >= 11 and len({r["connection"] for r in fake.requests("openai")}) >= 2:
+                        break
+            assert len({r["connection"] for r in fake.requests("openai")}) >= 2, (header, session)
             assert len(set(keys_used(fake))) == 1, (header, session)
     # The body's prompt_cache_key names a session too.
     fake.reset()
@@ -60,8 +91,6 @@ def test_the_same_session_reaches_the_same_key_from_either_of_two_workers(start_
     for n in range(24):
         post(router, CHAT, hello(), {"X-Session-Id": f"spread-{n}"})
     assert len(set(keys_used(fake))) >= 3
-    # Both workers answered: each keeps its own connection pool, so two pools' connections were used.
-    assert len({r["connection"] for r in fake.requests("openai")}) >= 2
 
 
 def test_without_a_session_and_with_affinity_off_requests_spread_as_before(start_router, fake):
