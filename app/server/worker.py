@@ -17,6 +17,7 @@ from http import HTTPStatus
 from typing import ClassVar
 
 import gevent
+from gevent.baseserver import _handle_and_close_when_done
 from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.http import errors, wsgi
@@ -211,9 +212,57 @@ class _BalancedServer(StreamServer):
             raise
 
     def close(self) -> None:
+        """Stop accepting, and answer the connections the kernel had already completed.
+
+        Connections completed by the kernel but not yet accepted wait in the listening socket's
+        queue, and the last close of the socket resets them: a client (nginx) that has already
+        sent its request gets a reset it cannot safely retry, while a connection refused after
+        the close is sent elsewhere. gevent notices SIGTERM up to a second late and accepts one
+        connection per loop iteration, so under load several wait at that moment (2 to 6 resets
+        per stop, measured). So the queue is emptied first, without a greenlet switch between the
+        last accept and the close, and those connections are served like the others (each
+        answer with ``Connection: close``, as the worker is stopping)."""
         if self.balance is not None:
             self.balance.serving(False)
+        queued = []
+        if not self.closed:
+            while True:
+                try:
+                    accepted = self.do_read()  # a non-blocking accept: None once the queue is empty
+                except OSError:
+                    break
+                if not accepted:
+                    break
+                queued.append(accepted)
+        spawn, handle = getattr(self, "_spawn", None), getattr(self, "_handle", None)
         super().close()
+        for accepted in queued:
+            if self.balance is not None:
+                self.balance.opened()  # the handler's end counts it closed again
+            if spawn is None or handle is None:
+                accepted[0].close()
+            else:
+                spawn(_handle_and_close_when_done, handle, self.do_close, accepted)
+
+
+class _NamedListener:
+    """A listening socket as a connection's handler sees it: its name outlives its close.
+
+    gunicorn's handler asks the listening socket for its address when a connection's first
+    request arrives; a connection accepted just before a stopping worker closed that socket
+    would fail there (EBADF) and be reset without an answer."""
+
+    __slots__ = ("_listener", "_name")
+
+    def __init__(self, listener) -> None:
+        self._listener = listener
+        self._name = listener.getsockname()
+
+    def getsockname(self):
+        return self._name
+
+    def __getattr__(self, name: str):
+        return getattr(self._listener, name)
 
 
 class RouterWorker(GeventWorker):
@@ -252,12 +301,13 @@ class RouterWorker(GeventWorker):
 
     def run(self) -> None:
         self._loop = gevent.get_hub().loop
+        self._listeners = {id(listener): _NamedListener(listener) for listener in self.sockets}
         self._balance.serving(True)
         super().run()
 
     def handle(self, listener, client, addr) -> None:
         try:
-            super().handle(listener, client, addr)
+            super().handle(self._listeners.get(id(listener), listener), client, addr)
         finally:
             if _BalancedServer.balance is not None:
                 self._balance.closed()  # counted as opened by _BalancedServer.do_handle
