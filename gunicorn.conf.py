@@ -45,10 +45,12 @@ timeout = server.timeout
 # GRACEFUL_TIMEOUT. On SIGTERM, SIGHUP reloads and worker restarts, running streams get this long
 # to finish before the worker is killed: long enough for a typical completion.
 graceful_timeout = server.graceful_timeout
-# KEEPALIVE. Idle keep-alive connections are held this long. Short, because on SIGTERM or SIGHUP
-# a worker waits for its idle connections as for running requests: with a long keep-alive every
-# deploy would stall that long. nginx's upstream keepalive_timeout must be shorter (configs/nginx
-# uses 4 s), so nginx closes an idle connection before gunicorn does and never reuses a closing one.
+# KEEPALIVE. Idle keep-alive connections are held this long. Short by default, because on SIGTERM
+# or SIGHUP a worker waits for its idle connections as for running requests: with a long
+# keep-alive, clients that keep idle connections would stall every deploy that long. Behind nginx,
+# set it far above nginx's upstream keepalive_timeout (docker-compose.yml: 30 s against 4 s), so
+# nginx closes an idle connection long before gunicorn would and never reuses a closing one, even
+# after the machine stalled for seconds; nginx then bounds the drain, not KEEPALIVE.
 keepalive = server.keepalive
 
 # Never preload with gevent: modules imported before the fork miss monkey-patching.

@@ -63,6 +63,9 @@ ROUTER_ENV = {
     "COOLDOWN_SECONDS": "5",
     # A drain waits for running streams; the longest here (a slow reader) takes a few seconds.
     "GRACEFUL_TIMEOUT": "30",
+    # As docker-compose.yml behind nginx: nginx (keepalive_timeout 4s) closes idle connections, not
+    # gunicorn, even across a stall of the shared machine (one of 4.1 s broke a 1 s margin).
+    "KEEPALIVE": "30",
 }
 
 

@@ -13,7 +13,7 @@ import requests
 
 from app.settings import ServerSettings, Settings
 from tests.support.nginx import CONFIG, NGINX, Nginx
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx-light; .ci/run does)"
@@ -182,9 +182,12 @@ def test_config_timeouts_and_limits_agree_with_the_router_defaults():
     assert read_timeout > defaults.upstream_read_timeout
     body = directive("client_max_body_size")
     assert int(body[:-1]) * {"k": 1024, "m": 1024**2}[body[-1]] == defaults.max_body_bytes
-    # nginx closes idle upstream connections before gunicorn does (KEEPALIVE, app/settings.py).
+    # nginx closes idle upstream connections before gunicorn does (KEEPALIVE, app/settings.py),
+    # even with the default; docker-compose.yml sets it far above, against stalls of the machine.
     gunicorn_keepalive = ServerSettings.keepalive
     assert seconds(directive("keepalive_timeout")) < int(gunicorn_keepalive)
+    compose_keepalive = int(re.search(r'KEEPALIVE: "(\d+)"', (ROOT / "docker-compose.yml").read_text()).group(1))
+    assert compose_keepalive >= seconds(directive("keepalive_timeout")) + 20
     # Streams rely on the router's X-Accel-Buffering header being obeyed, and on no compression.
     assert "proxy_ignore_headers" not in active_config()
     assert not re.search(r"^\s*gzip\s+on", active_config(), flags=re.MULTILINE)
