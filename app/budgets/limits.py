@@ -28,8 +28,6 @@ __all__ = [
     "window_span",
 ]
 
-# call per this many tokens rather than one per event.
-EXTENSION_TOKENS = 64
 _LIMIT = re.compile(r"\s*(\d+(?:\.\d+)?)\s+(tokens|usd)\s+per\s+(hour|day|month)\s*\Z", re.IGNORECASE)
 
 

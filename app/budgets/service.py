@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,11 +41,12 @@ __all__ = ["DEFAULT_OUTPUT_ALLOWANCE", "BudgetMetrics", "Budgets", "Reservation"
 
 log = logging.getLogger(__name__)
 
+# Output tokens reserved for a call that names no max tokens, on models with no max_output_tokens:
 # a long answer of most chat models. A budget with less left lowers the call's max tokens to it.
 DEFAULT_OUTPUT_ALLOWANCE = 4096
+# Tokens a stream that outgrew its reservation asks for beyond what it already read: one ledger
 # call per this many tokens rather than one per event.
 EXTENSION_TOKENS = 64
-_LIMIT = re.compile(r"\s*(\d+(?:\.\d+)?)\s+(tokens|usd)\s+per\s+(hour|day|month)\s*\Z", re.IGNORECASE)
 
 
 # -- the service ------------------------------------------------------------------------------

@@ -315,6 +315,22 @@ def test_redis_down_refuses_budgeted_calls_with_503_and_one_error_line_then_reco
         revived.kill()
 
 
+def test_a_restarted_redis_counts_the_next_budgeted_call_at_once(start_router, fake, redis_server, tmp_path):
+    # A restart loses the loaded scripts and closes every connection the workers hold: the first
+    # call after it must still be counted and answered, not refused for a dead connection.
+    router = start_router(workers=1, **budgeted(redis_server, "1000 tokens per day"))
+    assert chat(router).status_code == 200
+    redis_server.kill()
+    revived = RedisServer(tmp_path / "redis-again", port=redis_server.port)
+    try:
+        answer = chat(router)
+        assert answer.status_code == 200, answer.text
+        assert budget_of(router)["budgets"][0]["spent"] == PROMPT + COMPLETION  # counted anew
+        assert "unreachable" not in router.logs()
+    finally:
+        revived.kill()
+
+
 def test_concurrent_reservations_in_redis_never_grant_more_than_the_limit(redis_server):
     # Eight processes' worth of ledgers racing on one counter: the check and the charge are one
     # step in Redis, so the grants add up to the limit exactly, never more.
