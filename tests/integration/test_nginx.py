@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import signal
+import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -186,8 +191,67 @@ def test_config_timeouts_and_limits_agree_with_the_router_defaults():
     # even with the default; docker-compose.yml sets it far above, against stalls of the machine.
     gunicorn_keepalive = ServerSettings.keepalive
     assert seconds(directive("keepalive_timeout")) < int(gunicorn_keepalive)
-    compose_keepalive = int(re.search(r'KEEPALIVE: "(\d+)"', (ROOT / "docker-compose.yml").read_text()).group(1))
-    assert compose_keepalive >= seconds(directive("keepalive_timeout")) + 20
+    assert compose_keepalive() >= seconds(directive("keepalive_timeout")) + 20
     # Streams rely on the router's X-Accel-Buffering header being obeyed, and on no compression.
     assert "proxy_ignore_headers" not in active_config()
     assert not re.search(r"^\s*gzip\s+on", active_config(), flags=re.MULTILINE)
+
+
+def compose_keepalive() -> int:
+    """The router's KEEPALIVE behind nginx, as docker-compose.yml sets it."""
+    return int(re.search(r'KEEPALIVE: "(\d+)"', (ROOT / "docker-compose.yml").read_text()).group(1))
+
+
+def test_a_stall_of_the_whole_machine_does_not_make_nginx_reuse_a_connection_the_router_closed(
+    start_router, start_nginx
+):
+    # Every nginx and router process stopped for 6 s (a stalled machine) while 16 clients call:
+    # afterwards nginx sends the requests that arrived meanwhile on idle upstream connections
+    # before it runs its own keepalive_timeout. With KEEPALIVE 5 gunicorn's timer has also run
+    # out, and it closes such a connection, request unread: nginx answers that POST 502 and does
+    # not send it again. With the KEEPALIVE docker-compose.yml sets behind nginx, gunicorn never
+    # closes one first.
+    router = start_router(workers=2, KEEPALIVE=str(compose_keepalive()))
+    nginx = start_nginx(router.port)
+    statuses: list[str] = []
+    stopping = threading.Event()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not stopping.is_set():
+                try:
+                    statuses.append(str(session.post(nginx.url(CHAT), json=HELLO, timeout=30).status_code))
+                except requests.RequestException as exc:
+                    statuses.append(type(exc).__name__)
+                time.sleep(0.05)
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(16)]
+    for thread in clients:
+        thread.start()
+    nginx_processes = [nginx.process.pid, *children(nginx.process.pid)]
+    router_processes = [router.process.pid, *children(router.process.pid)]
+    for _ in range(3):
+        time.sleep(2)
+        for pid in nginx_processes + router_processes:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(6)
+        # The router wakes a moment first and runs its expired timers; then nginx handles the
+        # requests that came in, and the closes, in whatever order its one wake-up lists them.
+        for pid in router_processes:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+        for pid in nginx_processes:
+            os.kill(pid, signal.SIGCONT)
+    time.sleep(1)
+    stopping.set()
+    for thread in clients:
+        thread.join(40)
+    assert len(statuses) > 400
+    assert set(statuses) == {"200"}, Counter(statuses)
+    assert "[error]" not in nginx.error_log()
+
+
+def children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (nginx's or gunicorn's workers)."""
+    listed = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(child) for child in listed.split()]
