@@ -1,6 +1,7 @@
 """The gunicorn worker: gevent's, answering malformed requests with OpenAI JSON, writing with
 fewer system calls, surviving config files that are being edited, taking turns fairly between
-requests, and spreading connections evenly over the workers (app/server/balance.py).
+requests, spreading connections evenly over the workers (app/server/balance.py), and answering
+every connection the kernel had completed when it stops.
 """
 
 from __future__ import annotations
@@ -266,12 +267,14 @@ class _NamedListener:
 
 
 class RouterWorker(GeventWorker):
-    """gunicorn's gevent worker with five changes: the answers gunicorn writes itself are OpenAI
+    """gunicorn's gevent worker with six changes: the answers gunicorn writes itself are OpenAI
     JSON, not HTML; a worker started after start-up waits for config files that load, rather than
     stopping the whole server (gunicorn halts when a worker cannot boot); responses are written
     with fewer system calls (``_OneWriteResponse``); a request that never waited gives the other
-    requests a turn before its connection's next one (``handle_request``); and connections are
-    spread evenly over the workers (``configure``, app/server/balance.py).
+    requests a turn before its connection's next one (``handle_request``); connections are
+    spread evenly over the workers (``configure``, app/server/balance.py); and a stopping worker
+    serves the connections waiting in the listening socket's queue instead of resetting them
+    (``_BalancedServer.close``, ``_NamedListener``).
 
     Loaded by the master: the app itself is imported only in the worker (``load_wsgi``), after
     gevent's patching.
