@@ -15,7 +15,9 @@ of them disappears, so an upgrade breaks a test, not production:
   ``release_conn()``, to read a body from the socket and pool its connection afterwards;
 - gevent's socket ``_sock`` (the C-level socket), for a non-blocking peek before reuse;
 - ``requests.adapters.HTTPAdapter.build_connection_pool_key_attributes``, ``init_poolmanager``,
-  ``poolmanager.pool_classes_by_scheme`` and ``build_response``, to plug the lean pools in.
+  ``poolmanager.pool_classes_by_scheme`` and ``build_response``, to plug the lean pools in;
+- ``http.client.parse_headers`` (replaced, for every response this process reads) and
+  ``_read_headers`` (the size-checked read of the header lines it builds on).
 
 Failures leave as ``VendorSilent`` (no byte within the allowed time) or ``BodyBroken`` (the body
 ended or framed wrongly); app/upstream.py maps them, with everything else, to the router's errors.
@@ -24,6 +26,9 @@ ended or framed wrongly); app/upstream.py maps them, with everything else, to th
 from __future__ import annotations
 
 import _socket
+import email.parser
+import http.client
+import re
 import socket
 import time
 from typing import Any
@@ -53,6 +58,35 @@ class BodyBroken(ConnectionError):
 _header_lines: dict[tuple[str, tuple[Any, ...]], bytes] = {}
 _HEADER_LINES_KEPT = 256  # a bound, in case a deployment has very many credentials
 _UNCACHED_HEADERS = frozenset({"Content-Length"})  # a new value nearly every call
+
+
+# A header line as email's parser takes it for a header: a name of printable characters other than
+# the colon, then the colon. Anything else (a continuation line, a "From " line, a line without a
+# colon) is left to that parser, which the fast path below must agree with.
+_PLAIN_HEADER_NAME = re.compile(r"[!-9;-~]+")
+
+
+def _parse_headers(fp: Any, _class: type = http.client.HTTPMessage) -> http.client.HTTPMessage:
+    """http.client's ``parse_headers`` without email's parser for plain header lines.
+
+    http.client hands every response's header lines to ``email.parser.Parser``, a general MIME
+    parser: about 6% of the router's CPU per whole call went there. Vendors send plain
+    ``Name: value`` lines; those are stored as that parser stores them (compat32: the name as
+    sent, the value without leading blanks or the line end). Any other line sends the whole block
+    to the stdlib parser, so odd headers parse exactly as before."""
+    lines = http.client._read_headers(fp)  # the stdlib's read, with its line and count limits
+    message = _class()
+    for line in lines:
+        if line in (b"\r\n", b"\n", b""):
+            return message
+        name, colon, value = line.decode("iso-8859-1").partition(":")
+        if not colon or _PLAIN_HEADER_NAME.fullmatch(name) is None:
+            break
+        message.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
+    return email.parser.Parser(_class=_class).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+
+http.client.parse_headers = _parse_headers  # HTTPResponse.begin looks it up on every response
 
 
 class _LeanConnection:
@@ -145,11 +179,33 @@ class Adapter(HTTPAdapter):
 
     def __init__(self, **options: Any) -> None:
         self._pool_keys: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._paths: dict[str, str] = {}  # vendor URL -> the path sent in the request line
         super().__init__(**options)
 
     def init_poolmanager(self, *args: Any, **options: Any) -> None:
         super().init_poolmanager(*args, **options)
         self.poolmanager.pool_classes_by_scheme = {"http": _LeanHTTPPool, "https": _LeanHTTPSPool}
+
+    def get_connection_with_tls_context(
+        self, request: requests.PreparedRequest, verify: Any, proxies: Any = None, cert: Any = None
+    ) -> HTTPConnectionPool:
+        if proxies:
+            return super().get_connection_with_tls_context(request, verify, proxies, cert)
+        # Without a proxy, requests would still parse the URL on every call to look for one.
+        try:
+            host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
+        except ValueError as exc:
+            raise requests.exceptions.InvalidURL(exc, request=request) from exc
+        return self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
+
+    def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
+        if proxies:
+            return super().request_url(request, proxies)
+        # The path of the vendor's URL, split once per URL instead of twice per call.
+        path = self._paths.get(request.url)  # type: ignore[arg-type]
+        if path is None:
+            path = self._paths[request.url] = super().request_url(request, proxies)  # type: ignore[index]
+        return path
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None

@@ -14,6 +14,7 @@ import requests
 from tests.support.certs import make_certificates, openssl_available
 from tests.support.processes import FakeVendorProcess, RouterProcess, router_config, wait_until
 from tests.support.prometheus import scrape
+from tests.support.scripted_vendor import ScriptedVendor
 from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -188,6 +189,47 @@ def test_vendor_behind_a_private_ca_is_reached_with_requests_ca_bundle(tmp_path)
             untrusted.stop()
     finally:
         vendor.stop()
+
+
+def test_vendor_calls_go_through_the_egress_proxy_the_environment_names(tmp_path, fake):
+    # A forward proxy: it gets the vendor's absolute URL in the request line, passes the call on.
+    seen: list[str] = []
+
+    def relay(handler) -> None:
+        seen.append(handler.path)
+        upstream = requests.post(
+            handler.path, data=handler.body, headers={"Authorization": handler.headers["Authorization"]}, timeout=10
+        )
+        handler.send_response(upstream.status_code)
+        handler.send_header("Content-Type", upstream.headers["Content-Type"])
+        handler.send_header("Content-Length", str(len(upstream.content)))
+        handler.end_headers()
+        handler.wfile.write(upstream.content)
+
+    proxy = ScriptedVendor(relay)
+    env = router_config(tmp_path / "config", fake, models=ONE_OPENAI)
+    proxied = RouterProcess(
+        {**env, "HTTP_PROXY": f"http://127.0.0.1:{proxy.server.server_port}", "NO_PROXY": ""}, tmp_path / "proxied.log"
+    )
+    try:
+        for _ in range(2):
+            answer = sdk(proxied).chat.completions.create(model="any-model", messages=HELLO)
+            assert answer.choices[0].message.content.startswith("Hello from openai")
+        assert seen == [fake.url("openai") + "/chat/completions"] * 2
+        # NO_PROXY naming the vendor's host: straight to the vendor again.
+        proxied.stop()
+        direct = RouterProcess(
+            {**env, "HTTP_PROXY": f"http://127.0.0.1:{proxy.server.server_port}", "NO_PROXY": "127.0.0.1"},
+            tmp_path / "direct.log",
+        )
+        try:
+            assert sdk(direct).chat.completions.create(model="any-model", messages=HELLO).choices
+            assert len(seen) == 2 and len(fake.requests("openai")) == 3
+        finally:
+            direct.stop()
+    finally:
+        proxied.stop()
+        proxy.stop()
 
 
 # -- clients that half-close, and clients that stop reading ----------------------------------

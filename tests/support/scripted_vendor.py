@@ -1,7 +1,8 @@
 """A vendor written inline by a test: a thread-served HTTP/1.1 server whose POSTs one function answers.
 
 For what the fake vendor has no behaviour for (a body it could never send, a timing it cannot
-make); the test's ``answer(handler)`` writes status, headers and body with http.server's handler.
+make); the test's ``answer(handler)`` writes status, headers and body with http.server's handler
+(``handler.body`` holds the request's body).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class ScriptedVendor:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
+                self.body = self.rfile.read(int(self.headers["Content-Length"]))
                 vendor.calls += 1
                 answer(self)
 

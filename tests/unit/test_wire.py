@@ -70,3 +70,44 @@ def test_requests_adapter_has_the_hooks_the_lean_pools_plug_into():
     for name in ("build_connection_pool_key_attributes", "init_poolmanager", "build_response"):
         assert callable(getattr(adapter, name)), name
     assert isinstance(adapter.poolmanager.pool_classes_by_scheme, dict)
+
+
+HEADER_BLOCKS = [
+    b"Content-Type: application/json\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n",
+    b"content-type:text/event-stream\r\nx-request-id:  abc \r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n",
+    b"Date: Mon, 07 Dec 2026 06:00:00 GMT\r\nEmpty:\r\nX-Tab:\tvalue\twith tab\r\n\r\n",
+    b"X-Latin: caf\xe9\r\nServer: fake\n\n",
+    # Not plain: a folded (continued) line, a line without a colon, a name with a space.
+    b"X-Folded: first\r\n second part\r\nServer: fake\r\n\r\n",
+    b"Server: fake\r\nno colon here\r\nX-After: 1\r\n\r\n",
+    b"Bad Name: value\r\nServer: fake\r\n\r\n",
+    b"\r\n",
+]
+
+
+@pytest.mark.parametrize("block", HEADER_BLOCKS)
+def test_vendor_response_headers_parse_as_the_standard_library_parses_them(block):
+    import email.parser
+    import io
+
+    import app.wire  # noqa: F401 -- installs its header parser
+
+    ours = http.client.parse_headers(io.BytesIO(block + b"the body"))
+    lines = block.decode("iso-8859-1")
+    theirs = email.parser.Parser(_class=http.client.HTTPMessage).parsestr(lines)
+    assert http.client.parse_headers.__module__ == "app.wire"
+    assert ours.items() == theirs.items()
+    assert ours.get_all("Set-Cookie") == theirs.get_all("Set-Cookie")
+    assert [type(defect) for defect in ours.defects] == [type(defect) for defect in theirs.defects]
+    assert ours.get_payload() == theirs.get_payload() or not (ours.get_payload() or theirs.get_payload())
+
+
+def test_header_limits_of_http_client_still_apply():
+    import io
+
+    import app.wire  # noqa: F401 -- installs its header parser
+
+    with pytest.raises(http.client.LineTooLong):
+        http.client.parse_headers(io.BytesIO(b"X-Long: " + b"a" * 70000 + b"\r\n\r\n"))
+    with pytest.raises(http.client.HTTPException):
+        http.client.parse_headers(io.BytesIO(b"X: 1\r\n" * 200 + b"\r\n"))
