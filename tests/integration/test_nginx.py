@@ -6,7 +6,6 @@ import itertools
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -253,5 +252,13 @@ def test_a_stall_of_the_whole_machine_does_not_make_nginx_reuse_a_connection_the
 
 def children(pid: int) -> list[int]:
     """The process ids of ``pid``'s children (nginx's or gunicorn's workers)."""
-    listed = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
-    return [int(child) for child in listed.split()]
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its closing paren.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process has just gone
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
