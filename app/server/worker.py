@@ -270,8 +270,8 @@ class RouterWorker(GeventWorker):
     """gunicorn's gevent worker with six changes: the answers gunicorn writes itself are OpenAI
     JSON, not HTML; a worker started after start-up waits for config files that load, rather than
     stopping the whole server (gunicorn halts when a worker cannot boot); responses are written
-    with fewer system calls (``_OneWriteResponse``); a request that never waited gives the other
-    requests a turn before its connection's next one (``handle_request``); connections are
+    with fewer system calls (``_OneWriteResponse``); after each answer a connection gives the
+    other connections a turn before its next request (``handle_request``); connections are
     spread evenly over the workers (``configure``, app/server/balance.py); and a stopping worker
     serves the connections waiting in the listening socket's queue instead of resetting them
     (``_BalancedServer.close``, ``_NamedListener``).
