@@ -101,6 +101,12 @@ class LoadGenerator:
     def finish(self, process: subprocess.Popen, token: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _body_file(self, body: bytes) -> Path:
+        """``body`` in a new file of the work directory, for a generator that reads it from disk."""
+        with tempfile.NamedTemporaryFile(dir=self.workdir, suffix=".json", delete=False) as file:
+            file.write(body)
+        return Path(file.name)
+
 
 class Wrk(LoadGenerator):
     """wrk with one thread (-t1), as the issue's peer measurements were taken."""
@@ -196,11 +202,9 @@ class ApacheBench(LoadGenerator):
         headers: dict[str, str] | None = None,
         requests: int | None = None,
     ) -> tuple[subprocess.Popen, Any]:
-        body_file = tempfile.NamedTemporaryFile(dir=self.workdir, suffix=".json", delete=False)  # noqa: SIM115
-        body_file.write(body)
-        body_file.close()
-        csv = Path(body_file.name).with_suffix(".csv")
-        tsv = Path(body_file.name).with_suffix(".tsv")
+        body_file = self._body_file(body)
+        csv = body_file.with_suffix(".csv")
+        tsv = body_file.with_suffix(".tsv")
         # -t bounds the time; -n (given after it) lifts ab's default cap of 50,000 calls.
         limit = ["-n", str(requests)] if requests else ["-t", str(max(round(duration), 1)), "-n", "100000000"]
         command = [
@@ -217,14 +221,14 @@ class ApacheBench(LoadGenerator):
             "-g",
             str(tsv),
             "-p",
-            body_file.name,
+            str(body_file),
             "-T",
             "application/json",
             *(item for name, value in (headers or {}).items() for item in ("-H", f"{name}: {value}")),
             f"http://{host}:{port}{path}",
         ]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        return process, (_children_cpu(), csv, tsv, body_file.name)
+        return process, (_children_cpu(), csv, tsv, body_file)
 
     def finish(self, process: subprocess.Popen, token: Any) -> dict[str, Any]:
         output, _ = process.communicate()
@@ -308,10 +312,8 @@ class GeventLoad(LoadGenerator):
         duration: float,
         headers: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen, Any]:
-        body_file = tempfile.NamedTemporaryFile(dir=self.workdir, suffix=".json", delete=False)  # noqa: SIM115
-        body_file.write(body)
-        body_file.close()
-        out = Path(body_file.name).with_suffix(".out")
+        body_file = self._body_file(body)
+        out = body_file.with_suffix(".out")
         command = [
             sys.executable,
             "-m",
@@ -319,7 +321,7 @@ class GeventLoad(LoadGenerator):
             f"--host={host}",
             f"--port={port}",
             f"--path={path}",
-            f"--body-file={body_file.name}",
+            f"--body-file={body_file}",
             f"--concurrency={concurrency}",
             f"--duration={duration}",
             f"--out={out}",
