@@ -14,7 +14,7 @@ import requests
 from tests.support.certs import make_certificates, openssl_available
 from tests.support.processes import FakeVendorProcess, RouterProcess, router_config, wait_until
 from tests.support.prometheus import scrape
-from tests.support.scripted_vendor import ScriptedVendor
+from tests.support.scripted_vendor import ScriptedVendor, send_whole
 from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -200,11 +200,7 @@ def test_vendor_calls_go_through_the_egress_proxy_the_environment_names(tmp_path
         upstream = requests.post(
             handler.path, data=handler.body, headers={"Authorization": handler.headers["Authorization"]}, timeout=10
         )
-        handler.send_response(upstream.status_code)
-        handler.send_header("Content-Type", upstream.headers["Content-Type"])
-        handler.send_header("Content-Length", str(len(upstream.content)))
-        handler.end_headers()
-        handler.wfile.write(upstream.content)
+        send_whole(handler, upstream.status_code, upstream.headers["Content-Type"], upstream.content)
 
     proxy = ScriptedVendor(relay)
     env = router_config(tmp_path / "config", fake, models=ONE_OPENAI)

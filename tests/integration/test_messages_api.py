@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.support.processes import wait_until
-from tests.support.scripted_vendor import ScriptedVendor
+from tests.support.scripted_vendor import ScriptedVendor, send_whole
 
 VENDORS = ["openai", "gemini"]
 WEATHER_TOOL = {
@@ -49,6 +49,14 @@ def client(router, fake) -> anthropic.Anthropic:
 
 def pinned(vendor: str) -> dict:
     return {"extra_query": {"vendor": vendor}}
+
+
+def final_message(client: anthropic.Anthropic, request: dict, stream: bool) -> anthropic.types.Message:
+    """The SDK's Message for ``request``: streamed and assembled by the SDK, or whole."""
+    if stream:
+        with client.messages.stream(**request) as events:
+            return events.get_final_message()
+    return client.messages.create(**request)
 
 
 def sent_to_vendor(fake, vendor: str) -> dict:
@@ -143,11 +151,7 @@ def test_a_tool_round_trip_keeps_ids_and_carries_the_result_back(client, fake, v
         "messages": [{"role": "user", "content": "Weather in Oslo?"}],
         **pinned(vendor),
     }
-    if stream:
-        with client.messages.stream(**request) as events:
-            first = events.get_final_message()
-    else:
-        first = client.messages.create(**request)
+    first = final_message(client, request, stream)
     assert first.stop_reason == "tool_use"
     [call] = [block for block in first.content if block.type == "tool_use"]
     assert call.name == "get_weather" and call.input == {"location": "example"}
@@ -313,11 +317,7 @@ def test_a_vendors_reasoning_content_becomes_a_thinking_block_before_the_text(cl
         "messages": [{"role": "user", "content": "Hello"}],
         **pinned(vendor),
     }
-    if stream:
-        with client.messages.stream(**request) as events:
-            message = events.get_final_message()
-    else:
-        message = client.messages.create(**request)
+    message = final_message(client, request, stream)
     thinking, text = message.content
     assert thinking.type == "thinking" and thinking.thinking == "First, greet back."
     assert text.type == "text" and text.text == f"Hello from {vendor}! You said: Hello"
@@ -374,11 +374,7 @@ def test_a_tool_name_a_vendor_would_refuse_is_renamed_on_the_way_and_named_back(
         "messages": [{"role": "user", "content": "Weather in Oslo?"}],
         **pinned(vendor),
     }
-    if stream:
-        with client.messages.stream(**request) as events:
-            message = events.get_final_message()
-    else:
-        message = client.messages.create(**request)
+    message = final_message(client, request, stream)
     [call] = [block for block in message.content if block.type == "tool_use"]
     assert call.name == LONG_TOOL["name"]
     sent = sent_to_vendor(fake, vendor)["body"]
@@ -401,14 +397,7 @@ def bad_arguments_vendor() -> ScriptedVendor:
     }
     body = json.dumps(completion).encode()
 
-    def answer(handler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    return ScriptedVendor(answer)
+    return ScriptedVendor(lambda handler: send_whole(handler, 200, "application/json", body))
 
 
 def test_tool_arguments_that_are_not_a_json_object_fail_over_instead_of_a_500(start_router, fake):

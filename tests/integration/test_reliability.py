@@ -16,7 +16,7 @@ import requests
 from tests.support.processes import RouterProcess, wait_until
 from tests.support.prometheus import scrape
 from tests.support.redis_server import REDIS_SERVER, RedisServer
-from tests.support.scripted_vendor import ScriptedVendor
+from tests.support.scripted_vendor import ScriptedVendor, send_whole
 
 HELLO = [{"role": "user", "content": "Hello"}]
 CHAT = {"model": "any-model", "messages": HELLO}
@@ -215,14 +215,7 @@ def odd_chunk_vendor(choices: object) -> ScriptedVendor:
     body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in (role, {**chunk, "choices": choices}))
     body += b"data: [DONE]\n\n"
 
-    def answer(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/event-stream")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    return ScriptedVendor(answer)
+    return ScriptedVendor(lambda handler: send_whole(handler, 200, "text/event-stream", body))
 
 
 ODD_CHOICES = {"a number": 5, "true": True, "a string": "abc", "an object": {"index": 0}}

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["ScriptedVendor"]
+__all__ = ["ScriptedVendor", "send_whole"]
 
 
 class ScriptedVendor:
@@ -39,3 +39,12 @@ class ScriptedVendor:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def send_whole(handler: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes) -> None:
+    """Answer with ``body`` whole, framed by Content-Length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
