@@ -7,6 +7,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,8 +68,11 @@ class Ledger(Protocol):
         else grant the most output tokens up to ``wanted`` that every line has room for and charge
         each line ``fixed + granted * per_token``."""
 
-    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
-        """Add ``deltas`` (may be negative) to the lines; their spend afterwards."""
+    def adjust(
+        self, lines: Sequence[Line], deltas: Sequence[float], then: Callable[[tuple[float, ...]], None] | None = None
+    ) -> None:
+        """Add ``deltas`` (may be negative) to the lines; ``then`` gets their spend afterwards, once
+        known (at once in memory; in Redis when its reply is read, maybe by a later command)."""
 
     def spent(self, keys: Sequence[str]) -> tuple[float, ...]:
         """What each key has spent (0 when unknown)."""
@@ -105,9 +109,16 @@ class MemoryLedger:
         if grant.tokens is None:
             return grant
         charges = [line.fixed + grant.tokens * line.per_token for line in lines]
-        return Grant(grant.tokens, self.adjust(lines, charges))
+        return Grant(grant.tokens, self._add(lines, charges))
 
-    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
+    def adjust(
+        self, lines: Sequence[Line], deltas: Sequence[float], then: Callable[[tuple[float, ...]], None] | None = None
+    ) -> None:
+        after = self._add(lines, deltas)
+        if then is not None:
+            then(after)
+
+    def _add(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
         after = []
         for line, delta in zip(lines, deltas, strict=True):
             if line.key not in self._spent:
@@ -169,12 +180,26 @@ end
 return after
 """
 
-_SCRIPTS = {"reserve": _RESERVE_SCRIPT, "adjust": _ADJUST_SCRIPT}
+_RESERVE_DIGEST = hashlib.sha1(_RESERVE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+# A connection unused this long may have been closed by Redis meanwhile (a restart): a settlement
+# sent on it waits for its reply, so that a dead connection is found while the settlement can still
+# be sent again on a new one.
+_FRESH_SECONDS = 1.0
+# Settlements whose replies may wait unread on one connection; beyond, they are read at once.
+_UNREAD_MAX = 32
 
 
-def _digest(script: str) -> str:
-    """The name Redis knows a loaded script by (EVALSHA)."""
-    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+class _Link:
+    """One of the ledger's Redis connections, and what its unread replies are for: settlements
+    sent on it, each with what to do with the spend Redis answers."""
+
+    __slots__ = ("connection", "unread", "used_at")
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.unread: deque[Callable[[tuple[float, ...]], None] | None] = deque()
+        self.used_at = time.monotonic()
 
 
 class RedisLedger:
@@ -184,6 +209,12 @@ class RedisLedger:
     (``BudgetStorageDown``): an operator who set a budget pays the bill, and spending without a
     counter is what a budget exists to prevent. One error line per outage, one warning when it
     answers again.
+
+    Every budgeted call sends two scripts: a reservation, whose reply the call waits for, and a
+    settlement, whose reply it does not: the settlement is written to Redis before the answer
+    is returned (Redis applies what reaches it in order, so the client's next call, wherever it
+    goes, finds it counted), and its reply is read with the next command on that connection.
+    Waiting costs a worker a turn of its event loop per command; a call then waits once.
     """
 
     def __init__(self, url: str) -> None:
@@ -199,66 +230,119 @@ class RedisLedger:
         self._redis = redis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT)
         self._errors = (redis.exceptions.RedisError, OSError)
         self._no_script = redis.exceptions.NoScriptError
+        self._refused = redis.exceptions.ResponseError
         self._connection_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-        self._idle: list[Any] = []  # connections not in use by a greenlet, newest last
-        self._scripts = {name: (script, _digest(script)) for name, script in _SCRIPTS.items()}
+        self._idle: list[_Link] = []  # connections not in use by a greenlet, most recently used last
         self._down_since: float | None = None
 
     def reserve(self, lines: Sequence[Line], wanted: int, minimum: int) -> Grant:
+        keys = [line.key for line in lines]
         args: list[Any] = [wanted, minimum]
         for line in lines:
             args += [repr(line.limit), repr(line.fixed), repr(line.per_token), int(line.expires_at * 1000)]
-        granted, refused, spent = self._call(lambda: self._run("reserve", [line.key for line in lines], args))
+        granted, refused, spent = self._call(lambda: self._on_link(lambda link: self._ask(link, keys, args)))
         values = tuple(float(value) for value in spent)
         if granted < 0:
             return Grant(None, values, tuple(int(index) for index in refused))
         return Grant(int(granted), values)
 
-    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
+    def adjust(
+        self, lines: Sequence[Line], deltas: Sequence[float], then: Callable[[tuple[float, ...]], None] | None = None
+    ) -> None:
+        keys = [line.key for line in lines]
         args: list[Any] = []
         for line, delta in zip(lines, deltas, strict=True):
             args += [repr(float(delta)), int(line.expires_at * 1000)]
-        after = self._call(lambda: self._run("adjust", [line.key for line in lines], args))
-        return tuple(float(value) for value in after)
+        self._call(lambda: self._on_link(lambda link: self._tell(link, keys, args, then)))
 
-    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """One script by its digest (EVALSHA), loaded first if Redis does not know it (a restart).
+    def _on_link(self, action: Callable[[_Link], Any]) -> Any:
+        """``action`` on an idle connection of the ledger's (a new one when none is idle).
 
-        Every budgeted call runs two scripts (reserve, settle), so this is the budget's hot path.
-        Through ``Redis.evalsha`` each costs ~150 us of CPU (the client's command dispatch, its
-        pool's locks and health checks, instrumentation); on a redis-py connection of our own it
-        costs ~40-60 us, the rest being the round trip itself. A connection is taken from
-        ``_idle`` and put back after its reply: between those a greenlet waits for nothing else,
-        so no two greenlets ever share one connection. An idle connection Redis closed meanwhile
-        (a restart) fails at once; the command is then sent once more on a new connection, as
-        redis-py's own client does."""
-        script, digest = self._scripts[name]
-        reused = bool(self._idle)
-        connection = self._idle.pop() if reused else self._connect()
+        Between taking a connection and putting it back a greenlet waits for nothing else, so no
+        two greenlets ever share one. A reused connection that fails (Redis closed it: a restart)
+        is dropped and the action runs once more on a new connection, as redis-py's own client
+        does; a new connection that fails means Redis is down."""
+        link = self._idle.pop() if self._idle else None
         while True:
+            reused = link is not None
+            if link is None:
+                pool = self._redis.connection_pool
+                link = _Link(pool.connection_class(**pool.connection_kwargs))  # connects on first use
             try:
-                try:
-                    result = self._command(connection, "EVALSHA", digest, len(keys), *keys, *args)
-                except self._no_script:
-                    self._command(connection, "SCRIPT", "LOAD", script)
-                    result = self._command(connection, "EVALSHA", digest, len(keys), *keys, *args)
+                result = action(link)
+            except self._refused:
+                self._idle.append(link)  # an error reply: the connection is in step and stays usable
+                raise
             except self._connection_errors:
-                connection.disconnect()  # a connection that failed mid-command is never used again
+                self._drop(link)
                 if not reused:
                     raise
-                reused, connection = False, self._connect()
+                link = None
                 continue
-            self._idle.append(connection)
+            link.used_at = time.monotonic()
+            self._idle.append(link)
             return result
 
-    def _connect(self) -> Any:
-        pool = self._redis.connection_pool
-        return pool.connection_class(**pool.connection_kwargs)  # connects (AUTH, SELECT) on first use
+    def _ask(self, link: _Link, keys: list[str], args: list[Any]) -> Any:
+        """The reservation script's reply, by its digest (EVALSHA); loaded first if Redis does not
+        know it (a restart). Replies still unread on the connection come first."""
+        self._send(link, "EVALSHA", _RESERVE_DIGEST, len(keys), *keys, *args)
+        self._read_unread(link)
+        try:
+            return link.connection.read_response()
+        except self._no_script:
+            self._send(link, "SCRIPT", "LOAD", _RESERVE_SCRIPT)
+            link.connection.read_response()
+            self._send(link, "EVALSHA", _RESERVE_DIGEST, len(keys), *keys, *args)
+            return link.connection.read_response()
+
+    def _tell(
+        self, link: _Link, keys: list[str], args: list[Any], then: Callable[[tuple[float, ...]], None] | None
+    ) -> None:
+        """Send a settlement and leave its reply unread, unless the connection sat unused long
+        enough to be dead, or holds many unread replies already. Sent with its text (EVAL), not its
+        digest: a reply read later can no longer lead to loading the script and sending it again."""
+        self._send(link, "EVAL", _ADJUST_SCRIPT, len(keys), *keys, *args)
+        if time.monotonic() - link.used_at < _FRESH_SECONDS and len(link.unread) < _UNREAD_MAX:
+            link.unread.append(then)
+            return
+        self._read_unread(link)
+        self._settled(link.connection.read_response(), then)
+
+    def _read_unread(self, link: _Link) -> None:
+        while link.unread:
+            try:
+                reply = link.connection.read_response()
+            except self._refused as exc:  # an error reply: Redis refused that settlement
+                link.unread.popleft()
+                log.error("budget storage %s refused a settlement (%s): its reservation stays charged", self.where, exc)
+                continue
+            self._settled(reply, link.unread.popleft())
 
     @staticmethod
-    def _command(connection: Any, *command: Any) -> Any:
+    def _settled(reply: Any, then: Callable[[tuple[float, ...]], None] | None) -> None:
+        if then is None:
+            return
+        try:
+            then(tuple(float(value) for value in reply))
+        except Exception:
+            log.exception("reporting a budget's spend failed")
+
+    def _drop(self, link: _Link) -> None:
+        link.connection.disconnect()  # a connection that failed mid-command is never used again
+        if link.unread:
+            log.warning(
+                "%d budget settlement(s) sent to %s just before its connection broke may not be counted: "
+                "their reservations then stay charged",
+                len(link.unread),
+                self.where,
+            )
+
+    @staticmethod
+    def _send(link: _Link, *command: Any) -> None:
+        # Without the client's per-command dispatch, pool locks and health checks: ~60 us less a command.
+        connection = link.connection
         connection.send_packed_command(connection.pack_command(*command), check_health=False)
-        return connection.read_response()
 
     def spent(self, keys: Sequence[str]) -> tuple[float, ...]:
         values = self._call(lambda: self._redis.mget(keys))

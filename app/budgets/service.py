@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.budgets.ledger import KEEP_AFTER_WINDOW, PREFIX, Ledger, Line
@@ -109,7 +110,7 @@ class Budgets:
         self._publish(client, limits, lines, grant.spent)
         if grant.tokens < allowance:
             exchange.limit_output(grant.tokens)
-        return Reservation(self, client, limits, tuple(lines), input_tokens, grant.tokens, allowance)
+        return Reservation(self, client, limits, tuple(lines), input_tokens, grant.tokens, allowance, grant.spent)
 
     def status(self, client: str) -> list[dict[str, Any]]:
         """``client``'s budgets as GET /v1/budget shows them."""
@@ -182,6 +183,7 @@ class Reservation:
         input_tokens: int,
         output_tokens: int,
         allowance: int,
+        seen: tuple[float, ...],
     ) -> None:
         self._budgets = budgets
         self.client = client
@@ -191,6 +193,7 @@ class Reservation:
         self.output_tokens = output_tokens  # output tokens reserved (may grow while streaming)
         self.lowered = output_tokens < allowance  # the request's max tokens was lowered to output_tokens
         self._charged = [line.fixed + output_tokens * line.per_token for line in lines]
+        self._seen = seen  # each line's spend the ledger last answered this reservation
         self._settled = False
 
     def meter(self, combination: Combination) -> StreamMeter:
@@ -213,6 +216,7 @@ class Reservation:
         for index, line in enumerate(lines):
             self._charged[index] += line.fixed + grant.tokens * line.per_token
         self.output_tokens += tokens + grant.tokens
+        self._seen = grant.spent
         self._budgets._publish(self.client, self._limits, self._lines, grant.spent)
         return True
 
@@ -229,16 +233,17 @@ class Reservation:
         deltas = [cost - charged for cost, charged in zip(costs, self._charged, strict=True)]
         if not any(deltas):
             return
+        # The gauges at once with what this reservation knows (a Redis ledger reads the exact
+        # spend after the settlement later, with its next command: the gauges then get that too).
+        publish = partial(self._budgets._publish, self.client, self._limits, self._lines)
+        publish(tuple(seen + delta for seen, delta in zip(self._seen, deltas, strict=True)))
         try:
-            spent = self._budgets.ledger.adjust(self._lines, deltas)
+            self._budgets.ledger.adjust(self._lines, deltas, publish)
         except BudgetStorageDown:
             # The reservation stays charged: never less than what a vendor stopped at max tokens used.
             log.error("budget of %s not settled: storage unreachable; its reservation stays charged", self.client)
-            return
         except Exception:
             log.exception("budget of client %s not settled", self.client)
-            return
-        self._budgets._publish(self.client, self._limits, self._lines, spent)
 
     def settle_whole(self, usage: object, document: dict[str, Any] | None, model: Model | None) -> None:
         """Settle a whole answer: the vendor's usage, else the input estimate and the answer's text."""
