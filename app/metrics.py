@@ -207,6 +207,7 @@ class RouterMetrics:
         # Label children by (metric, label values): .labels() validates and converts its labels
         # on every call; the values here are configured names and fixed words, so this stays small.
         self._series: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._resets_at: dict[Any, float] = {}  # router_budget_resets_at_seconds as last set, per series
 
     def series(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once per set of label values."""
@@ -286,7 +287,11 @@ class RouterMetrics:
 
     def budget_spent_now(self, client: str, limit: Any, spent: float, resets_at: float) -> None:
         self.series(self.budget_spent, client, limit.unit, limit.window).set(spent)
-        self.series(self.budget_resets_at, client, limit.unit, limit.window).set(resets_at)
+        # Twice a call for every limit of the client; a window's end changes once per window.
+        series = self.series(self.budget_resets_at, client, limit.unit, limit.window)
+        if self._resets_at.get(series) != resets_at:
+            self._resets_at[series] = resets_at
+            series.set(resets_at)
 
     def budget_rejected(self, client: str) -> None:
         self.series(self.budget_rejections, client).inc()

@@ -233,17 +233,21 @@ class Reservation:
         deltas = [cost - charged for cost, charged in zip(costs, self._charged, strict=True)]
         if not any(deltas):
             return
-        # The gauges at once with what this reservation knows (a Redis ledger reads the exact
-        # spend after the settlement later, with its next command: the gauges then get that too).
         publish = partial(self._budgets._publish, self.client, self._limits, self._lines)
-        publish(tuple(seen + delta for seen, delta in zip(self._seen, deltas, strict=True)))
         try:
-            self._budgets.ledger.adjust(self._lines, deltas, publish)
+            spent = self._budgets.ledger.adjust(self._lines, deltas, publish)
         except BudgetStorageDown:
             # The reservation stays charged: never less than what a vendor stopped at max tokens used.
             log.error("budget of %s not settled: storage unreachable; its reservation stays charged", self.client)
+            return
         except Exception:
             log.exception("budget of client %s not settled", self.client)
+            return
+        if spent is None:
+            # Redis reads the spend after a settlement later, with another command (``publish``
+            # gets it then); until then the gauges show what this reservation knows.
+            spent = tuple(seen + delta for seen, delta in zip(self._seen, deltas, strict=True))
+        publish(spent)
 
     def settle_whole(self, usage: object, document: dict[str, Any] | None, model: Model | None) -> None:
         """Settle a whole answer: the vendor's usage, else the input estimate and the answer's text."""

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
-from app.budgets.ledger import Line, RedisLedger
+from app.budgets.ledger import Line
 from app.budgets.limits import window_span
+from app.budgets.redis_ledger import RedisLedger
 from tests.support.processes import wait_until
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 
@@ -366,3 +368,65 @@ def test_the_redis_ledger_authenticates_and_selects_the_database_its_url_names(t
         assert ledger.where == f"redis://:***@127.0.0.1:{server.port}/3"
     finally:
         server.kill()
+
+
+def counter(name: str, limit: float = 1000) -> Line:
+    return Line(f"generative-api-router:budget:{name}", limit, time.time() + 3600, 0.0, 1.0)
+
+
+def test_a_settlement_is_counted_without_waiting_for_redis_and_its_spend_is_reported_with_the_next_command(
+    redis_server,
+):
+    ledger, line = RedisLedger(redis_server.url), counter("settle")
+    assert ledger.reserve([line], 10, 1).tokens == 10
+    # Redis answers nobody for 1.5 s, three times the ledger's timeout: a settlement that waited
+    # for its reply would fail (and be reported as a Redis outage).
+    redis_server.client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    reported: list[tuple[float, ...]] = []
+    assert ledger.adjust([line], [-4.0], reported.append) is None  # its reply is not read yet
+    patient = redis.Redis(port=redis_server.port, socket_timeout=10)  # waits out the pause
+    assert float(patient.get(line.key)) == 6.0  # yet Redis counted it
+    assert ledger.reserve([line], 1, 1).spent == (7.0,)
+    assert reported == [(6.0,)]  # read before the reservation's own reply
+
+
+def test_a_settlement_after_a_redis_restart_is_counted_on_a_new_connection(redis_server, tmp_path):
+    ledger, line = RedisLedger(redis_server.url), counter("restart")
+    ledger.reserve([line], 10, 1)
+    redis_server.kill()
+    revived = RedisServer(tmp_path / "redis-again", port=redis_server.port)
+    try:
+        # Idle this long, the connection may be dead: the settlement then waits for its reply, so
+        # it is sent again on a new connection rather than lost in the closed one.
+        time.sleep(1.2)
+        ledger.adjust([line], [-4.0])
+        assert float(revived.client.get(line.key)) == -4.0
+    finally:
+        revived.kill()
+
+
+def test_settlements_lost_with_a_broken_connection_are_logged_and_the_next_reservation_succeeds(
+    redis_server, tmp_path, caplog
+):
+    ledger, line = RedisLedger(redis_server.url), counter("broken")
+    ledger.reserve([line], 10, 1)
+    ledger.adjust([line], [-4.0])  # sent; its reply unread when Redis dies
+    redis_server.kill()
+    revived = RedisServer(tmp_path / "redis-again", port=redis_server.port)
+    try:
+        with caplog.at_level("WARNING", logger="app.budgets.ledger"):
+            assert ledger.reserve([line], 10, 1).tokens == 10
+        assert "1 budget settlement(s) sent to" in caplog.text and "may not be counted" in caplog.text
+        assert float(revived.client.get(line.key)) == 10.0
+    finally:
+        revived.kill()
+
+
+def test_a_settlement_redis_refuses_is_logged_when_its_reply_is_read(redis_server, caplog):
+    ledger, line, other = RedisLedger(redis_server.url), counter("wrong-type"), counter("fine")
+    redis_server.client.hset(line.key, "not", "a number")  # INCRBYFLOAT on it fails
+    ledger.reserve([other], 1, 1)
+    ledger.adjust([line], [1.0])
+    with caplog.at_level("ERROR", logger="app.budgets.ledger"):
+        assert ledger.reserve([other], 1, 1).spent == (2.0,)
+    assert "refused a settlement" in caplog.text and "reservation stays charged" in caplog.text
