@@ -159,7 +159,7 @@ class Settings:
     # A named client's BUDGET_<NAME> replaces it (ClientKey.budget).
     budget: tuple[BudgetLimit, ...] = ()
     # memory:// counts budgets in each worker process; redis://host:port/db shares them with every
-    # worker and instance (app/budgets/ledger.py: refuses calls under a budget while Redis is down).
+    # worker and instance (app/budgets/redis_ledger.py: refuses calls under a budget while Redis is down).
     budget_storage: str = "memory://"
     # Number of proxies in front of the router whose X-Forwarded-For may be trusted (nginx: 1).
     trusted_proxies: int = 0

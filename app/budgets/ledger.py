@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["KEEP_AFTER_WINDOW", "PREFIX", "Grant", "Ledger", "Line", "MemoryLedger", "decide", "open_ledger"]
+__all__ = ["KEEP_AFTER_WINDOW", "PREFIX", "Grant", "Ledger", "Line", "MemoryLedger", "open_ledger"]
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,15 @@ class Ledger(Protocol):
         else grant the most output tokens up to ``wanted`` that every line has room for and charge
         each line ``fixed + granted * per_token``."""
 
-    def adjust(
-        self, lines: Sequence[Line], deltas: Sequence[float], then: Callable[[tuple[float, ...]], None] | None = None
-    ) -> tuple[float, ...] | None:
+    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...] | None:
         """Add ``deltas`` (may be negative) to the lines: their spend afterwards, or None when it
-        is not known yet (Redis: its reply is read later, with another command; ``then`` gets it)."""
+        is not known yet (Redis reads the reply to a settlement later, with another command)."""
 
     def spent(self, keys: Sequence[str]) -> tuple[float, ...]:
         """What each key has spent (0 when unknown)."""
 
 
-def decide(lines: Sequence[Line], spent: Sequence[float], wanted: int, minimum: int) -> Grant:
+def _decide(lines: Sequence[Line], spent: Sequence[float], wanted: int, minimum: int) -> Grant:
     """The reservation rule both storages apply (the Redis ledger's Lua script is the same, line for line)."""
     granted = wanted
     refused = []
@@ -95,15 +93,13 @@ class MemoryLedger:
 
     def reserve(self, lines: Sequence[Line], wanted: int, minimum: int) -> Grant:
         spent = self.spent([line.key for line in lines])
-        grant = decide(lines, spent, wanted, minimum)
+        grant = _decide(lines, spent, wanted, minimum)
         if grant.tokens is None:
             return grant
         charges = [line.fixed + grant.tokens * line.per_token for line in lines]
         return Grant(grant.tokens, self._add(lines, charges))
 
-    def adjust(
-        self, lines: Sequence[Line], deltas: Sequence[float], then: Callable[[tuple[float, ...]], None] | None = None
-    ) -> tuple[float, ...]:
+    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
         return self._add(lines, deltas)
 
     def _add(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:

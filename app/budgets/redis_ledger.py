@@ -11,7 +11,6 @@ import hashlib
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +38,7 @@ _ERRORS = (redis.exceptions.RedisError, OSError)
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 # KEYS: one counter per line. ARGV: wanted, minimum, then per line: limit, fixed, per_token,
-# expires_at_ms. The rule of ledger.decide, then the charges, in one atomic step. Numbers return as
+# expires_at_ms. The rule of ledger._decide, then the charges, in one atomic step. Numbers return as
 # strings: Redis would truncate a Lua number to an integer.
 _RESERVE_SCRIPT = """
 local wanted, minimum = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -91,8 +90,8 @@ _UNREAD_MAX = 32
 
 
 class _Link:
-    """One of the ledger's Redis connections, and what its unread replies are for: settlements
-    sent on it, each with what to do with the spend Redis answers.
+    """One of the ledger's Redis connections, and how many replies to settlements sent on it are
+    still unread.
 
     redis-py opens it (address, TLS, AUTH, SELECT, timeouts: whatever the URL says); commands
     then go straight to its socket, packed and parsed by hiredis: redis-py's per-command path
@@ -107,11 +106,14 @@ class _Link:
         self.connection = connection
         self.socket = connection._sock  # redis-py's open socket (private: every Redis ledger test needs it)
         self.reader = hiredis.Reader()
-        self.unread: deque[Callable[[tuple[float, ...]], None] | None] = deque()
+        self.unread = 0
         self.used_at = time.monotonic()
 
     def send(self, *command: Any) -> None:
-        self.socket.sendall(hiredis.pack_command(command))
+        data = hiredis.pack_command(command)
+        sent = self.socket.send(data)  # all of it, nearly always: a command is ~200 bytes
+        if sent < len(data):
+            self.socket.sendall(data[sent:])
 
     def read(self) -> Any:
         """The next reply; an error reply raises redis-py's exception for it."""
@@ -166,14 +168,12 @@ class RedisLedger:
             return Grant(None, values, tuple(int(index) for index in refused))
         return Grant(int(granted), values)
 
-    def adjust(
-        self, lines: Sequence[Line], deltas: Sequence[float], then: Callable[[tuple[float, ...]], None] | None = None
-    ) -> tuple[float, ...] | None:
+    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...] | None:
         keys = [line.key for line in lines]
         args: list[Any] = []
         for line, delta in zip(lines, deltas, strict=True):
             args += [repr(float(delta)), int(line.expires_at * 1000)]
-        return self._call(lambda: self._on_link(lambda link: self._tell(link, keys, args, then)))
+        return self._call(lambda: self._on_link(lambda link: self._tell(link, keys, args)))
 
     def _on_link(self, action: Callable[[_Link], Any]) -> Any:
         """``action`` on an idle connection of the ledger's (a new one when none is idle).
@@ -217,16 +217,14 @@ class RedisLedger:
             link.send("EVALSHA", _RESERVE_DIGEST, len(keys), *keys, *args)
             return link.read()
 
-    def _tell(
-        self, link: _Link, keys: list[str], args: list[Any], then: Callable[[tuple[float, ...]], None] | None
-    ) -> tuple[float, ...] | None:
+    def _tell(self, link: _Link, keys: list[str], args: list[Any]) -> tuple[float, ...] | None:
         """Send a settlement and leave its reply unread (None), unless the connection sat unused
         long enough to be dead, or holds many unread replies already (then the spend afterwards).
         Sent with its text (EVAL), not its digest: a reply read later can no longer lead to
         loading the script and sending it again."""
         link.send("EVAL", _ADJUST_SCRIPT, len(keys), *keys, *args)
-        if time.monotonic() - link.used_at < _FRESH_SECONDS and len(link.unread) < _UNREAD_MAX:
-            link.unread.append(then)
+        if time.monotonic() - link.used_at < _FRESH_SECONDS and link.unread < _UNREAD_MAX:
+            link.unread += 1
             return None
         self._read_unread(link)
         return tuple(float(value) for value in link.read())
@@ -234,21 +232,10 @@ class RedisLedger:
     def _read_unread(self, link: _Link) -> None:
         while link.unread:
             try:
-                reply = link.read()
+                link.read()
             except redis.exceptions.ResponseError as exc:  # an error reply: Redis refused that settlement
-                link.unread.popleft()
                 log.error("budget storage %s refused a settlement (%s): its reservation stays charged", self.where, exc)
-                continue
-            self._settled(reply, link.unread.popleft())
-
-    @staticmethod
-    def _settled(reply: Any, then: Callable[[tuple[float, ...]], None] | None) -> None:
-        if then is None:
-            return
-        try:
-            then(tuple(float(value) for value in reply))
-        except Exception:
-            log.exception("reporting a budget's spend failed")
+            link.unread -= 1
 
     def _drop(self, link: _Link) -> None:
         link.connection.disconnect()  # a connection that failed mid-command is never used again
@@ -256,7 +243,7 @@ class RedisLedger:
             log.warning(
                 "%d budget settlement(s) sent to %s just before its connection broke may not be counted: "
                 "their reservations then stay charged",
-                len(link.unread),
+                link.unread,
                 self.where,
             )
 

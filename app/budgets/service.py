@@ -26,7 +26,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.budgets.ledger import KEEP_AFTER_WINDOW, PREFIX, Ledger, Line
@@ -233,9 +232,8 @@ class Reservation:
         deltas = [cost - charged for cost, charged in zip(costs, self._charged, strict=True)]
         if not any(deltas):
             return
-        publish = partial(self._budgets._publish, self.client, self._limits, self._lines)
         try:
-            spent = self._budgets.ledger.adjust(self._lines, deltas, publish)
+            spent = self._budgets.ledger.adjust(self._lines, deltas)
         except BudgetStorageDown:
             # The reservation stays charged: never less than what a vendor stopped at max tokens used.
             log.error("budget of %s not settled: storage unreachable; its reservation stays charged", self.client)
@@ -244,10 +242,10 @@ class Reservation:
             log.exception("budget of client %s not settled", self.client)
             return
         if spent is None:
-            # Redis reads the spend after a settlement later, with another command (``publish``
-            # gets it then); until then the gauges show what this reservation knows.
+            # Redis's count is read later, with another command: the gauges show what this
+            # reservation knows until this worker's next reservation reads the count again.
             spent = tuple(seen + delta for seen, delta in zip(self._seen, deltas, strict=True))
-        publish(spent)
+        self._budgets._publish(self.client, self._limits, self._lines, spent)
 
     def settle_whole(self, usage: object, document: dict[str, Any] | None, model: Model | None) -> None:
         """Settle a whole answer: the vendor's usage, else the input estimate and the answer's text."""
