@@ -111,11 +111,12 @@ class Forwarder:
             self.recorder.client_left_waiting()
             raise
         finally:
+            # Disarmed first: a departure noticed while the budget is settled or the attempts
+            # still running are stopped must not interrupt that (a settlement cut off in its
+            # wait for Redis; an answer won meanwhile dropped unclosed).
+            watch.disarm()
             if budget is not None and not answered:
                 budget.settle(None, None)  # no answer: failed attempts cost nothing
-            # Disarmed first: a departure noticed while the attempts still running are stopped
-            # must not interrupt that (an answer won meanwhile would be dropped unclosed).
-            watch.disarm()
             race.stop_running()
             self.recorder.finished(len(race.trace.attempts), race.overhead() if answered else None)
         answer.headers = race.trace.headers()

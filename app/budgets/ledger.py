@@ -58,9 +58,8 @@ class Ledger(Protocol):
         else grant the most output tokens up to ``wanted`` that every line has room for and charge
         each line ``fixed + granted * per_token``."""
 
-    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...] | None:
-        """Add ``deltas`` (may be negative) to the lines: their spend afterwards, or None when it
-        is not known yet (Redis reads the reply to a settlement later, with another command)."""
+    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
+        """Add ``deltas`` (may be negative) to the lines; their spend afterwards."""
 
     def spent(self, keys: Sequence[str]) -> tuple[float, ...]:
         """What each key has spent (0 when unknown)."""

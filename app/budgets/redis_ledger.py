@@ -1,8 +1,8 @@
 """Budgets counted in Redis: one count shared by every worker and instance pointed at it.
 
 Each reservation is one Lua script (the check and the charge in one atomic step); each settlement
-another, written before the answer is returned and its reply read with the connection's next
-command, so a budgeted call waits on Redis once.
+another, whose reply is awaited before the answer is returned, so the client's next call, wherever
+it goes, finds it counted.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ _RETRY_STORAGE_SECONDS = 2.0
 _REDIS_TIMEOUT = 0.5
 # What a command may raise: Redis unreachable or failing (RedisError), or the socket (OSError).
 _ERRORS = (redis.exceptions.RedisError, OSError)
-# What means the connection is unusable (rather than Redis refusing a command).
-_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# What a reused connection that Redis closed meanwhile (a restart) fails with when read: the
+# command was not run, so it can be sent again. A timeout is not one of these.
+_CLOSED = (redis.exceptions.ConnectionError, ConnectionResetError, BrokenPipeError)
 
 # KEYS: one counter per line. ARGV: wanted, minimum, then per line: limit, fixed, per_token,
 # expires_at_ms. The rule of ledger._decide, then the charges, in one atomic step. Numbers return as
@@ -81,17 +82,9 @@ return after
 
 _RESERVE_DIGEST = hashlib.sha1(_RESERVE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
-# A connection unused this long may have been closed by Redis meanwhile (a restart): a settlement
-# sent on it waits for its reply, so that a dead connection is found while the settlement can still
-# be sent again on a new one.
-_FRESH_SECONDS = 1.0
-# Settlements whose replies may wait unread on one connection; beyond, they are read at once.
-_UNREAD_MAX = 32
-
 
 class _Link:
-    """One of the ledger's Redis connections, and how many replies to settlements sent on it are
-    still unread.
+    """One of the ledger's Redis connections.
 
     redis-py opens it (address, TLS, AUTH, SELECT, timeouts: whatever the URL says); commands
     then go straight to its socket, packed and parsed by hiredis: redis-py's per-command path
@@ -99,15 +92,13 @@ class _Link:
     more CPU than the round trip itself.
     """
 
-    __slots__ = ("connection", "reader", "socket", "unread", "used_at")
+    __slots__ = ("connection", "reader", "socket")
 
     def __init__(self, connection: Any) -> None:
         connection.connect()
         self.connection = connection
         self.socket = connection._sock  # redis-py's open socket (private: every Redis ledger test needs it)
         self.reader = hiredis.Reader()
-        self.unread = 0
-        self.used_at = time.monotonic()
 
     def send(self, *command: Any) -> None:
         data = hiredis.pack_command(command)
@@ -119,7 +110,7 @@ class _Link:
         """The next reply; an error reply raises redis-py's exception for it."""
         reader = self.reader
         reply = reader.gets()
-        while reply is False:
+        while reply is False or isinstance(reply, hiredis.PushNotification):  # pushes answer nothing
             data = self.socket.recv(65536)
             if not data:
                 raise redis.exceptions.ConnectionError("Redis closed the connection")
@@ -139,12 +130,6 @@ class RedisLedger:
     (``BudgetStorageDown``): an operator who set a budget pays the bill, and spending without a
     counter is what a budget exists to prevent. One error line per outage, one warning when it
     answers again.
-
-    Every budgeted call sends two scripts: a reservation, whose reply the call waits for, and a
-    settlement, whose reply it does not: the settlement is written to Redis before the answer
-    is returned (Redis applies what reaches it in order, so the client's next call, wherever it
-    goes, finds it counted), and its reply is read with the next command on that connection.
-    Waiting costs a worker a turn of its event loop per command; a call then waits once.
     """
 
     def __init__(self, url: str) -> None:
@@ -152,9 +137,12 @@ class RedisLedger:
         if password:
             register_secrets([password])
         self.where = without_password(url)
-        # A Redis that does not answer within the timeout is down, not waited for.
-        self._redis = redis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT)
-        self._idle: list[_Link] = []  # connections not in use by a greenlet, most recently used last
+        # A Redis that does not answer within the timeout is down, not waited for. RESP2: with
+        # RESP3 (redis-py's default) Redis may push messages between replies.
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT, protocol=2
+        )
+        self._idle: list[_Link] = []  # connections no greenlet holds, most recently used last
         self._down_since: float | None = None
 
     def reserve(self, lines: Sequence[Line], wanted: int, minimum: int) -> Grant:
@@ -162,26 +150,22 @@ class RedisLedger:
         args: list[Any] = [wanted, minimum]
         for line in lines:
             args += [repr(line.limit), repr(line.fixed), repr(line.per_token), int(line.expires_at * 1000)]
-        granted, refused, spent = self._call(lambda: self._on_link(lambda link: self._ask(link, keys, args)))
-        values = tuple(float(value) for value in spent)
-        if granted < 0:
-            return Grant(None, values, tuple(int(index) for index in refused))
-        return Grant(int(granted), values)
+        return self._call(lambda: self._on_link(lambda link: self._reserve(link, keys, args)))
 
-    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...] | None:
+    def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
         keys = [line.key for line in lines]
         args: list[Any] = []
         for line, delta in zip(lines, deltas, strict=True):
             args += [repr(float(delta)), int(line.expires_at * 1000)]
-        return self._call(lambda: self._on_link(lambda link: self._tell(link, keys, args)))
+        return self._call(lambda: self._on_link(lambda link: self._adjust(link, keys, args)))
 
     def _on_link(self, action: Callable[[_Link], Any]) -> Any:
         """``action`` on an idle connection of the ledger's (a new one when none is idle).
 
-        Between taking a connection and putting it back a greenlet waits for nothing else, so no
-        two greenlets ever share one. A reused connection that fails (Redis closed it: a restart)
-        is dropped and the action runs once more on a new connection, as redis-py's own client
-        does; a new connection that fails means Redis is down."""
+        A connection is taken out of ``_idle`` while a greenlet uses it, so no two share one. A
+        reused connection that Redis closed (a restart) fails when read; the action then runs once
+        more on a new connection, as redis-py's own client does. Not after a timeout: a slow
+        Redis may still run the command, and running it twice would charge twice."""
         link = self._idle.pop() if self._idle else None
         while True:
             reused = link is not None
@@ -193,59 +177,48 @@ class RedisLedger:
             except redis.exceptions.ResponseError:
                 self._idle.append(link)  # an error reply: the connection is in step and stays usable
                 raise
-            except _CONNECTION_ERRORS:
+            except BaseException as exc:
+                # Anything else (a timeout, a reply of the wrong shape, the greenlet interrupted)
+                # may leave a reply unread: the connection is never used again.
                 if link is not None:
-                    self._drop(link)
-                if not reused:
-                    raise
-                link = None
-                continue
-            link.used_at = time.monotonic()
+                    link.connection.disconnect()
+                if reused and isinstance(exc, _CLOSED):
+                    link = None
+                    continue
+                raise
             self._idle.append(link)
             return result
 
-    def _ask(self, link: _Link, keys: list[str], args: list[Any]) -> Any:
-        """The reservation script's reply, by its digest (EVALSHA); loaded first if Redis does not
-        know it (a restart). Replies still unread on the connection come first."""
+    @staticmethod
+    def _reserve(link: _Link, keys: list[str], args: list[Any]) -> Grant:
+        """The reservation script, by its digest (EVALSHA); loaded first if Redis does not know it
+        (a restart)."""
         link.send("EVALSHA", _RESERVE_DIGEST, len(keys), *keys, *args)
-        self._read_unread(link)
         try:
-            return link.read()
+            reply = link.read()
         except redis.exceptions.NoScriptError:
             link.send("SCRIPT", "LOAD", _RESERVE_SCRIPT)
             link.read()
             link.send("EVALSHA", _RESERVE_DIGEST, len(keys), *keys, *args)
-            return link.read()
+            reply = link.read()
+        try:
+            granted, refused, spent = reply
+            values = tuple(float(value) for value in spent)
+            if granted < 0:
+                return Grant(None, values, tuple(int(index) for index in refused))
+            return Grant(int(granted), values)
+        except (TypeError, ValueError) as exc:
+            raise redis.exceptions.InvalidResponse(f"unexpected reply to a reservation: {reply!r}") from exc
 
-    def _tell(self, link: _Link, keys: list[str], args: list[Any]) -> tuple[float, ...] | None:
-        """Send a settlement and leave its reply unread (None), unless the connection sat unused
-        long enough to be dead, or holds many unread replies already (then the spend afterwards).
-        Sent with its text (EVAL), not its digest: a reply read later can no longer lead to
-        loading the script and sending it again."""
+    @staticmethod
+    def _adjust(link: _Link, keys: list[str], args: list[Any]) -> tuple[float, ...]:
+        """The settlement script, sent with its text (EVAL): it is short, and never unknown."""
         link.send("EVAL", _ADJUST_SCRIPT, len(keys), *keys, *args)
-        if time.monotonic() - link.used_at < _FRESH_SECONDS and link.unread < _UNREAD_MAX:
-            link.unread += 1
-            return None
-        self._read_unread(link)
-        return tuple(float(value) for value in link.read())
-
-    def _read_unread(self, link: _Link) -> None:
-        while link.unread:
-            try:
-                link.read()
-            except redis.exceptions.ResponseError as exc:  # an error reply: Redis refused that settlement
-                log.error("budget storage %s refused a settlement (%s): its reservation stays charged", self.where, exc)
-            link.unread -= 1
-
-    def _drop(self, link: _Link) -> None:
-        link.connection.disconnect()  # a connection that failed mid-command is never used again
-        if link.unread:
-            log.warning(
-                "%d budget settlement(s) sent to %s just before its connection broke may not be counted: "
-                "their reservations then stay charged",
-                link.unread,
-                self.where,
-            )
+        reply = link.read()
+        try:
+            return tuple(float(value) for value in reply)
+        except (TypeError, ValueError) as exc:
+            raise redis.exceptions.InvalidResponse(f"unexpected reply to a settlement: {reply!r}") from exc
 
     def spent(self, keys: Sequence[str]) -> tuple[float, ...]:
         values = self._call(lambda: self._redis.mget(keys))

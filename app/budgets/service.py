@@ -109,7 +109,7 @@ class Budgets:
         self._publish(client, limits, lines, grant.spent)
         if grant.tokens < allowance:
             exchange.limit_output(grant.tokens)
-        return Reservation(self, client, limits, tuple(lines), input_tokens, grant.tokens, allowance, grant.spent)
+        return Reservation(self, client, limits, tuple(lines), input_tokens, grant.tokens, allowance)
 
     def status(self, client: str) -> list[dict[str, Any]]:
         """``client``'s budgets as GET /v1/budget shows them."""
@@ -182,7 +182,6 @@ class Reservation:
         input_tokens: int,
         output_tokens: int,
         allowance: int,
-        seen: tuple[float, ...],
     ) -> None:
         self._budgets = budgets
         self.client = client
@@ -192,7 +191,6 @@ class Reservation:
         self.output_tokens = output_tokens  # output tokens reserved (may grow while streaming)
         self.lowered = output_tokens < allowance  # the request's max tokens was lowered to output_tokens
         self._charged = [line.fixed + output_tokens * line.per_token for line in lines]
-        self._seen = seen  # each line's spend the ledger last answered this reservation
         self._settled = False
 
     def meter(self, combination: Combination) -> StreamMeter:
@@ -215,7 +213,6 @@ class Reservation:
         for index, line in enumerate(lines):
             self._charged[index] += line.fixed + grant.tokens * line.per_token
         self.output_tokens += tokens + grant.tokens
-        self._seen = grant.spent
         self._budgets._publish(self.client, self._limits, self._lines, grant.spent)
         return True
 
@@ -241,10 +238,6 @@ class Reservation:
         except Exception:
             log.exception("budget of client %s not settled", self.client)
             return
-        if spent is None:
-            # Redis's count is read later, with another command: the gauges show what this
-            # reservation knows until this worker's next reservation reads the count again.
-            spent = tuple(seen + delta for seen, delta in zip(self._seen, deltas, strict=True))
         self._budgets._publish(self.client, self._limits, self._lines, spent)
 
     def settle_whole(self, usage: object, document: dict[str, Any] | None, model: Model | None) -> None:
