@@ -119,6 +119,33 @@ def stream_until_closed(router, path: str, body: dict, key: str = KEY) -> tuple[
     return raw, last
 
 
+# Keeps Redis busy (one script spinning on TIME): commands sent meanwhile wait and run after it.
+_BUSY_SCRIPT = """
+local start = redis.call('TIME')
+repeat
+  local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1])
+"""
+
+
+def keep_redis_busy(redis_server: RedisServer, seconds: float) -> threading.Thread:
+    """Redis answers nobody for ``seconds`` from now (join the thread to wait for the end)."""
+    patient = redis.Redis(port=redis_server.port, socket_timeout=seconds + 10)
+    busy = threading.Thread(target=patient.eval, args=(_BUSY_SCRIPT, 0, int(seconds * 1e6)))
+    busy.start()
+    return busy
+
+
+def answers_within(redis_server: RedisServer, seconds: float) -> bool:
+    """Whether Redis answers a PING within ``seconds`` (a plain socket: redis-py would retry)."""
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=seconds) as connection:
+        connection.sendall(b"PING\r\n")
+        try:
+            return connection.recv(16).startswith(b"+PONG")
+        except TimeoutError:
+            return False
+
+
 LONG_STREAM = {"content_chunks": [PIECE] * 200, "interval": 0.02}
 
 
@@ -267,6 +294,29 @@ def test_failed_over_attempts_are_not_charged(start_router, fake, redis_server):
     assert spent(router) == 6 * (PROMPT + COMPLETION)
 
 
+def test_a_client_leaving_while_a_failed_request_is_settled_does_not_interrupt_the_settlement(
+    start_router, fake, redis_server
+):
+    # The vendor fails after 0.6 s; from 0.4 s to 0.85 s Redis is busy, so the settlement of the
+    # unanswered request waits for it; the client leaves at 0.7 s, during that wait.
+    router = start_router(workers=1, **budgeted(redis_server, "1000 tokens per day"))
+    fake.behave("openai", status=500, delay=0.6)
+    body = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", router.port)) as client:
+        client.sendall(head + body)
+        time.sleep(0.4)
+        busy = keep_redis_busy(redis_server, 0.45)
+        time.sleep(0.3)
+    busy.join(10)
+    assert wait_until(lambda: "chat/completions" in router.logs(), timeout=10)  # the access line
+    assert "not settled" not in router.logs()
+    assert spent(router) == 0  # the reservation was given back
+
+
 def test_get_budget_matches_the_usage_the_vendor_reported(start_router, fake, redis_server):
     router = start_router(workers=2, **budgeted(redis_server, "100000 tokens per month"))
     total = 0
@@ -388,38 +438,17 @@ def test_a_settlement_after_a_redis_restart_is_sent_again_on_a_new_connection(re
         revived.kill()
 
 
-def answers_within(redis_server: RedisServer, seconds: float) -> bool:
-    """Whether Redis answers a PING within ``seconds`` (a plain socket: redis-py would retry)."""
-    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=seconds) as connection:
-        connection.sendall(b"PING\r\n")
-        try:
-            return connection.recv(16).startswith(b"+PONG")
-        except TimeoutError:
-            return False
-
-
-# Keeps Redis busy for 1 s: commands sent meanwhile wait, and run when it ends.
-BUSY_SCRIPT = """
-local start = redis.call('TIME')
-repeat
-  local now = redis.call('TIME')
-until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > 1000000
-"""
-
-
 def test_a_reservation_that_timed_out_is_not_sent_again(redis_server):
-    # The reservation's wait times out after 0.5 s, and Redis runs it when the busy script ends.
-    # Sent again on a new connection, it would be charged twice.
+    # The reservation's wait times out after 0.5 s, and Redis runs it when it is free again. Sent
+    # again on a new connection, it would be charged twice.
     ledger, line = RedisLedger(redis_server.url), counter("slow")
     ledger.reserve([line], 1, 1)
-    patient = redis.Redis(port=redis_server.port, socket_timeout=10)
-    busy = threading.Thread(target=patient.eval, args=(BUSY_SCRIPT, 0))
-    busy.start()
-    assert wait_until(lambda: not answers_within(redis_server, 0.05), timeout=0.4)  # Redis is busy now
+    busy = keep_redis_busy(redis_server, 1.0)
+    assert wait_until(lambda: not answers_within(redis_server, 0.05), timeout=0.4)
     with pytest.raises(BudgetStorageDown):
         ledger.reserve([line], 10, 1)
     busy.join(10)
-    assert float(patient.get(line.key)) == 11.0
+    assert float(redis_server.client.get(line.key)) == 11.0
 
 
 def test_the_ledger_speaks_resp2_so_no_server_push_lands_between_its_replies(redis_server):
