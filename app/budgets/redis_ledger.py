@@ -21,6 +21,7 @@ import redis
 from app.budgets.ledger import Grant, Line
 from app.budgets.limits import BudgetStorageDown
 from app.redact import register_secrets, without_password
+from app.wire import read_first
 
 __all__ = ["RedisLedger"]
 
@@ -98,6 +99,7 @@ class _Link:
         connection.connect()
         self.connection = connection
         self.socket = connection._sock  # redis-py's open socket (private: every Redis ledger test needs it)
+        read_first(self.socket)  # a call under way waits for the reply: before new calls start
         self.reader = hiredis.Reader()
 
     def send(self, *command: Any) -> None:

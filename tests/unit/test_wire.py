@@ -14,6 +14,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from app.wire import _LeanHTTPConnection, read_first
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,6 +65,58 @@ def test_gevents_socket_wraps_a_c_level_socket_in_sock():
         assert isinstance(sock._sock, _socket.socket)
     finally:
         sock.close()
+
+
+def test_gevents_socket_keeps_its_read_watcher_in_read_event_with_a_priority():
+    sock = gevent.socket.socket()
+    try:
+        sock._read_event.priority = 1
+        assert sock._read_event.priority == 1
+    finally:
+        sock.close()
+
+
+def first_resumed(upstream_first: bool, client_ready_first: bool) -> str:
+    """Which of two greenlets, one reading a client's socket and one an upstream's, resumes first
+    when both sockets become ready in one turn of the event loop."""
+    client, client_peer = gevent.socket.socketpair()
+    upstream, upstream_peer = gevent.socket.socketpair()
+    if upstream_first:
+        read_first(upstream)
+    order: list[str] = []
+    readers = [
+        gevent.spawn(lambda: (client.recv(1), order.append("client"))),
+        gevent.spawn(lambda: (upstream.recv(1), order.append("upstream"))),
+    ]
+    gevent.sleep(0)  # both wait now
+    for peer in (client_peer, upstream_peer) if client_ready_first else (upstream_peer, client_peer):
+        peer.send(b"x")
+    gevent.joinall(readers, timeout=5)
+    for sock in (client, client_peer, upstream, upstream_peer):
+        sock.close()
+    return order[0]
+
+
+def test_an_upstream_read_resumes_before_a_client_read_ready_in_the_same_turn():
+    # Without it the loop's order varies from turn to turn (which sockets, which order ready).
+    client_ready_first = (True, False) * 4
+    assert "client" in {first_resumed(False, ready_first) for ready_first in client_ready_first}
+    assert {first_resumed(True, ready_first) for ready_first in client_ready_first} == {"upstream"}
+
+
+def test_a_lean_vendor_connection_reads_first(monkeypatch):
+    # urllib3 opens its sockets through its own module's ``socket``: gevent's here, as in a worker.
+    monkeypatch.setattr(urllib3.util.connection, "socket", gevent.socket)
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    connection = _LeanHTTPConnection("127.0.0.1", listener.getsockname()[1])
+    try:
+        connection.connect()
+        assert connection.sock._read_event.priority > 0
+    finally:
+        connection.close()
+        listener.close()
 
 
 def test_requests_adapter_has_the_hooks_the_lean_pools_plug_into():
