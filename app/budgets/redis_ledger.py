@@ -111,13 +111,15 @@ class _Link:
     def read(self) -> Any:
         """The next reply; an error reply raises redis-py's exception for it."""
         reader = self.reader
-        reply = reader.gets()
-        while reply is False or isinstance(reply, hiredis.PushNotification):  # pushes answer nothing
-            data = self.socket.recv(65536)
-            if not data:
-                raise redis.exceptions.ConnectionError("Redis closed the connection")
-            reader.feed(data)
+        while True:
             reply = reader.gets()
+            if reply is False:  # not all of it read yet
+                data = self.socket.recv(65536)
+                if not data:
+                    raise redis.exceptions.ConnectionError("Redis closed the connection")
+                reader.feed(data)
+            elif not isinstance(reply, hiredis.PushNotification):  # a push (RESP3 only) answers nothing
+                break
         if isinstance(reply, hiredis.ReplyError):
             message = str(reply)
             error = redis.exceptions.NoScriptError if message.startswith("NOSCRIPT") else redis.exceptions.ResponseError

@@ -19,7 +19,7 @@ import requests
 
 from app.budgets.ledger import Line
 from app.budgets.limits import BudgetStorageDown, window_span
-from app.budgets.redis_ledger import RedisLedger
+from app.budgets.redis_ledger import RedisLedger, _Link
 from tests.support.processes import wait_until
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 
@@ -449,6 +449,19 @@ def test_a_reservation_that_timed_out_is_not_sent_again(redis_server):
         ledger.reserve([line], 10, 1)
     busy.join(10)
     assert float(redis_server.client.get(line.key)) == 11.0
+
+
+def test_a_server_push_between_replies_is_skipped_not_taken_for_a_reply(redis_server):
+    # Only over RESP3, which the ledger does not ask for; its reader skips pushes all the same.
+    link = _Link(redis.Connection(port=redis_server.port, protocol=3))
+    link.send("CLIENT", "TRACKING", "ON")
+    assert link.read() == b"OK"
+    link.send("GET", "tracked")
+    assert link.read() is None
+    redis_server.client.set("tracked", "changed")  # Redis pushes an invalidation to the link first
+    link.send("PING")
+    assert link.read() == b"PONG"
+    link.connection.disconnect()
 
 
 def test_the_ledger_speaks_resp2_so_no_server_push_lands_between_its_replies(redis_server):
