@@ -98,12 +98,13 @@ def read_first(sock: Any) -> None:
     (vendors, Redis), never to clients.
 
     A call ends with reads from upstreams (a vendor's answer, a stream's next event, Redis's
-    reply); a new call starts with a read from a client. With both ready in one turn of the
-    loop, libev resumes them in the order they became ready, so a loaded worker starts new calls
-    while calls already under way wait, and those take turns longer. Upstream reads first finish
-    what was started first. Measured (router alone, 2 workers, 3 rounds each): p99 at
-    concurrency 64 103 -> 73 ms, at 16 21 -> 18 ms, calls/s unchanged; 500 streams at once
-    relayed incrementally in every round. Plain sockets (no gevent) have no watcher: no-op.
+    reply). In a turn of the loop libev queues the ready sockets, then the expired timers, and
+    runs the queue from its end: the timers on which answered connections step aside before
+    their next request (app/server/worker.py) and new clients' reads came before the answers
+    calls under way were waiting for, which then waited longer. Upstream reads first finish what
+    was started before more starts. Measured (router alone, 2 workers, three rounds each): p99 at
+    concurrency 64 103 -> 73 ms, at 16 21 -> 18 ms, calls/s unchanged. Plain sockets (no gevent)
+    have no watcher, and gevent's libuv loop has no priorities: no-op there.
     """
     event = getattr(sock, "_read_event", None)
     if event is not None:
