@@ -96,12 +96,9 @@ class MemoryLedger:
         if grant.tokens is None:
             return grant
         charges = [line.fixed + grant.tokens * line.per_token for line in lines]
-        return Grant(grant.tokens, self._add(lines, charges))
+        return Grant(grant.tokens, self.adjust(lines, charges))
 
     def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
-        return self._add(lines, deltas)
-
-    def _add(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
         after = []
         for line, delta in zip(lines, deltas, strict=True):
             if line.key not in self._spent:
