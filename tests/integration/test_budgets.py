@@ -21,6 +21,7 @@ from app.budgets.ledger import Line
 from app.budgets.limits import BudgetStorageDown, window_span
 from app.budgets.redis_ledger import RedisLedger, _Link
 from tests.support.processes import wait_until
+from tests.support.raw_http import json_post
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(
@@ -301,13 +302,11 @@ def test_a_client_leaving_while_a_failed_request_is_settled_does_not_interrupt_t
     # unanswered request waits for it; the client leaves at 0.7 s, during that wait.
     router = start_router(workers=1, **budgeted(redis_server, "1000 tokens per day"))
     fake.behave("openai", status=500, delay=0.6)
-    body = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nAuthorization: Bearer {KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    body = {"model": "gpt-4o", "messages": HELLO}
+    # Kept alive (no Connection: close), so the router takes the client's close for its departure.
+    request = json_post("/v1/chat/completions", body, {"Authorization": f"Bearer {KEY}"})
     with socket.create_connection(("127.0.0.1", router.port)) as client:
-        client.sendall(head + body)
+        client.sendall(request)
         time.sleep(0.4)
         busy = keep_redis_busy(redis_server, 0.45)
         time.sleep(0.3)

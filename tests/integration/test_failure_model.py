@@ -3,7 +3,6 @@ statuses, custom CAs, half-closed and non-reading clients, deadlines and hedging
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 
@@ -14,6 +13,7 @@ import requests
 from tests.support.certs import make_certificates, openssl_available
 from tests.support.processes import FakeVendorProcess, RouterProcess, router_config, wait_until
 from tests.support.prometheus import scrape
+from tests.support.raw_http import json_post
 from tests.support.scripted_vendor import ScriptedVendor, send_whole
 from tests.support.sdk import sdk
 
@@ -235,13 +235,9 @@ def test_vendor_calls_go_through_the_egress_proxy_the_environment_names(tmp_path
 def test_client_that_half_closes_after_its_request_gets_its_answer(start_router, fake, stream):
     fake.behave("openai", delay=0.5, chunks=3, interval=0.1)
     server = start_router(models=ONE_OPENAI)
-    payload = json.dumps({"messages": HELLO, "stream": stream}).encode()
+    request = json_post("/v1/chat/completions", {"messages": HELLO, "stream": stream}, version="HTTP/1.0")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.0\r\nHost: router\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
+        sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)
         data = b""
         while piece := sock.recv(65536):
@@ -268,16 +264,12 @@ def test_client_that_stops_reading_is_cut_off_after_client_send_timeout(start_ro
     # A client with a tiny receive window that reads nothing after the first bytes.
     fake.behave("openai", content="x" * content, chunks=chunks, interval=interval)
     server = start_router(models=ONE_OPENAI, CLIENT_SEND_TIMEOUT="1")
-    payload = json.dumps({"messages": HELLO, "stream": True}).encode()
+    request = json_post("/v1/chat/completions", {"messages": HELLO, "stream": True})
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
     try:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
+        sock.sendall(request)
         sock.recv(1024)  # the stream started; now stop reading without closing
         [record] = wait_until(
             lambda: [s for s in fake.streams("openai") if s["client_closed_at"]], timeout=20, message="vendor closed"

@@ -15,6 +15,7 @@ import requests
 
 from tests.support.processes import RouterProcess, wait_until
 from tests.support.prometheus import scrape
+from tests.support.raw_http import json_post
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 from tests.support.scripted_vendor import ScriptedVendor, send_whole
 
@@ -162,13 +163,8 @@ def test_shared_cooldowns_follow_the_key_not_its_position_in_the_credentials_fil
 def byte_gaps(server: RouterProcess, path: str, body: dict, timeout: float = 30) -> tuple[bytes, list[float]]:
     """Stream ``body`` to ``path`` over a raw socket: everything received, and the seconds between
     one arrival of bytes and the next, from the first body bytes to the end."""
-    payload = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
-    sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
+    sock.sendall(json_post(path, body, {"Connection": "close"}))
     received, arrivals = b"", []
     with sock:
         while piece := sock.recv(65536):

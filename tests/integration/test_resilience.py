@@ -17,6 +17,7 @@ import requests
 
 from tests.support.keys import GEMINI_KEY, OPENAI_KEY
 from tests.support.processes import free_port, wait_until
+from tests.support.raw_http import json_post
 from tests.support.sdk import sdk
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -269,13 +270,8 @@ def read_events(sock: socket.socket, count: int) -> bytes:
 
 
 def open_raw_stream(server, body: dict) -> socket.socket:
-    payload = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
+    sock.sendall(json_post("/v1/chat/completions", body))
     return sock
 
 
