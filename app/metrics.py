@@ -207,6 +207,7 @@ class RouterMetrics:
         # Label children by (metric, label values): .labels() validates and converts its labels
         # on every call; the values here are configured names and fixed words, so this stays small.
         self._series: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._budget_now: dict[tuple[str, str, str], tuple[float, float]] = {}  # spent, resets_at: not yet written
         self._resets_at: dict[Any, float] = {}  # router_budget_resets_at_seconds as last set, per series
 
     def series(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
@@ -229,28 +230,26 @@ class RouterMetrics:
         background every ``every`` s.
 
         Cooldowns end, and other workers' start, while this worker serves nothing: a value written
-        only when a request passes would go stale. ``count`` must be a bound method; the thread (a
-        greenlet under gevent) ends once its object is garbage, so apps built by tests leave none.
+        only when a request passes would go stale. ``count`` must be a bound method.
         """
         source = weakref.WeakMethod(count)
         total, per_vendor = self.cooling, self.vendor_cooling
+        shown: dict[str, int] | None = None
 
-        def follow() -> None:
-            shown: dict[str, int] | None = None
-            while True:
-                method = source()
-                if method is None:
-                    return
-                counts = method()
-                del method  # hold no reference while asleep
-                if counts != shown:  # a gauge write is wasted when nothing changed
-                    total.set(sum(counts.values()))
-                    for vendor, value in counts.items():
-                        per_vendor.labels(vendor).set(value)
-                    shown = counts
-                time.sleep(every)
+        def show() -> bool:
+            nonlocal shown
+            method = source()
+            if method is None:
+                return False
+            counts = method()
+            if counts != shown:  # a gauge write is wasted when nothing changed
+                total.set(sum(counts.values()))
+                for vendor, value in counts.items():
+                    per_vendor.labels(vendor).set(value)
+                shown = counts
+            return True
 
-        threading.Thread(target=follow, name="cooling-gauge", daemon=True).start()
+        _every(every, show, "cooling-gauge")
 
     def selected(self, combination: Combination) -> None:
         vendor, model = combination.vendor.name, combination.model.id
@@ -276,22 +275,40 @@ class RouterMetrics:
             if value:
                 self.series(self.tokens, vendor, model, kind, client).inc(value)
 
-    def budgets_configured(self, budgets: dict[str, tuple[Any, ...]]) -> None:
-        """Publish every client's limits (and nothing spent in this worker yet)."""
+    def budgets_configured(self, budgets: dict[str, tuple[Any, ...]], every: float = 1.0) -> None:
+        """Publish every client's limits (and nothing spent in this worker yet), and write what
+        calls report spent (``budget_spent_now``) every ``every`` s from then on."""
         for client, limits in budgets.items():
             for limit in limits:
                 self.budget_limit.labels(client, limit.unit, limit.window).set(limit.amount)
                 self.budget_spent.labels(client, limit.unit, limit.window).set(0)
             self.budget_rejections.labels(client)
             self.budget_cutoffs.labels(client)
+        owner = weakref.ref(self)
+
+        def write() -> bool:
+            metrics = owner()
+            if metrics is None:
+                return False
+            metrics._write_budget_gauges()
+            return True
+
+        _every(every, write, "budget-gauges")
 
     def budget_spent_now(self, client: str, limit: Any, spent: float, resets_at: float) -> None:
-        self.series(self.budget_spent, client, limit.unit, limit.window).set(spent)
-        # Twice a call for every limit of the client; a window's end changes once per window.
-        series = self.series(self.budget_resets_at, client, limit.unit, limit.window)
-        if self._resets_at.get(series) != resets_at:
-            self._resets_at[series] = resets_at
-            series.set(resets_at)
+        # Twice a call for every limit of the client: only noted here. Writing a gauge (a lock
+        # and a write to its file under gunicorn) cost ~10 us a call; the latest value of each
+        # series is written in the background instead, within ``every`` s.
+        self._budget_now[(client, limit.unit, limit.window)] = (spent, resets_at)
+
+    def _write_budget_gauges(self) -> None:
+        noted, self._budget_now = self._budget_now, {}
+        for labels, (spent, resets_at) in noted.items():
+            self.series(self.budget_spent, *labels).set(spent)
+            series = self.series(self.budget_resets_at, *labels)
+            if self._resets_at.get(series) != resets_at:  # a window's end changes once per window
+                self._resets_at[series] = resets_at
+                series.set(resets_at)
 
     def budget_rejected(self, client: str) -> None:
         self.series(self.budget_rejections, client).inc()
@@ -301,6 +318,20 @@ class RouterMetrics:
 
     def stream_ended(self, combination: Combination, outcome: str, seconds: float) -> None:
         self.series(self.stream_duration, combination.vendor.name, combination.model.id, outcome).observe(seconds)
+
+
+def _every(every: float, step: Callable[[], bool], name: str) -> None:
+    """Call ``step`` every ``every`` s in the background until it returns False.
+
+    A thread (a greenlet under gevent). ``step`` should hold its objects weakly and return False
+    once they are garbage, so apps built by tests leave no thread behind.
+    """
+
+    def loop() -> None:
+        while step():
+            time.sleep(every)
+
+    threading.Thread(target=loop, name=name, daemon=True).start()
 
 
 def init_metrics(app: Flask, worker_connections: int, combinations: Iterable[Combination]) -> RouterMetrics:

@@ -7,6 +7,8 @@ import json
 import math
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -103,9 +105,15 @@ def test_a_spent_token_budget_rejects_the_call_with_retry_after_to_the_window_en
     assert spent(router) == 4 * (PROMPT + COMPLETION)
     assert budget_of(router)["budgets"][0]["remaining"] == 60 - 56
 
-    metrics = requests.get(router.url("/metrics"), timeout=10).text
+    # The spent gauge is written in the background, within a second of the call.
+    spent_line = 'router_budget_spent{client="web",unit="tokens",window="hour"} 56.0'
+
+    def metrics_with_spent() -> str | None:
+        text = requests.get(router.url("/metrics"), timeout=10).text
+        return text if spent_line in text else None
+
+    metrics = wait_until(metrics_with_spent, 5, interval=0.2, message="router_budget_spent at 56")
     assert 'router_budget_rejections_total{client="web"} 1.0' in metrics
-    assert 'router_budget_spent{client="web",unit="tokens",window="hour"} 56.0' in metrics
     assert 'router_budget_limit{client="web",unit="tokens",window="hour"} 60.0' in metrics
 
 
@@ -469,3 +477,55 @@ def test_the_ledger_speaks_resp2_so_no_server_push_lands_between_its_replies(red
     clients = redis_server.client.execute_command("CLIENT", "LIST").decode().splitlines()
     ours = [line for line in clients if "cmd=evalsha" in line]
     assert ours and all(re.search(r"\bresp=2\b", line) for line in ours), clients
+
+
+# A ledger in a gevent process, as in a worker, with a 20 ms timeout: it reserves for 0.3 s (the
+# replies' waits add up to many times the timeout), then once while the test keeps Redis busy.
+_LEDGER_UNDER_GEVENT = """
+from gevent import monkey; monkey.patch_all()
+import sys, time
+from app.budgets.ledger import Line
+from app.budgets.limits import BudgetStorageDown
+from app.budgets.redis_ledger import RedisLedger
+ledger = RedisLedger(sys.argv[1] + "?socket_timeout=0.02")
+line = Line("generative-api-router:budget:gevent", 1e12, time.time() + 3600, 0.0, 1.0)
+started, calls = time.monotonic(), 0
+while time.monotonic() - started < 0.3:
+    ledger.reserve([line], 1, 1)
+    calls += 1
+assert ledger._idle[-1].raw is not None, "not the C-level socket"
+print("reserved", calls, flush=True)
+sys.stdin.readline()  # Redis is busy now
+started = time.monotonic()
+try:
+    ledger.reserve([line], 1, 1)
+except BudgetStorageDown:
+    print("refused after %.3f s" % (time.monotonic() - started), flush=True)
+"""
+
+
+def test_under_gevent_every_reply_gets_the_whole_timeout_and_a_silent_redis_times_out(redis_server):
+    # The link reuses one timer for every wait; started again after a stop, libev's timer keeps
+    # only what was left of it, and a few hundred replies later a healthy Redis timed out.
+    ledger = subprocess.Popen(
+        [sys.executable, "-c", _LEDGER_UNDER_GEVENT, redis_server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = ledger.stdout.readline()
+        assert first.startswith("reserved"), first + ledger.stderr.read()
+        assert int(first.split()[1]) > 1000  # waits adding up to far more than the 20 ms timeout
+        busy = keep_redis_busy(redis_server, 1.0)
+        assert wait_until(lambda: not answers_within(redis_server, 0.05), timeout=0.5)
+        ledger.stdin.write("\n")
+        ledger.stdin.flush()
+        refused = ledger.stdout.readline()
+        assert refused.startswith("refused after"), refused + ledger.stderr.read()
+        assert 0.015 <= float(refused.split()[2]) < 0.5
+        busy.join(10)
+    finally:
+        ledger.kill()
+        ledger.wait(10)
