@@ -186,19 +186,19 @@ class RedisLedger:
     def reserve(self, lines: Sequence[Line], wanted: int, minimum: int) -> Grant:
         keys = [line.key for line in lines]
         args: list[Any] = [wanted, minimum]
-        for line in lines:
-            args += [repr(line.limit), repr(line.fixed), repr(line.per_token), int(line.expires_at * 1000)]
-        return self._call(lambda: self._on_link(lambda link: self._reserve(link, keys, args)))
+        for line in lines:  # hiredis writes a float as repr() does: the shortest exact decimal
+            args += (line.limit, line.fixed, line.per_token, int(line.expires_at * 1000))
+        return self._call(self._on_link, self._reserve, keys, args)
 
     def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
         keys = [line.key for line in lines]
         args: list[Any] = []
         for line, delta in zip(lines, deltas, strict=True):
-            args += [repr(float(delta)), int(line.expires_at * 1000)]
-        return self._call(lambda: self._on_link(lambda link: self._adjust(link, keys, args)))
+            args += (float(delta), int(line.expires_at * 1000))
+        return self._call(self._on_link, self._adjust, keys, args)
 
-    def _on_link(self, action: Callable[[_Link], Any]) -> Any:
-        """``action`` on an idle connection of the ledger's (a new one when none is idle).
+    def _on_link(self, action: Callable[..., Any], *args: Any) -> Any:
+        """``action(link, *args)`` on an idle connection of the ledger's (a new one when none is idle).
 
         A connection is taken out of ``_idle`` while a greenlet uses it, so no two share one. A
         reused connection that Redis closed (a restart) fails when read; the action then runs once
@@ -211,7 +211,7 @@ class RedisLedger:
                 if link is None:
                     pool = self._redis.connection_pool
                     link = _Link(pool.connection_class(**pool.connection_kwargs))
-                result = action(link)
+                result = action(link, *args)
             except redis.exceptions.ResponseError:
                 self._idle.append(link)  # an error reply: the connection is in step and stays usable
                 raise
@@ -259,15 +259,15 @@ class RedisLedger:
             raise redis.exceptions.InvalidResponse(f"unexpected reply to a settlement: {reply!r}") from exc
 
     def spent(self, keys: Sequence[str]) -> tuple[float, ...]:
-        values = self._call(lambda: self._redis.mget(keys))
+        values = self._call(self._redis.mget, keys)
         return tuple(float(value) if value is not None else 0.0 for value in values)
 
-    def _call(self, action: Callable[[], Any]) -> Any:
+    def _call(self, action: Callable[..., Any], *args: Any) -> Any:
         down_since = self._down_since
         if down_since is not None and time.monotonic() - down_since < _RETRY_STORAGE_SECONDS:
             raise self._down()
         try:
-            result = action()
+            result = action(*args)
         except _ERRORS as exc:
             if down_since is None:
                 log.error(
