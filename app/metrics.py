@@ -10,6 +10,7 @@ series.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ from app.catalog import Combination
 from app.usage import token_counts
 
 __all__ = ["RouterMetrics", "init_metrics"]
+
+log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _STREAM_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -302,8 +305,9 @@ class RouterMetrics:
         self._budget_now[(client, limit.unit, limit.window)] = (spent, resets_at)
 
     def _write_budget_gauges(self) -> None:
-        noted, self._budget_now = self._budget_now, {}
-        for labels, (spent, resets_at) in noted.items():
+        noted = self._budget_now
+        while noted:
+            labels, (spent, resets_at) = noted.popitem()  # a write that fails loses only its own
             self.series(self.budget_spent, *labels).set(spent)
             series = self.series(self.budget_resets_at, *labels)
             if self._resets_at.get(series) != resets_at:  # a window's end changes once per window
@@ -328,7 +332,16 @@ def _every(every: float, step: Callable[[], bool], name: str) -> None:
     """
 
     def loop() -> None:
-        while step():
+        failing = False
+        while True:
+            try:
+                if not step():
+                    return
+                failing = False
+            except Exception:
+                if not failing:  # once per run of failures, not every ``every`` s
+                    log.exception("%s: writing the gauges failed; trying again every %g s", name, every)
+                failing = True
             time.sleep(every)
 
     threading.Thread(target=loop, name=name, daemon=True).start()

@@ -39,8 +39,11 @@ _REDIS_TIMEOUT = 0.5
 _READ_SIZE = 65536
 # What a command may raise: Redis unreachable or failing (RedisError), or the socket (OSError).
 _ERRORS = (redis.exceptions.RedisError, OSError)
-# What a reused connection that Redis closed meanwhile (a restart) fails with when read: the
-# command was not run, so it can be sent again. A timeout is not one of these.
+# What a reused connection that Redis closed meanwhile (a restart) fails with when sent or read
+# before any byte of the reply: the command is sent again on a new connection, as redis-py does.
+# Redis closes its connections when it stops, before it would run a command sent after; a close
+# right after running one (CLIENT KILL, a proxy) would charge it twice, a rare cost accepted so
+# that a restart refuses no call. A timeout is not one of these, nor a reply cut off (ReplyCutOff).
 _CLOSED = (redis.exceptions.ConnectionError, ConnectionResetError, BrokenPipeError)
 
 # KEYS: one counter per line. ARGV: wanted, minimum, then per line: limit, fixed, per_token,
@@ -92,6 +95,10 @@ class RedisSilent(TimeoutError):
     """Redis did not answer within the ledger's timeout."""
 
 
+class ReplyCutOff(redis.exceptions.RedisError):
+    """The connection ended in the middle of a reply: the command ran, so it is never sent again."""
+
+
 class _Link:
     """One of the ledger's Redis connections.
 
@@ -127,13 +134,22 @@ class _Link:
     def read(self) -> Any:
         """The next reply; an error reply raises redis-py's exception for it."""
         reader = self.reader
+        begun = False  # a byte of the reply arrived: Redis ran the command
         while True:
             reply = reader.gets()
             if reply is False:  # not all of it read yet
-                data = self._receive()
+                try:
+                    data = self._receive()
+                except OSError as exc:
+                    if begun:
+                        raise ReplyCutOff("Redis's reply was cut off") from exc
+                    raise
                 if not data:
+                    if begun:
+                        raise ReplyCutOff("Redis closed the connection in the middle of a reply")
                     raise redis.exceptions.ConnectionError("Redis closed the connection")
                 reader.feed(data)
+                begun = True
             elif not isinstance(reply, hiredis.PushNotification):  # a push (RESP3 only) answers nothing
                 break
         if isinstance(reply, hiredis.ReplyError):

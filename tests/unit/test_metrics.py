@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 
 from prometheus_client import CollectorRegistry
 
-from app.metrics import RouterMetrics
+from app.budgets.limits import BudgetLimit
+from app.metrics import RouterMetrics, _every
 from tests.support.processes import wait_until
 from tests.support.prometheus import parse
 
@@ -68,3 +70,46 @@ def test_cooling_gauge_follows_the_count_with_no_traffic_and_stops_when_its_sour
     gc.collect()
     follower.join(timeout=5)
     assert not follower.is_alive()
+
+
+def test_budget_gauges_are_written_in_the_background_and_the_writer_stops_with_its_metrics():
+    registry = CollectorRegistry()
+    metrics = RouterMetrics(registry)
+    limit = BudgetLimit(1000, "tokens", "day")
+    before = set(threading.enumerate())
+    metrics.budgets_configured({"web": (limit,)}, every=0.05)
+    (writer,) = {t for t in threading.enumerate() if t.name == "budget-gauges"} - before
+    labels = {"client": "web", "unit": "tokens", "window": "day"}
+
+    def shown(name: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert shown("router_budget_spent") == 0
+    metrics.budget_spent_now("web", limit, 120.0, 1_800_000_000.0)
+    metrics.budget_spent_now("web", limit, 140.0, 1_800_000_000.0)  # the latest is the one written
+    wait_until(lambda: shown("router_budget_spent") == 140, timeout=5)
+    assert shown("router_budget_resets_at_seconds") == 1_800_000_000
+
+    del metrics
+    gc.collect()
+    writer.join(timeout=5)
+    assert not writer.is_alive()
+
+
+def test_a_background_writer_that_fails_says_so_once_and_keeps_writing(caplog):
+    calls: list[int] = []
+
+    def step() -> bool:
+        calls.append(1)
+        if len(calls) in (2, 3, 4):
+            raise OSError("the metrics file is gone")
+        return len(calls) < 6
+
+    before = set(threading.enumerate())
+    with caplog.at_level(logging.ERROR, logger="app.metrics"):
+        _every(0.01, step, "test-gauges")
+        (writer,) = {t for t in threading.enumerate() if t.name == "test-gauges"} - before
+        writer.join(timeout=5)
+    assert len(calls) == 6  # went on after the failures, and stopped when told
+    failures = [record for record in caplog.records if "writing the gauges failed" in record.getMessage()]
+    assert len(failures) == 1
