@@ -129,8 +129,13 @@ class Exchange(ABC):
         """The most output tokens the request allows (its max tokens), or None when it sets none."""
         return max_tokens_of(self.body)
 
+    def choices(self) -> int:
+        """How many answers the request asks for (chat's ``n``): each may use the whole allowance."""
+        n = self.body.get("n")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+
     def limit_output(self, tokens: int) -> None:
-        """Have every vendor body ask at most ``tokens`` output tokens."""
+        """Have every vendor body ask at most ``tokens`` output tokens (per answer)."""
         self.output_limit = tokens
 
     @abstractmethod
@@ -202,6 +207,6 @@ class Endpoint:
         if self._budgets is not None:
             reservation = self._budgets.reserve(request.client, exchange, candidates)
             if reservation is not None and reservation.lowered:
-                budget_note_var.set(reservation.output_tokens)
+                budget_note_var.set(exchange.output_limit)  # the max tokens each answer may now use
             exchange.budget = reservation
         return self._forwarder.forward(exchange, candidates, request.client, watch, request.affinity_key)

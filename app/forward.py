@@ -126,7 +126,7 @@ class Forwarder:
                 pump = answer.pump
 
                 def settle() -> None:
-                    budget.settle_stream(pump.relay.meter, pump.relay.normalizer.usage, pump.cut is not None)
+                    budget.settle_stream(pump.relay.meter, pump.relay.normalizer.usage, pump.cut)
 
                 # A complete answer settles before its last bytes leave (the client's next call sees
                 # the spend); any other end settles when the stream closes, before the access line.

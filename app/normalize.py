@@ -94,6 +94,7 @@ class StreamNormalizer:
         self._choices_with_tools: set[int] = set()
         # Whether any choice reported a finish_reason: a stream that ends before one was cut off.
         self.finish_seen = False
+        self.finished: set[int] = set()  # the choices (by index) that reported their finish_reason
         # The vendor's token counts, from the usage chunk sent when the client asked for one.
         self.usage: dict[str, Any] | None = None
 
@@ -131,6 +132,7 @@ class StreamNormalizer:
         finish_reason = choice.get("finish_reason")
         if finish_reason:
             self.finish_seen = True
+            self.finished.add(index)
             if finish_reason == "stop" and index in self._choices_with_tools:
                 choice["finish_reason"] = "tool_calls"
 

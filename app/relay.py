@@ -70,9 +70,15 @@ class StreamTranslator(Protocol):
     def keepalive(self) -> bytes:
         """The bytes that keep an idle connection open while the vendor is silent."""
 
+    @property
+    def ended(self) -> bool:
+        """Whether the client's answer has ended before ``done`` (what follows adds nothing)."""
+
 
 class ChatEvents:
     """The chat-completions stream, relayed as the vendor sent it (after normalization)."""
+
+    ended = False  # its end is [DONE]: done()
 
     def opening(self) -> bytes:
         return b""
@@ -206,6 +212,12 @@ class StreamRelay:
     def complete(self) -> bool:
         """The answer has ended well: the bytes ``read`` returned last were the stream's last."""
         return self.finished and self._pending_failure is None
+
+    @property
+    def answered(self) -> bool:
+        """The bytes ``read`` returned last end the client's answer: the stream is complete, or the
+        endpoint's own end went out before the vendor's (Messages ends with the vendor's usage)."""
+        return self.complete or self._translator.ended
 
     def failed(self, error: RouterError) -> bytes:
         """The client's bytes that end this stream with ``error``."""
@@ -359,23 +371,28 @@ class Pump:
                 # What was read is the client's (it is paid for), then the endpoint's error event.
                 yield out + relay.failed(self.cut)
                 return
+            if out:
+                self.before_end()
             if out and relay.complete:
-                if self.before_last is not None:
-                    # Before the client can see the end: e.g. its budget settled, so a call it
-                    # makes next already counts what this stream spent.
-                    self.before_last()
                 # The last event (e.g. [DONE]) carries the end of the body with it: one write, not two.
                 yield LastBytes(out)
                 continue
             yield out or relay.keepalive()
 
+    def before_end(self) -> None:
+        """Run ``before_last`` (once) if the bytes about to go out end the client's answer: e.g. its
+        budget settled, so a call it makes next already counts what this stream spent."""
+        if self.before_last is not None and self.relay.answered:
+            before_last, self.before_last = self.before_last, None
+            before_last()
+
     def _spent(self) -> bool:
-        """Whether the stream's budget is spent (its answer not yet finished); if so the stream is
-        cut: ``cut`` holds the error, and the vendor is closed at once, before the client is told,
-        so it generates nothing more that nobody reads."""
+        """Whether the stream's budget is spent (some answer asked for not yet finished); if so the
+        stream is cut: ``cut`` holds the error, and the vendor is closed at once, before the client
+        is told, so it generates nothing more that nobody reads."""
         relay = self.relay
         meter = relay.meter
-        if meter is None or relay.normalizer.finish_seen or not meter.over():
+        if meter is None or len(relay.normalizer.finished) >= meter.choices or not meter.over():
             return False
         self.cut = meter.error()
         relay.close()
@@ -416,6 +433,7 @@ class StreamAnswer:
         self.discarded = False
 
     def __iter__(self) -> Iterator[bytes]:
+        self.pump.before_end()  # the first read may have brought the whole answer
         yield self.first
         if self._arm_watch is not None:
             self._arm_watch(self.pump.notify_client_gone)

@@ -259,6 +259,8 @@ class RedisLedger:
             granted, refused, spent = reply
             values = tuple(float(value) for value in spent)
             if granted < 0:
+                if not refused:  # refused without saying which line: not the script's reply
+                    raise ValueError("no line refused")
                 return Grant(None, values, tuple(int(index) for index in refused))
             return Grant(int(granted), values)
         except (TypeError, ValueError) as exc:

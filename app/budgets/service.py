@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.budgets.ledger import KEEP_AFTER_WINDOW, PREFIX, Ledger, Line
+from app.budgets.ledger import KEEP_AFTER_WINDOW, PREFIX, Grant, Ledger, Line
 from app.budgets.limits import BudgetExceeded, BudgetLimit, BudgetStorageDown, rfc3339, window_span
 from app.budgets.tokens import Usage, answer_tokens, chunk_tokens, dearest, rates
 
 if TYPE_CHECKING:
     from app.catalog import Combination, Model
     from app.endpoint import Exchange
+    from app.errors import RouterError
 
 
 __all__ = ["DEFAULT_OUTPUT_ALLOWANCE", "BudgetMetrics", "Budgets", "Reservation", "StreamMeter"]
@@ -47,6 +48,9 @@ DEFAULT_OUTPUT_ALLOWANCE = 4096
 # Tokens a stream that outgrew its reservation asks for beyond what it already read: one ledger
 # call per this many tokens rather than one per event.
 EXTENSION_TOKENS = 64
+# The most output tokens one call reserves: Lua (Redis) counts exactly only up to 2^53, and a
+# client's max tokens may be any JSON integer.
+MOST_TOKENS = 2**53
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -96,20 +100,23 @@ class Budgets:
             ceilings = [combination.model.max_output_tokens for combination in candidates]
             known = [ceiling for ceiling in ceilings if ceiling is not None]
             allowance = max(known) if known and len(known) == len(ceilings) else DEFAULT_OUTPUT_ALLOWANCE
+        # Each answer asked for (chat's n) may use the whole allowance, and the vendor bills them all.
+        choices = exchange.choices()
+        wanted = min(allowance * choices, MOST_TOKENS)
         now = self._clock()
         lines = []
         for limit in limits:
             rate = rates(limit.unit, price)
             lines.append(self._line(client, limit, now, input_tokens * rate.input, rate.output))
-        grant = self.ledger.reserve(lines, allowance, min(allowance, 1))
+        grant = self.ledger.reserve(lines, wanted, min(wanted, choices))
         if grant.tokens is None:
             if self._metrics is not None:
                 self._metrics.budget_rejected(client)
-            raise self._exceeded(client, limits, grant.refused, now)
+            raise self._exceeded(client, limits, lines, grant, min(wanted, choices), now)
         self._publish(client, limits, lines, grant.spent)
-        if grant.tokens < allowance:
-            exchange.limit_output(grant.tokens)
-        return Reservation(self, client, limits, tuple(lines), input_tokens, grant.tokens, allowance)
+        if grant.tokens < wanted:
+            exchange.limit_output(max(grant.tokens // choices, 1))
+        return Reservation(self, client, limits, tuple(lines), input_tokens, grant.tokens, wanted, choices)
 
     def status(self, client: str) -> list[dict[str, Any]]:
         """``client``'s budgets as GET /v1/budget shows them."""
@@ -141,14 +148,33 @@ class Budgets:
         return Line(key, limit.amount, end + KEEP_AFTER_WINDOW, fixed, per_token)
 
     def _exceeded(
-        self, client: str, limits: tuple[BudgetLimit, ...], refused: Sequence[int], now: float
+        self,
+        client: str,
+        limits: tuple[BudgetLimit, ...],
+        lines: Sequence[Line],
+        grant: Grant,
+        minimum: int,
+        now: float,
     ) -> BudgetExceeded:
-        # A call can succeed again only once every spent limit has reset: the latest reset.
+        # A call can succeed again only once every limit without room has reset: the latest reset.
+        refused = grant.refused
         resets = max(window_span(limits[index].window, now)[1] for index in refused)
         wait = max(math.ceil(resets - now), 1)
-        names = " and ".join(limits[index].describe() for index in refused)
+        reasons = []
+        for index in refused:
+            limit, line = limits[index], lines[index]
+            left = limit.amount - grant.spent[index]
+            if left <= 0:
+                reasons.append(f"has spent its {limit.describe()}")
+                continue
+            needed = line.fixed + minimum * line.per_token
+            whole = " (more than the whole limit)" if needed > limit.amount else ""
+            reasons.append(
+                f"has {_amount(left, limit.unit)} left of its {limit.describe()}, and this request needs at least "
+                f"{_amount(needed, limit.unit)}{whole}: its input estimate and one output token per answer"
+            )
         return BudgetExceeded(
-            f"budget exceeded: client {client} has spent its {names}; it resets at {rfc3339(resets)} (in {wait} s).",
+            f"budget exceeded: client {client} {' and '.join(reasons)}; it resets at {rfc3339(resets)} (in {wait} s).",
             headers={"Retry-After": str(wait)},
         )
 
@@ -163,6 +189,11 @@ class Budgets:
 
 def _priced(limits: Sequence[BudgetLimit]) -> bool:
     return any(limit.unit == "usd" for limit in limits)
+
+
+def _amount(value: float, unit: str) -> str:
+    """``value`` in ``unit`` as a message says it: whole tokens, dollars to a millionth."""
+    return f"{math.ceil(value)} tokens" if unit == "tokens" else f"{value:.6f} usd"
 
 
 def _number(value: float, unit: str) -> float | int:
@@ -182,6 +213,7 @@ class Reservation:
         input_tokens: int,
         output_tokens: int,
         allowance: int,
+        choices: int = 1,
     ) -> None:
         self._budgets = budgets
         self.client = client
@@ -189,7 +221,9 @@ class Reservation:
         self._lines = lines
         self.input_tokens = input_tokens  # the estimate reserved
         self.output_tokens = output_tokens  # output tokens reserved (may grow while streaming)
-        self.lowered = output_tokens < allowance  # the request's max tokens was lowered to output_tokens
+        self.lowered = output_tokens < allowance  # the request's max tokens was lowered (output_tokens // choices)
+        self.choices = choices  # answers asked for (chat's n): a stream is whole when each has finished
+        self.down: BudgetStorageDown | None = None  # the ledger failed while a stream asked for more
         self._charged = [line.fixed + output_tokens * line.per_token for line in lines]
         self._settled = False
 
@@ -206,8 +240,9 @@ class Reservation:
             lines.append(Line(line.key, line.limit, line.expires_at, tokens * rate, rate))
         try:
             grant = self._budgets.ledger.reserve(lines, EXTENSION_TOKENS, 0)
-        except BudgetStorageDown:
-            return False  # fail closed, as for a new call
+        except BudgetStorageDown as down:
+            self.down = down  # fail closed, as for a new call; the stream is cut saying why
+            return False
         if grant.tokens is None:
             return False
         for index, line in enumerate(lines):
@@ -248,9 +283,10 @@ class Reservation:
             counted = Usage(self.input_tokens, 0, output)
         self.settle(counted, model)
 
-    def settle_stream(self, meter: StreamMeter | None, usage: object, cut: bool) -> None:
-        """Settle a stream: the vendor's usage, else the input estimate and every output token read."""
-        if cut:
+    def settle_stream(self, meter: StreamMeter | None, usage: object, cut: RouterError | None) -> None:
+        """Settle a stream: the vendor's usage, else the input estimate and every output token read.
+        ``cut``: the error the stream was cut with, if it was (only a BudgetExceeded counts as a cut)."""
+        if isinstance(cut, BudgetExceeded):
             metrics = self._budgets._metrics
             if metrics is not None:
                 metrics.budget_cut(self.client)
@@ -260,8 +296,10 @@ class Reservation:
         counted = Usage.from_vendor(usage) or Usage(self.input_tokens, 0, meter.used)
         self.settle(counted, meter.combination.model)
 
-    def exceeded(self) -> BudgetExceeded:
-        """The error that ends a stream cut for want of budget."""
+    def exceeded(self) -> BudgetExceeded | BudgetStorageDown:
+        """The error that ends a stream cut for want of budget (or of the ledger, when it failed)."""
+        if self.down is not None:
+            return self.down
         names = " and ".join(limit.describe() for limit in self._limits)
         return BudgetExceeded(f"budget exceeded: client {self.client} has spent its budget ({names}); answer cut.")
 
@@ -288,5 +326,9 @@ class StreamMeter:
             return False
         return not reservation.extend(beyond, self.combination.model)
 
-    def error(self) -> BudgetExceeded:
+    def error(self) -> BudgetExceeded | BudgetStorageDown:
         return self._reservation.exceeded()
+
+    @property
+    def choices(self) -> int:
+        return self._reservation.choices

@@ -30,13 +30,28 @@ PDF_PAGE_TOKENS = 2000
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?!s)")
 
 
+# Fields of a chat request that tune the answer and are not billed as input: left out of the
+# estimate. Every other field (response_format's schema, legacy functions, a prediction, fields
+# this list does not know) counts by its JSON, so a client cannot hide input from a budget.
+_SETTINGS = frozenset(
+    {
+        "model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n", "temperature",
+        "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "seed",
+        "stop", "user", "store", "service_tier", "parallel_tool_calls", "reasoning_effort", "verbosity",
+        "modalities", "prompt_cache_key", "safety_identifier", "metadata",
+    }
+)  # fmt: skip
+_COUNTED = frozenset({"messages", "tools"})  # counted part by part below
+
+
 def estimate_input_tokens(chat: dict[str, Any]) -> int:
     """About how many input tokens ``chat`` (a chat-completions request) holds; at least 1.
 
     The sum of: every text (message contents, tool calls' names and arguments) and the tools'
     JSON at 4 characters per token, 4 per message for its framing, 1,600 per image and 2,000 per
     page of each PDF (pages counted in the file itself; a file whose pages cannot be counted
-    counts as one page).
+    counts as one page); any other content part (audio, say) and any other field than the
+    settings above by their JSON at 4 characters per token.
     """
     characters = 0
     tokens = 0
@@ -54,13 +69,25 @@ def estimate_input_tokens(chat: dict[str, Any]) -> int:
                     tokens += IMAGE_TOKENS
                 elif kind == "file":
                     tokens += PDF_PAGE_TOKENS * _pdf_pages(part.get("file", {}).get("file_data", ""))
+                else:
+                    characters += _json_length(part)
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             characters += len(function.get("name") or "") + len(function.get("arguments") or "")
     tools = chat.get("tools")
     if tools:
-        characters += len(orjson.dumps(tools))
+        characters += _json_length(tools)
+    for name, value in chat.items():
+        if name not in _SETTINGS and name not in _COUNTED and value is not None:
+            characters += _json_length(value)
     return max(1, tokens + math.ceil(characters / CHARACTERS_PER_TOKEN))
+
+
+def _json_length(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:  # nested deeper than orjson writes: the vendor body fails with a 400 anyway
+        return 0
 
 
 def _pdf_pages(data_url: str) -> int:

@@ -92,7 +92,7 @@ class MessagesStream:
         self._finished = False  # a finish_reason came: message_delta waits for the usage
         self._usage: dict[str, Any] | None = None
         self._characters = 0  # of the answer, for an output estimate when the vendor gives no usage
-        self._ended = False  # message_stop or an error went out: nothing follows
+        self.ended = False  # message_stop or an error went out: nothing follows
 
     def opening(self) -> bytes:
         """message_start: the message without content, and the estimated input tokens."""
@@ -123,7 +123,7 @@ class MessagesStream:
 
         A chunk may carry content and its choice's finish_reason together: the content goes out
         first. The chunk's other SSE ``fields`` are dropped: each event carries its own name."""
-        if self._ended:
+        if self.ended:
             return b""
         out: list[bytes] = []
         usage = message_usage(chunk.get("usage"))
@@ -144,7 +144,7 @@ class MessagesStream:
 
     def done(self) -> bytes:
         """Whatever is still open or held, then message_delta and message_stop."""
-        if self._ended:
+        if self.ended:
             return b""
         out: list[bytes] = []
         self._close(out)
@@ -153,9 +153,9 @@ class MessagesStream:
 
     def failed(self, error: RouterError) -> bytes:
         """End the stream with one error event, as Anthropic ends a stream that fails after its start."""
-        if self._ended:
+        if self.ended:
             return b""
-        self._ended = True
+        self.ended = True
         message = error.message or "The vendor failed while answering."
         return sse_event({"type": "error", "error": {"type": stream_error_type(error), "message": message}})
 
@@ -268,7 +268,7 @@ class MessagesStream:
 
     def _end(self, out: list[bytes]) -> None:
         """message_delta with the stop reason and the usage so far, then message_stop."""
-        self._ended = True
+        self.ended = True
         usage: dict[str, Any]
         if self._usage is not None:
             usage = dict(self._usage)

@@ -76,6 +76,8 @@ class ResponsesStream:
     ``opening``, ``event`` per chat chunk, then ``done`` (the vendor finished) or ``failed`` (it
     broke off). Each returns ready SSE bytes."""
 
+    ended = False  # its end, response.completed, is done()'s
+
     def __init__(self, request: dict[str, Any], model: str) -> None:
         self._request = request
         self._model = model

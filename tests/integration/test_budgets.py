@@ -26,6 +26,7 @@ from tests.support.fake_redis import CLOSE, FakeRedis
 from tests.support.processes import ROOT, wait_until
 from tests.support.raw_http import json_post
 from tests.support.redis_server import REDIS_SERVER, RedisServer
+from tests.support.scripted_vendor import ScriptedVendor
 
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (CI installs it: apt-get install redis-server)"
@@ -276,6 +277,106 @@ def test_usd_budgets_price_cached_input_apart_from_input_and_output(start_router
     # Per call: 1 fresh input token at 2.5, 4 cached at 1.25, 9 output at 10 USD per million.
     assert usd["unit"] == "usd" and usd["spent"] == pytest.approx(2 * (2.5 + 4 * 1.25 + 9 * 10) / 1e6)
     assert tokens["spent"] == 2 * (PROMPT + COMPLETION)
+
+
+def test_a_max_tokens_beyond_what_lua_counts_exactly_is_reserved_as_the_most_it_can(start_router, fake, redis_server):
+    # Output free, so the whole max tokens fits a usd budget: in Lua a count past 2^63 turned
+    # negative, the reservation read as refused, and the call failed with a 500.
+    models = [{"vendor": "openai", "model": "gpt-4o", "price": {"input": 1.0, "output": 0.0}}]
+    router = start_router(models=models, workers=1, **budgeted(redis_server, "5 usd per day"))
+    answer = chat(router, max_tokens=2**64 - 1)
+    assert answer.status_code == 200, answer.text
+    assert budget_of(router)["budgets"][0]["spent"] == pytest.approx(PROMPT / 1e6)
+
+
+def streaming_vendor(events: list[dict], pause: float = 0.0, before_done: float = 0.0) -> ScriptedVendor:
+    """A vendor streaming ``events`` (chat chunks) ``pause`` s apart, then [DONE] ``before_done`` s
+    later; the body ends when the connection closes."""
+
+    def answer(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        try:
+            for event in events:
+                handler.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                handler.wfile.flush()
+                time.sleep(pause)
+            time.sleep(before_done)
+            handler.wfile.write(b"data: [DONE]\n\n")
+        except OSError:
+            pass  # the router closed the stream
+
+    return ScriptedVendor(answer)
+
+
+def chunk(choices: list[dict], **fields) -> dict:
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": choices,
+        **fields,
+    }
+
+
+def test_a_stream_of_n_answers_is_cut_when_one_finished_early_and_the_others_run_past_the_budget(
+    start_router, fake, redis_server
+):
+    # Answer 0 finishes at once; answers 1-3 go on (the vendor ignores max tokens): 1,200 tokens
+    # against a budget of 300. The stream is whole only when all four have finished.
+    first = chunk([{"index": 0, "delta": {"content": PIECE}, "finish_reason": "stop"}])
+    rest = [chunk([{"index": i, "delta": {"content": PIECE}, "finish_reason": None} for i in (1, 2, 3)])] * 200
+    vendor = streaming_vendor([first, *rest], pause=0.005)
+    try:
+        router = start_router(workers=1, OPENAI_BASE_URL=vendor.url, **budgeted(redis_server, "300 tokens per day"))
+        body = {"model": "gpt-4o", "messages": HELLO, "stream": True, "n": 4}
+        raw, _ = stream_until_closed(router, "/v1/chat/completions", body)
+        events = events_of(raw)
+        assert json.loads(events[-1][1])["error"]["code"] == "budget_exceeded", events[-3:]
+        assert spent(router) <= 300 + 3 * PIECE_TOKENS * 10  # at most about one read beyond
+    finally:
+        vendor.stop()
+
+
+def test_a_messages_stream_is_settled_before_its_message_stop_reaches_the_client(start_router, fake, redis_server):
+    # Messages ends with the vendor's usage, before the vendor's [DONE] (here a second later): the
+    # client's next call, made at once, must already see the usage, not the reservation.
+    events = [
+        chunk([{"index": 0, "delta": {"role": "assistant", "content": "Hi there"}, "finish_reason": None}]),
+        chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        chunk([], usage={"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}),
+    ]
+    vendor = streaming_vendor(events, before_done=1.0)
+    try:
+        router = start_router(workers=1, OPENAI_BASE_URL=vendor.url, **budgeted(redis_server, "1000000 tokens per day"))
+        body = {"model": "gpt-4o", "max_tokens": 20000, "messages": HELLO, "stream": True}
+        headers = bearer()
+        with requests.post(router.url("/v1/messages"), json=body, headers=headers, stream=True, timeout=30) as answer:
+            for line in answer.iter_lines():
+                if line == b"event: message_stop":
+                    seen = spent(router)
+                    break
+        assert seen == 12 + 3
+    finally:
+        vendor.stop()
+
+
+def test_redis_failing_while_a_stream_asks_for_more_cuts_it_as_a_storage_failure_not_a_spent_budget(
+    start_router, fake, redis_server
+):
+    router = start_router(workers=1, **budgeted(redis_server, "100000 tokens per day"))
+    fake.behave("openai", **LONG_STREAM)  # 400 tokens over 4 s; the reservation holds 10
+    threading.Timer(0.3, redis_server.kill).start()  # before the stream asks for more the second time
+    raw, _ = stream_until_closed(
+        router, "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, "stream": True, "max_tokens": 10}
+    )
+    error = json.loads(events_of(raw)[-1][1])["error"]
+    assert error["code"] == "budget_storage_unavailable", error
+    metrics = requests.get(router.url("/metrics"), timeout=10).text
+    assert 'router_budget_cutoffs_total{client="web"} 0.0' in metrics
 
 
 def test_a_client_that_disconnects_mid_stream_is_charged_for_what_was_read(start_router, fake, redis_server):

@@ -192,6 +192,48 @@ def test_less_left_than_the_allowance_lowers_the_max_tokens_the_vendor_gets(make
 
 
 @responses.activate
+def test_each_answer_asked_for_with_n_is_reserved_and_shares_what_is_left(make_app, capsys):
+    # The vendor bills n answers of up to max tokens each: n times the allowance is reserved, and
+    # when less is left each answer gets its share.
+    responses.post(OPENAI_URL, json=used(6, 40))
+    client = make_app(budget=parse_budget("1000 tokens per day", "BUDGET")).test_client()
+    client.post("/v1/chat/completions?vendor=openai", json=chat_body(n=8)).close()
+    sent = json.loads(responses.calls[0].request.body)
+    assert sent["max_completion_tokens"] == (1000 - 6) // 8
+    assert "budget_max_tokens=124" in capsys.readouterr().out
+    client.post("/v1/chat/completions?vendor=openai", json=chat_body(n=8, max_tokens=10)).close()
+    assert json.loads(responses.calls[1].request.body)["max_tokens"] == 10  # 8 x 10 fit: untouched
+
+
+@responses.activate
+def test_input_outside_the_messages_is_reserved_too(make_app):
+    # A schema of 40,000 characters is input the vendor bills: about 10,000 tokens, more than the
+    # whole budget, so the call never reaches a vendor.
+    responses.post(OPENAI_URL, json=used(6, 2))
+    client = make_app(budget=parse_budget("1000 tokens per day", "BUDGET")).test_client()
+    schema = {"type": "object", "description": "x" * 40_000}
+    body = chat_body(
+        max_tokens=10, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    )
+    refused = client.post("/v1/chat/completions?vendor=openai", json=body)
+    error = assert_openai_error(refused, 429)
+    assert "has 1000 tokens left of its 1000 tokens per day" in error["message"]
+    assert "more than the whole limit" in error["message"]
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_a_refusal_says_what_is_left_and_what_the_request_needs(make_app):
+    responses.post(OPENAI_URL, json=used(40, 50))
+    client = make_app(budget=parse_budget("100 tokens per hour", "BUDGET")).test_client()
+    assert client.post("/v1/chat/completions?vendor=openai", json=chat_body(max_tokens=20)).status_code == 200
+    long = chat_body(max_tokens=20, messages=[{"role": "user", "content": "x" * 200}])  # 4 + 50 of input
+    error = assert_openai_error(client.post("/v1/chat/completions?vendor=openai", json=long), 429)
+    assert "has 10 tokens left of its 100 tokens per hour, and this request needs at least 55" in error["message"]
+    assert "more than the whole limit" not in error["message"]
+
+
+@responses.activate
 def test_spend_is_the_vendors_usage_and_get_budget_shows_it(make_app):
     responses.post(OPENAI_URL, json=used(7, 11))
     app = make_app(
