@@ -2,15 +2,19 @@
 
 Each reservation is one Lua script (the check and the charge in one atomic step); each settlement
 another, whose reply is awaited before the answer is returned, so the client's next call, wherever
-it goes, finds it counted.
+it goes, finds it counted. A reservation whose reply never came is given back in the background
+once Redis answers again (its charges were kept in a hold key).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
+import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +24,7 @@ import gevent.socket
 import hiredis
 import redis
 
-from app.budgets.ledger import Grant, Line
+from app.budgets.ledger import PREFIX, Grant, Line
 from app.budgets.limits import BudgetStorageDown
 from app.redact import register_secrets, without_password
 from app.wire import read_first
@@ -37,6 +41,12 @@ _RETRY_STORAGE_SECONDS = 2.0
 _REDIS_TIMEOUT = 0.5
 # Bytes asked of the socket per read: a reply is ~100 bytes, so one read takes it whole.
 _READ_SIZE = 65536
+# A reservation whose reply never came (a timeout, a reply cut off) may have been charged: it is
+# given back in the background, tried every _RELEASE_EVERY s for _RELEASE_FOR s. Its hold lives
+# longer than that, so the release still finds it (or the reservation, arriving late, the release).
+_RELEASE_EVERY = 1.0
+_RELEASE_FOR = 100.0
+_HOLD_MS = 120_000
 # What a command may raise: Redis unreachable or failing (RedisError), or the socket (OSError).
 _ERRORS = (redis.exceptions.RedisError, OSError)
 # What a reused connection that Redis closed meanwhile (a restart) fails with when sent or read
@@ -46,16 +56,22 @@ _ERRORS = (redis.exceptions.RedisError, OSError)
 # that a restart refuses no call. A timeout is not one of these, nor a reply cut off (ReplyCutOff).
 _CLOSED = (redis.exceptions.ConnectionError, ConnectionResetError, BrokenPipeError)
 
-# KEYS: one counter per line. ARGV: wanted, minimum, then per line: limit, fixed, per_token,
-# expires_at_ms. The rule of ledger._decide, then the charges, in one atomic step. Numbers return as
+# KEYS: the reservation's hold, then one counter per line. ARGV: wanted, minimum, the hold's
+# lifetime (ms), then per line: limit, fixed, per_token, expires_at_ms. The rule of ledger._decide,
+# then the charges, in one atomic step; the charges are also kept in the hold, so a reservation
+# whose reply never came can be given back (_RELEASE_SCRIPT). A hold that exists already was
+# released: this reservation arrived after its release and charges nothing. Numbers return as
 # strings: Redis would truncate a Lua number to an integer.
 _RESERVE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {-2, {}, {}}
+end
 local wanted, minimum = tonumber(ARGV[1]), tonumber(ARGV[2])
 local granted, refused, spent = wanted, {}, {}
-for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 4
+for i = 1, #KEYS - 1 do
+  local base = 3 + (i - 1) * 4
   local limit, fixed, per = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local used = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
   spent[i] = tostring(used)
   local left = limit - used
   if left <= 0 or left < fixed + minimum * per then
@@ -69,13 +85,32 @@ if #refused > 0 then
   return {-1, refused, spent}
 end
 if granted < 0 then granted = 0 end
-for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 4
-  local charge = tonumber(ARGV[base + 2]) + granted * tonumber(ARGV[base + 3])
-  spent[i] = redis.call('INCRBYFLOAT', KEYS[i], string.format('%.17g', charge))
-  redis.call('PEXPIREAT', KEYS[i], ARGV[base + 4])
+local charges = {}
+for i = 1, #KEYS - 1 do
+  local base = 3 + (i - 1) * 4
+  charges[i] = string.format('%.17g', tonumber(ARGV[base + 2]) + granted * tonumber(ARGV[base + 3]))
+  spent[i] = redis.call('INCRBYFLOAT', KEYS[i + 1], charges[i])
+  redis.call('PEXPIREAT', KEYS[i + 1], ARGV[base + 4])
 end
+redis.call('SET', KEYS[1], table.concat(charges, ' '), 'PX', ARGV[3])
 return {granted, {}, spent}
+"""
+
+# KEYS: a hold, then its counters; ARGV: the hold's lifetime (ms). Takes back the hold's charges,
+# if it has any, and leaves it marked released, so the reservation, should it arrive only now,
+# charges nothing. 1 if charges were taken back.
+_RELEASE_SCRIPT = """
+local held = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], 'released', 'PX', ARGV[1])
+if not held or held == 'released' then
+  return 0
+end
+local i = 2
+for charge in string.gmatch(held, '%S+') do
+  redis.call('INCRBYFLOAT', KEYS[i], '-' .. charge)
+  i = i + 1
+end
+return 1
 """
 
 # KEYS: counters; ARGV: per key a delta and expires_at_ms. Their values afterwards.
@@ -198,13 +233,42 @@ class RedisLedger:
         )
         self._idle: list[_Link] = []  # connections no greenlet holds, most recently used last
         self._down_since: float | None = None
+        # Each reservation's hold: this ledger's own prefix (unique among workers and instances),
+        # then a count.
+        self._holds = f"{PREFIX}:hold:{uuid.uuid4().hex}:"
+        self._count = itertools.count()
 
     def reserve(self, lines: Sequence[Line], wanted: int, minimum: int) -> Grant:
-        keys = [line.key for line in lines]
-        args: list[Any] = [wanted, minimum]
+        keys = [f"{self._holds}{next(self._count)}"]
+        keys += [line.key for line in lines]
+        args: list[Any] = [wanted, minimum, _HOLD_MS]
         for line in lines:  # hiredis writes a float as repr() does: the shortest exact decimal
             args += (line.limit, line.fixed, line.per_token, int(line.expires_at * 1000))
-        return self._call(self._on_link, self._reserve, keys, args)
+        sent: list[bool] = []
+        try:
+            return self._call(self._on_link, self._reserve, keys, args, sent)
+        except BudgetStorageDown:
+            if sent:  # Redis got it and may have run it: whoever asked was refused, so give it back
+                threading.Thread(target=self._release, args=(keys,), name="budget-release", daemon=True).start()
+            raise
+
+    def _release(self, keys: list[str]) -> None:
+        """Take back what an unanswered reservation (its hold: ``keys[0]``) may have charged."""
+        deadline = time.monotonic() + _RELEASE_FOR
+        while time.monotonic() < deadline:
+            time.sleep(_RELEASE_EVERY)
+            try:
+                released = self._on_link(self._run_release, keys)
+            except _ERRORS:
+                continue
+            if released:
+                log.warning("budget storage %s: a reservation it answered too late was given back", self.where)
+            return
+        log.error(
+            "budget storage %s: a reservation it answered too late may stay charged (not released within %g s)",
+            self.where,
+            _RELEASE_FOR,
+        )
 
     def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
         keys = [line.key for line in lines]
@@ -244,10 +308,11 @@ class RedisLedger:
             return result
 
     @staticmethod
-    def _reserve(link: _Link, keys: list[str], args: list[Any]) -> Grant:
+    def _reserve(link: _Link, keys: list[str], args: list[Any], sent: list[bool]) -> Grant:
         """The reservation script, by its digest (EVALSHA); loaded first if Redis does not know it
-        (a restart)."""
+        (a restart). ``sent`` gets an entry once the script has gone to Redis."""
         link.send("EVALSHA", _RESERVE_DIGEST, len(keys), *keys, *args)
+        sent.append(True)
         try:
             reply = link.read()
         except redis.exceptions.NoScriptError:
@@ -259,12 +324,17 @@ class RedisLedger:
             granted, refused, spent = reply
             values = tuple(float(value) for value in spent)
             if granted < 0:
-                if not refused:  # refused without saying which line: not the script's reply
+                if not refused:  # refused without saying which line (or found released): not for us
                     raise ValueError("no line refused")
                 return Grant(None, values, tuple(int(index) for index in refused))
             return Grant(int(granted), values)
         except (TypeError, ValueError) as exc:
             raise redis.exceptions.InvalidResponse(f"unexpected reply to a reservation: {reply!r}") from exc
+
+    @staticmethod
+    def _run_release(link: _Link, keys: list[str]) -> bool:
+        link.send("EVAL", _RELEASE_SCRIPT, len(keys), *keys, _HOLD_MS)
+        return link.read() == 1
 
     @staticmethod
     def _adjust(link: _Link, keys: list[str], args: list[Any]) -> tuple[float, ...]:

@@ -547,9 +547,10 @@ def test_a_settlement_after_a_redis_restart_is_sent_again_on_a_new_connection(re
         revived.kill()
 
 
-def test_a_reservation_that_timed_out_is_not_sent_again(redis_server):
+def test_a_reservation_that_timed_out_is_not_sent_again_and_is_given_back(redis_server):
     # The reservation's wait times out after 0.5 s, and Redis runs it when it is free again. Sent
-    # again on a new connection, it would be charged twice.
+    # again on a new connection, it would be charged twice; left alone, it would stay charged
+    # for a call that was refused.
     ledger, line = RedisLedger(redis_server.url), counter("slow")
     ledger.reserve([line], 1, 1)
     busy = keep_redis_busy(redis_server, 1.0)
@@ -557,7 +558,20 @@ def test_a_reservation_that_timed_out_is_not_sent_again(redis_server):
     with pytest.raises(BudgetStorageDown):
         ledger.reserve([line], 10, 1)
     busy.join(10)
-    assert float(redis_server.client.get(line.key)) == 11.0
+    # Once (sent twice and released once it would be 11), then given back.
+    assert wait_until(lambda: float(redis_server.client.get(line.key)) == 1.0, timeout=5)
+
+
+def test_a_reservation_arriving_after_its_release_charges_nothing(redis_server):
+    # The release may reach Redis first (another connection): it leaves the hold marked released.
+    ledger, line = RedisLedger(redis_server.url), counter("late")
+    keys = ["generative-api-router:budget:hold:test-late", line.key]
+    assert ledger._on_link(ledger._run_release, keys) is False  # nothing held yet
+    args = [5, 1, 120_000, line.limit, 0.0, 1.0, int(line.expires_at * 1000)]
+    with pytest.raises(redis.exceptions.InvalidResponse):
+        ledger._on_link(ledger._reserve, keys, args, [])
+    assert redis_server.client.get(line.key) is None
+    assert ledger.spent([line.key]) == (0.0,)
 
 
 def test_a_server_push_between_replies_is_skipped_not_taken_for_a_reply(redis_server):
