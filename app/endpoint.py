@@ -130,9 +130,18 @@ class Exchange(ABC):
         return max_tokens_of(self.body)
 
     def choices(self) -> int:
-        """How many answers the request asks for (chat's ``n``): each may use the whole allowance."""
+        """How many answers the request asks for (chat's ``n``): each may use the whole allowance.
+
+        Read as leniently as a vendor might (``3``, ``3.0`` or ``"3"``): the router passes ``n``
+        on unchecked, and a vendor that takes ``"3"`` bills three answers."""
         n = self.body.get("n")
-        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+        if isinstance(n, bool) or not isinstance(n, (int, float, str)):
+            return 1
+        try:
+            count = int(float(n))
+        except (ValueError, OverflowError):
+            return 1
+        return max(count, 1)
 
     def limit_output(self, tokens: int) -> None:
         """Have every vendor body ask at most ``tokens`` output tokens (per answer)."""

@@ -58,16 +58,25 @@ _CLOSED = (redis.exceptions.ConnectionError, ConnectionResetError, BrokenPipeErr
 
 # KEYS: the reservation's hold, then one counter per line. ARGV: wanted, minimum, the hold's
 # lifetime (ms), then per line: limit, fixed, per_token, expires_at_ms. The rule of ledger._decide,
-# then the charges, in one atomic step; the charges are also kept in the hold, so a reservation
-# whose reply never came can be given back (_RELEASE_SCRIPT). A hold that exists already was
-# released: this reservation arrived after its release and charges nothing. Numbers return as
+# then the charges, in one atomic step. The grant and the charges are also kept in the hold: the
+# same reservation sent again (on a new connection, after its first one closed) gets the same
+# grant and charges nothing more, and one whose reply never came can be given back
+# (_RELEASE_SCRIPT); one that arrives after its release charges nothing. Numbers return as
 # strings: Redis would truncate a Lua number to an integer.
 _RESERVE_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {-2, {}, {}}
+local held = redis.call('GET', KEYS[1])
+local spent = {}
+if held then
+  if held == 'released' then
+    return {-2, {}, {}}
+  end
+  for i = 1, #KEYS - 1 do
+    spent[i] = redis.call('GET', KEYS[i + 1]) or '0'
+  end
+  return {tonumber(string.match(held, '^%S+')), {}, spent}
 end
 local wanted, minimum = tonumber(ARGV[1]), tonumber(ARGV[2])
-local granted, refused, spent = wanted, {}, {}
+local granted, refused = wanted, {}
 for i = 1, #KEYS - 1 do
   local base = 3 + (i - 1) * 4
   local limit, fixed, per = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
@@ -85,29 +94,32 @@ if #refused > 0 then
   return {-1, refused, spent}
 end
 if granted < 0 then granted = 0 end
-local charges = {}
+local hold = {string.format('%d', granted)}
 for i = 1, #KEYS - 1 do
   local base = 3 + (i - 1) * 4
-  charges[i] = string.format('%.17g', tonumber(ARGV[base + 2]) + granted * tonumber(ARGV[base + 3]))
-  spent[i] = redis.call('INCRBYFLOAT', KEYS[i + 1], charges[i])
+  local charge = string.format('%.17g', tonumber(ARGV[base + 2]) + granted * tonumber(ARGV[base + 3]))
+  hold[i + 1] = charge
+  spent[i] = redis.call('INCRBYFLOAT', KEYS[i + 1], charge)
   redis.call('PEXPIREAT', KEYS[i + 1], ARGV[base + 4])
 end
-redis.call('SET', KEYS[1], table.concat(charges, ' '), 'PX', ARGV[3])
+redis.call('SET', KEYS[1], table.concat(hold, ' '), 'PX', ARGV[3])
 return {granted, {}, spent}
 """
 
-# KEYS: a hold, then its counters; ARGV: the hold's lifetime (ms). Takes back the hold's charges,
-# if it has any, and leaves it marked released, so the reservation, should it arrive only now,
-# charges nothing. 1 if charges were taken back.
+# KEYS: a hold, then its counters; ARGV: the hold's lifetime (ms). Takes back the hold's charges
+# from the counters that still exist, if it has any, and leaves the hold marked released, so the
+# reservation, should it arrive only now, charges nothing. 1 if charges were taken back.
 _RELEASE_SCRIPT = """
 local held = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], 'released', 'PX', ARGV[1])
 if not held or held == 'released' then
   return 0
 end
-local i = 2
-for charge in string.gmatch(held, '%S+') do
-  redis.call('INCRBYFLOAT', KEYS[i], '-' .. charge)
+local i = 1
+for field in string.gmatch(held, '%S+') do
+  if i > 1 and redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBYFLOAT', KEYS[i], '-' .. field)
+  end
   i = i + 1
 end
 return 1
@@ -237,6 +249,8 @@ class RedisLedger:
         # then a count.
         self._holds = f"{PREFIX}:hold:{uuid.uuid4().hex}:"
         self._count = itertools.count()
+        self._unreleased: dict[tuple[str, ...], float] = {}  # a hold and its counters -> when refused
+        self._releasing = False  # the greenlet that releases them runs
 
     def reserve(self, lines: Sequence[Line], wanted: int, minimum: int) -> Grant:
         keys = [f"{self._holds}{next(self._count)}"]
@@ -249,26 +263,43 @@ class RedisLedger:
             return self._call(self._on_link, self._reserve, keys, args, sent)
         except BudgetStorageDown:
             if sent:  # Redis got it and may have run it: whoever asked was refused, so give it back
-                threading.Thread(target=self._release, args=(keys,), name="budget-release", daemon=True).start()
+                self._release_later(keys)
             raise
 
-    def _release(self, keys: list[str]) -> None:
-        """Take back what an unanswered reservation (its hold: ``keys[0]``) may have charged."""
-        deadline = time.monotonic() + _RELEASE_FOR
-        while time.monotonic() < deadline:
-            time.sleep(_RELEASE_EVERY)
-            try:
-                released = self._on_link(self._run_release, keys)
-            except _ERRORS:
-                continue
-            if released:
-                log.warning("budget storage %s: a reservation it answered too late was given back", self.where)
-            return
-        log.error(
-            "budget storage %s: a reservation it answered too late may stay charged (not released within %g s)",
-            self.where,
-            _RELEASE_FOR,
-        )
+    def _release_later(self, keys: list[str]) -> None:
+        self._unreleased[tuple(keys)] = time.monotonic()
+        if not self._releasing:
+            self._releasing = True
+            threading.Thread(target=self._release_all, name="budget-release", daemon=True).start()
+
+    def _release_all(self) -> None:
+        """Give back what unanswered reservations may have charged, once Redis answers again: one
+        greenlet per ledger, trying every _RELEASE_EVERY s, one release at a time."""
+        try:
+            while self._unreleased:
+                time.sleep(_RELEASE_EVERY)
+                released = 0
+                for keys, since in list(self._unreleased.items()):
+                    if time.monotonic() - since > _RELEASE_FOR:
+                        self._unreleased.pop(keys, None)
+                        log.error(
+                            "budget storage %s: a reservation it never answered may stay charged "
+                            "(not released within %g s)",
+                            self.where,
+                            _RELEASE_FOR,
+                        )
+                        continue
+                    try:
+                        released += self._on_link(self._run_release, keys)
+                    except _ERRORS:
+                        break  # still not answering: the rest wait for the next round
+                    self._unreleased.pop(keys, None)
+                if released:
+                    log.warning(
+                        "budget storage %s: %d reservation(s) it answered too late given back", self.where, released
+                    )
+        finally:
+            self._releasing = False
 
     def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
         keys = [line.key for line in lines]
@@ -332,9 +363,9 @@ class RedisLedger:
             raise redis.exceptions.InvalidResponse(f"unexpected reply to a reservation: {reply!r}") from exc
 
     @staticmethod
-    def _run_release(link: _Link, keys: list[str]) -> bool:
+    def _run_release(link: _Link, keys: tuple[str, ...]) -> int:
         link.send("EVAL", _RELEASE_SCRIPT, len(keys), *keys, _HOLD_MS)
-        return link.read() == 1
+        return 1 if link.read() == 1 else 0
 
     @staticmethod
     def _adjust(link: _Link, keys: list[str], args: list[Any]) -> tuple[float, ...]:

@@ -169,9 +169,10 @@ class Budgets:
                 continue
             needed = line.fixed + minimum * line.per_token
             whole = " (more than the whole limit)" if needed > limit.amount else ""
+            what = "its input estimate and one output token per answer" if minimum else "its input estimate"
             reasons.append(
-                f"has {_amount(left, limit.unit)} left of its {limit.describe()}, and this request needs at least "
-                f"{_amount(needed, limit.unit)}{whole}: its input estimate and one output token per answer"
+                f"has {_amount(left, limit.unit, math.floor)} left of its {limit.describe()}, and this request "
+                f"needs at least {_amount(needed, limit.unit, math.ceil)}{whole}: {what}"
             )
         return BudgetExceeded(
             f"budget exceeded: client {client} {' and '.join(reasons)}; it resets at {rfc3339(resets)} (in {wait} s).",
@@ -191,9 +192,12 @@ def _priced(limits: Sequence[BudgetLimit]) -> bool:
     return any(limit.unit == "usd" for limit in limits)
 
 
-def _amount(value: float, unit: str) -> str:
-    """``value`` in ``unit`` as a message says it: whole tokens, dollars to a millionth."""
-    return f"{math.ceil(value)} tokens" if unit == "tokens" else f"{value:.6f} usd"
+def _amount(value: float, unit: str, rounded: Callable[[float], int]) -> str:
+    """``value`` in ``unit`` as a message says it, ``rounded`` (down what is left, up what is
+    needed, so the two never read alike): whole tokens, dollars to a millionth."""
+    if unit == "tokens":
+        return f"{rounded(value)} tokens"
+    return f"{rounded(value * 1e6) / 1e6:.6f} usd"
 
 
 def _number(value: float, unit: str) -> float | int:

@@ -27,6 +27,15 @@ MESSAGE_OVERHEAD = 4
 IMAGE_TOKENS = 1600
 # A PDF page is sent as its text and an image of it: 1,500-3,000 tokens per page on Anthropic.
 PDF_PAGE_TOKENS = 2000
+# A video costs by its length (Gemini: ~263 tokens a second): a minute's worth, whatever its size.
+VIDEO_TOKENS = 16000
+# Audio costs by its length too (~10 tokens a second); its size says about how long it is: ~1,600
+# bytes a second of compressed speech (a WAV, ten times larger, is overestimated, never under).
+AUDIO_BYTES_PER_TOKEN = 160
+_IMAGE_PARTS = frozenset({"image_url", "input_image"})
+_VIDEO_PARTS = frozenset({"video_url", "input_video", "video"})
+# A message's own fields that are short identifiers, not input: left out like the settings below.
+_MESSAGE_IDS = frozenset({"role", "name", "tool_call_id", "content", "tool_calls"})
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?!s)")
 
 
@@ -48,32 +57,41 @@ def estimate_input_tokens(chat: dict[str, Any]) -> int:
     """About how many input tokens ``chat`` (a chat-completions request) holds; at least 1.
 
     The sum of: every text (message contents, tool calls' names and arguments) and the tools'
-    JSON at 4 characters per token, 4 per message for its framing, 1,600 per image and 2,000 per
+    JSON at 4 characters per token, 4 per message for its framing, 1,600 per image, 2,000 per
     page of each PDF (pages counted in the file itself; a file whose pages cannot be counted
-    counts as one page); any other content part (audio, say) and any other field than the
-    settings above by their JSON at 4 characters per token.
+    counts as one page), 16,000 per video, audio by its size; any other content part, message
+    field (a legacy ``function_call``, a ``refusal``) and body field than the settings above by
+    its JSON at 4 characters per token.
     """
     characters = 0
     tokens = 0
     for message in chat.get("messages") or ():
         tokens += MESSAGE_OVERHEAD
+        if not isinstance(message, dict):
+            characters += _json_length(message)
+            continue
         content = message.get("content")
         if isinstance(content, str):
             characters += len(content)
         elif isinstance(content, list):
             for part in content:
-                kind = part.get("type")
-                if kind == "text":
-                    characters += len(part.get("text") or "")
-                elif kind == "image_url":
-                    tokens += IMAGE_TOKENS
-                elif kind == "file":
-                    tokens += PDF_PAGE_TOKENS * _pdf_pages(part.get("file", {}).get("file_data", ""))
-                else:
+                if not isinstance(part, dict):
                     characters += _json_length(part)
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") or {}
-            characters += len(function.get("name") or "") + len(function.get("arguments") or "")
+                elif part.get("type") == "text":
+                    text = part.get("text")
+                    characters += len(text) if isinstance(text, str) else 0
+                else:
+                    tokens += _part_tokens(part)
+        tool_calls = message.get("tool_calls")
+        for call in tool_calls if isinstance(tool_calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                for field in ("name", "arguments"):
+                    value = function.get(field)
+                    characters += len(value) if isinstance(value, str) else 0
+        for name, value in message.items():
+            if name not in _MESSAGE_IDS and value is not None:
+                characters += _json_length(value)
     tools = chat.get("tools")
     if tools:
         characters += _json_length(tools)
@@ -81,6 +99,25 @@ def estimate_input_tokens(chat: dict[str, Any]) -> int:
         if name not in _SETTINGS and name not in _COUNTED and value is not None:
             characters += _json_length(value)
     return max(1, tokens + math.ceil(characters / CHARACTERS_PER_TOKEN))
+
+
+def _part_tokens(part: dict[str, Any]) -> int:
+    """About what one content part other than text costs, in tokens."""
+    kind = part.get("type")
+    if kind in _IMAGE_PARTS:
+        return IMAGE_TOKENS
+    if kind in _VIDEO_PARTS:
+        return VIDEO_TOKENS
+    if kind == "file":
+        file = part.get("file")
+        data = file.get("file_data") if isinstance(file, dict) else None
+        return PDF_PAGE_TOKENS * (_pdf_pages(data) if isinstance(data, str) else 1)
+    if kind == "input_audio":
+        audio = part.get("input_audio")
+        data = audio.get("data") if isinstance(audio, dict) else None
+        size = len(data) * 3 // 4 if isinstance(data, str) else 0  # base64: 4 characters, 3 bytes
+        return max(1, math.ceil(size / AUDIO_BYTES_PER_TOKEN))
+    return math.ceil(_json_length(part) / CHARACTERS_PER_TOKEN)
 
 
 def _json_length(value: Any) -> int:

@@ -566,12 +566,50 @@ def test_a_reservation_arriving_after_its_release_charges_nothing(redis_server):
     # The release may reach Redis first (another connection): it leaves the hold marked released.
     ledger, line = RedisLedger(redis_server.url), counter("late")
     keys = ["generative-api-router:budget:hold:test-late", line.key]
-    assert ledger._on_link(ledger._run_release, keys) is False  # nothing held yet
+    assert ledger._on_link(ledger._run_release, keys) == 0  # nothing held yet
     args = [5, 1, 120_000, line.limit, 0.0, 1.0, int(line.expires_at * 1000)]
     with pytest.raises(redis.exceptions.InvalidResponse):
         ledger._on_link(ledger._reserve, keys, args, [])
     assert redis_server.client.get(line.key) is None
     assert ledger.spent([line.key]) == (0.0,)
+
+
+def test_a_reservation_sent_again_gets_its_first_grant_and_is_charged_once(redis_server):
+    # Sent again on a new connection after its first one closed, Redis may have run it already.
+    ledger, line = RedisLedger(redis_server.url), counter("twice", limit=100)
+    keys = ["generative-api-router:budget:hold:test-twice", line.key]
+    args = [30, 1, 120_000, line.limit, 5.0, 1.0, int(line.expires_at * 1000)]
+    first = ledger._on_link(ledger._reserve, keys, args, [])
+    redis_server.client.incrbyfloat(line.key, 50)  # other calls meanwhile
+    again = ledger._on_link(ledger._reserve, keys, args, [])
+    assert first.tokens == again.tokens == 30
+    assert again.spent == (85.0,)  # 35 charged once, plus the others' 50
+    assert ledger._on_link(ledger._run_release, keys) == 1
+    assert float(redis_server.client.get(line.key)) == 50.0
+
+
+def test_a_release_leaves_a_counter_deleted_meanwhile_deleted(redis_server):
+    ledger, line = RedisLedger(redis_server.url), counter("reset")
+    keys = ["generative-api-router:budget:hold:test-reset", line.key]
+    ledger._on_link(ledger._reserve, keys, [10, 1, 120_000, line.limit, 0.0, 1.0, int(line.expires_at * 1000)], [])
+    redis_server.client.delete(line.key)  # an operator reset the budget
+    assert ledger._on_link(ledger._run_release, keys) == 1
+    assert redis_server.client.get(line.key) is None  # not a negative count that never expires
+
+
+def test_unanswered_reservations_are_released_by_one_background_thread(redis_server):
+    ledger, line = RedisLedger(redis_server.url), counter("many")
+    held = []
+    for number in range(50):
+        keys = [f"generative-api-router:budget:hold:test-many-{number}", line.key]
+        ledger._on_link(ledger._reserve, keys, [1, 1, 120_000, line.limit, 0.0, 1.0, int(line.expires_at * 1000)], [])
+        held.append(keys)
+    assert float(redis_server.client.get(line.key)) == 50.0
+    before = set(threading.enumerate())
+    for keys in held:
+        ledger._release_later(keys)
+    assert len([t for t in set(threading.enumerate()) - before if t.name == "budget-release"]) == 1
+    assert wait_until(lambda: float(redis_server.client.get(line.key)) == 0.0, timeout=10)
 
 
 def test_a_server_push_between_replies_is_skipped_not_taken_for_a_reply(redis_server):

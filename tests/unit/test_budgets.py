@@ -205,6 +205,15 @@ def test_each_answer_asked_for_with_n_is_reserved_and_shares_what_is_left(make_a
     assert json.loads(responses.calls[1].request.body)["max_tokens"] == 10  # 8 x 10 fit: untouched
 
 
+@pytest.mark.parametrize("n", ["8", 8.0])
+@responses.activate
+def test_n_is_read_as_leniently_as_a_vendor_would(make_app, n):
+    responses.post(OPENAI_URL, json=used(6, 40))
+    client = make_app(budget=parse_budget("1000 tokens per day", "BUDGET")).test_client()
+    client.post("/v1/chat/completions?vendor=openai", json=chat_body(n=n)).close()
+    assert json.loads(responses.calls[0].request.body)["max_completion_tokens"] == (1000 - 6) // 8
+
+
 @responses.activate
 def test_input_outside_the_messages_is_reserved_too(make_app):
     # A schema of 40,000 characters is input the vendor bills: about 10,000 tokens, more than the

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.catalog import Model
-from app.messages.count import IMAGE_TOKENS, PDF_PAGE_TOKENS, estimate_input_tokens
+from app.messages.count import IMAGE_TOKENS, PDF_PAGE_TOKENS, VIDEO_TOKENS, estimate_input_tokens
 from app.messages.request import ToolNames, for_model, to_chat_request
 from app.messages.schema import validate_messages_request
 from app.schemas import validate_chat_request
@@ -388,6 +388,34 @@ def test_input_token_estimate_counts_text_tools_images_and_pdf_pages():
     }
     assert estimate_input_tokens(calls) == 4 + 2
     assert estimate_input_tokens({"messages": []}) == 1
+
+
+def test_input_token_estimate_prices_media_by_kind_not_by_the_size_of_its_base64():
+    audio = base64.b64encode(b"\0" * 159_840).decode()  # 160 kB: ~100 s of compressed speech
+    parts = [
+        {"type": "input_audio", "input_audio": {"data": audio, "format": "mp3"}},
+        {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 1_000_000},
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + "A" * 5_000_000}},
+    ]
+    estimate = estimate_input_tokens({"messages": [{"role": "user", "content": parts}]})
+    assert estimate == 4 + 159_840 // 160 + IMAGE_TOKENS + VIDEO_TOKENS
+
+
+def test_input_token_estimate_counts_what_else_a_message_or_the_body_carries():
+    hidden = {"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "x" * 4000}}
+    assert estimate_input_tokens({"messages": [hidden]}) >= 1000
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"description": "x" * 4000}}}
+    plain = {"messages": [{"role": "user", "content": "hi"}], "model": "m", "max_tokens": 5, "stream": True}
+    assert estimate_input_tokens(plain) == 4 + 1  # settings are not input
+    assert estimate_input_tokens({**plain, "response_format": schema}) >= 1000
+
+
+@pytest.mark.parametrize(
+    "part",
+    [{"type": "file", "file": "abc"}, {"type": "file", "file": {"file_data": None}}, "a string", {"type": None}],
+)
+def test_input_token_estimate_survives_odd_parts(part):
+    assert estimate_input_tokens({"messages": [{"role": "user", "content": [part]}]}) >= 4
 
 
 def test_claude_codes_request_becomes_a_chat_body_every_vendor_takes():
