@@ -108,6 +108,11 @@ class Recorder:
             log.info("client went away mid-stream after %.1f s; vendor connection closed", seconds)
         elif outcome == "budget_exceeded":
             log.info("stream cut after %.1f s: the client's budget is spent; vendor connection closed", seconds)
+        elif outcome == "budget_storage_unavailable":
+            log.warning(
+                "stream cut after %.1f s: the budget storage failed while it needed more; vendor connection closed",
+                seconds,
+            )
         elif outcome == "vendor_failed":
             failure = answer.pump.failure
             message = failure.error.message if failure is not None else ""

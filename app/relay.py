@@ -445,12 +445,13 @@ class StreamAnswer:
 
     @property
     def outcome(self) -> str:
-        """completed, vendor_failed, budget_exceeded (cut for want of budget), or client_gone (the
+        """completed, vendor_failed, budget_exceeded (cut for want of budget),
+        budget_storage_unavailable (cut because the budget's storage failed), or client_gone (the
         client left, or the stream was cut short)."""
         if self.pump.failure is not None:
             return "vendor_failed"
         if self.pump.cut is not None:
-            return "budget_exceeded"
+            return self.pump.cut.code  # budget_exceeded or budget_storage_unavailable
         if self.pump.ended:
             return "completed"
         return "client_gone"

@@ -377,6 +377,7 @@ def test_redis_failing_while_a_stream_asks_for_more_cuts_it_as_a_storage_failure
     assert error["code"] == "budget_storage_unavailable", error
     metrics = requests.get(router.url("/metrics"), timeout=10).text
     assert 'router_budget_cutoffs_total{client="web"} 0.0' in metrics
+    assert 'outcome="budget_storage_unavailable"' in metrics  # router_stream_duration_seconds
 
 
 def test_a_client_that_disconnects_mid_stream_is_charged_for_what_was_read(start_router, fake, redis_server):
