@@ -42,10 +42,12 @@ _REDIS_TIMEOUT = 0.5
 # Bytes asked of the socket per read: a reply is ~100 bytes, so one read takes it whole.
 _READ_SIZE = 65536
 # A reservation whose reply never came (a timeout, a reply cut off) may have been charged: it is
-# given back in the background, tried every _RELEASE_EVERY s for _RELEASE_FOR s. Its hold lives
-# longer than that, so the release still finds it (or the reservation, arriving late, the release).
+# given back in the background, tried every _RELEASE_EVERY s until Redis answers. Its hold lives
+# _HOLD_MS from when Redis ran it, so the release finds it (or the reservation, arriving late, the
+# release's mark). At most _UNRELEASED_KEPT wait at once (a few seconds of calls at most: a call
+# waits for a timeout, and a down Redis refuses the others at once).
 _RELEASE_EVERY = 1.0
-_RELEASE_FOR = 100.0
+_UNRELEASED_KEPT = 10_000
 _HOLD_MS = 120_000
 # What a command may raise: Redis unreachable or failing (RedisError), or the socket (OSError).
 _ERRORS = (redis.exceptions.RedisError, OSError)
@@ -249,7 +251,7 @@ class RedisLedger:
         # then a count.
         self._holds = f"{PREFIX}:hold:{uuid.uuid4().hex}:"
         self._count = itertools.count()
-        self._unreleased: dict[tuple[str, ...], float] = {}  # a hold and its counters -> when refused
+        self._unreleased: dict[tuple[str, ...], None] = {}  # holds (and their counters) to give back, in order
         self._releasing = False  # the greenlet that releases them runs
 
     def reserve(self, lines: Sequence[Line], wanted: int, minimum: int) -> Grant:
@@ -267,39 +269,38 @@ class RedisLedger:
             raise
 
     def _release_later(self, keys: list[str]) -> None:
-        self._unreleased[tuple(keys)] = time.monotonic()
+        if len(self._unreleased) >= _UNRELEASED_KEPT:
+            log.error("budget storage %s: too many unanswered reservations; one may stay charged", self.where)
+            return
+        self._unreleased[tuple(keys)] = None
         if not self._releasing:
             self._releasing = True
             threading.Thread(target=self._release_all, name="budget-release", daemon=True).start()
 
     def _release_all(self) -> None:
         """Give back what unanswered reservations may have charged, once Redis answers again: one
-        greenlet per ledger, trying every _RELEASE_EVERY s, one release at a time."""
-        try:
-            while self._unreleased:
-                time.sleep(_RELEASE_EVERY)
-                released = 0
-                for keys, since in list(self._unreleased.items()):
-                    if time.monotonic() - since > _RELEASE_FOR:
+        greenlet per ledger, trying every _RELEASE_EVERY s, one release at a time, for as long as
+        Redis does not answer (a reservation it holds still runs when it wakes up)."""
+        while True:
+            try:
+                while self._unreleased:
+                    time.sleep(_RELEASE_EVERY)
+                    released = 0
+                    for keys in list(self._unreleased):
+                        try:
+                            released += self._on_link(self._run_release, keys)
+                        except _ERRORS:
+                            break  # still not answering: the rest wait for the next round
                         self._unreleased.pop(keys, None)
-                        log.error(
-                            "budget storage %s: a reservation it never answered may stay charged "
-                            "(not released within %g s)",
-                            self.where,
-                            _RELEASE_FOR,
+                    if released:
+                        log.warning(
+                            "budget storage %s: %d reservation(s) it answered too late given back", self.where, released
                         )
-                        continue
-                    try:
-                        released += self._on_link(self._run_release, keys)
-                    except _ERRORS:
-                        break  # still not answering: the rest wait for the next round
-                    self._unreleased.pop(keys, None)
-                if released:
-                    log.warning(
-                        "budget storage %s: %d reservation(s) it answered too late given back", self.where, released
-                    )
-        finally:
-            self._releasing = False
+            finally:
+                self._releasing = False
+            if not self._unreleased or self._releasing:
+                return
+            self._releasing = True  # one came in as this greenlet was ending: it goes on
 
     def adjust(self, lines: Sequence[Line], deltas: Sequence[float]) -> tuple[float, ...]:
         keys = [line.key for line in lines]
@@ -346,6 +347,9 @@ class RedisLedger:
         sent.append(True)
         try:
             reply = link.read()
+        except _CLOSED:
+            sent.clear()  # closed before any byte of a reply: Redis did not run it (see _CLOSED)
+            raise
         except redis.exceptions.NoScriptError:
             link.send("SCRIPT", "LOAD", _RESERVE_SCRIPT)
             link.read()

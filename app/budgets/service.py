@@ -194,10 +194,10 @@ def _priced(limits: Sequence[BudgetLimit]) -> bool:
 
 def _amount(value: float, unit: str, rounded: Callable[[float], int]) -> str:
     """``value`` in ``unit`` as a message says it, ``rounded`` (down what is left, up what is
-    needed, so the two never read alike): whole tokens, dollars to a millionth."""
+    needed): whole tokens, dollars to a millionth (float noise below that ignored)."""
     if unit == "tokens":
-        return f"{rounded(value)} tokens"
-    return f"{rounded(value * 1e6) / 1e6:.6f} usd"
+        return f"{rounded(round(value, 6))} tokens"
+    return f"{rounded(round(value * 1e6, 6)) / 1e6:.6f} usd"
 
 
 def _number(value: float, unit: str) -> float | int:

@@ -27,15 +27,22 @@ MESSAGE_OVERHEAD = 4
 IMAGE_TOKENS = 1600
 # A PDF page is sent as its text and an image of it: 1,500-3,000 tokens per page on Anthropic.
 PDF_PAGE_TOKENS = 2000
-# A video costs by its length (Gemini: ~263 tokens a second): a minute's worth, whatever its size.
+# A video costs by its length (Gemini: ~263-300 tokens a second). Sent inline its size says about
+# how long it is (~1 token per 400 bytes at 1-2 Mbit/s); by URL it counts as a minute's worth.
 VIDEO_TOKENS = 16000
-# Audio costs by its length too (~10 tokens a second); its size says about how long it is: ~1,600
-# bytes a second of compressed speech (a WAV, ten times larger, is overestimated, never under).
-AUDIO_BYTES_PER_TOKEN = 160
+VIDEO_BYTES_PER_TOKEN = 400
+# Audio costs by its length too (OpenAI ~10, Gemini 32 tokens a second); its size says about how
+# long it is: ~1,600 bytes a second of compressed speech, so ~50 bytes a token (a WAV, ten times
+# larger, is overestimated, never under). By URL it counts as a minute's worth.
+AUDIO_BYTES_PER_TOKEN = 50
+AUDIO_TOKENS = 2000
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
 _VIDEO_PARTS = frozenset({"video_url", "input_video", "video"})
-# A message's own fields that are short identifiers, not input: left out like the settings below.
-_MESSAGE_IDS = frozenset({"role", "name", "tool_call_id", "content", "tool_calls"})
+# A message's own fields that are not input: short identifiers, and the reasoning an agent loop
+# sends back with an earlier answer (vendors drop it or refuse it, none bills it).
+_NOT_INPUT = frozenset(
+    {"role", "name", "tool_call_id", "content", "tool_calls", "reasoning_content", "reasoning", "reasoning_details"}
+)
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?!s)")
 
 
@@ -59,7 +66,8 @@ def estimate_input_tokens(chat: dict[str, Any]) -> int:
     The sum of: every text (message contents, tool calls' names and arguments) and the tools'
     JSON at 4 characters per token, 4 per message for its framing, 1,600 per image, 2,000 per
     page of each PDF (pages counted in the file itself; a file whose pages cannot be counted
-    counts as one page), 16,000 per video, audio by its size; any other content part, message
+    counts as one page), video and audio by their size when inline (else a minute's worth), other
+    files by their characters; any other content part, message
     field (a legacy ``function_call``, a ``refusal``) and body field than the settings above by
     its JSON at 4 characters per token.
     """
@@ -90,7 +98,7 @@ def estimate_input_tokens(chat: dict[str, Any]) -> int:
                     value = function.get(field)
                     characters += len(value) if isinstance(value, str) else 0
         for name, value in message.items():
-            if name not in _MESSAGE_IDS and value is not None:
+            if name not in _NOT_INPUT and value is not None:
                 characters += _json_length(value)
     tools = chat.get("tools")
     if tools:
@@ -107,17 +115,37 @@ def _part_tokens(part: dict[str, Any]) -> int:
     if kind in _IMAGE_PARTS:
         return IMAGE_TOKENS
     if kind in _VIDEO_PARTS:
-        return VIDEO_TOKENS
+        size = _inline_size(_url_of(part.get(kind)))
+        return VIDEO_TOKENS if size is None else max(1, math.ceil(size / VIDEO_BYTES_PER_TOKEN))
     if kind == "file":
         file = part.get("file")
         data = file.get("file_data") if isinstance(file, dict) else None
+        if isinstance(data, str) and not data.startswith("data:application/pdf"):
+            size = _inline_size(data)  # text or another kind of file: its characters
+            if size is not None:
+                return math.ceil(size / CHARACTERS_PER_TOKEN)
         return PDF_PAGE_TOKENS * (_pdf_pages(data) if isinstance(data, str) else 1)
-    if kind == "input_audio":
-        audio = part.get("input_audio")
-        data = audio.get("data") if isinstance(audio, dict) else None
-        size = len(data) * 3 // 4 if isinstance(data, str) else 0  # base64: 4 characters, 3 bytes
-        return max(1, math.ceil(size / AUDIO_BYTES_PER_TOKEN))
+    if kind in ("input_audio", "audio_url"):
+        audio = part.get(kind)
+        if kind == "input_audio" and isinstance(audio, dict) and isinstance(audio.get("data"), str):
+            size: int | None = len(audio["data"]) * 3 // 4  # base64: 4 characters, 3 bytes
+        else:
+            size = _inline_size(_url_of(audio))
+        return AUDIO_TOKENS if size is None else max(1, math.ceil(size / AUDIO_BYTES_PER_TOKEN))
     return math.ceil(_json_length(part) / CHARACTERS_PER_TOKEN)
+
+
+def _url_of(value: Any) -> Any:
+    """A part's URL: ``{"url": ...}`` or the string itself."""
+    return value.get("url") if isinstance(value, dict) else value
+
+
+def _inline_size(url: Any) -> int | None:
+    """The bytes a ``data:`` URL holds (base64 or not); None for anything else."""
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return None
+    head, _, data = url.partition(",")
+    return len(data) * 3 // 4 if head.endswith(";base64") else len(data)
 
 
 def _json_length(value: Any) -> int:

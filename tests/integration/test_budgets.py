@@ -598,6 +598,17 @@ def test_a_release_leaves_a_counter_deleted_meanwhile_deleted(redis_server):
     assert redis_server.client.get(line.key) is None  # not a negative count that never expires
 
 
+def test_a_reservation_on_a_connection_redis_had_closed_is_not_queued_for_release(redis_server):
+    # Redis gone: the reused connection reads its end before any reply (the script never ran) and
+    # a new one is refused. Nothing to give back, and no false "may stay charged" later.
+    ledger, line = RedisLedger(redis_server.url), counter("gone")
+    ledger.reserve([line], 1, 1)
+    redis_server.kill()
+    with pytest.raises(BudgetStorageDown):
+        ledger.reserve([line], 1, 1)
+    assert ledger._unreleased == {}
+
+
 def test_unanswered_reservations_are_released_by_one_background_thread(redis_server):
     ledger, line = RedisLedger(redis_server.url), counter("many")
     held = []

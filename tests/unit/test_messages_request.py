@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from typing import Any
 
 import pytest
 
 from app.catalog import Model
-from app.messages.count import IMAGE_TOKENS, PDF_PAGE_TOKENS, VIDEO_TOKENS, estimate_input_tokens
+from app.messages.count import (
+    AUDIO_BYTES_PER_TOKEN,
+    IMAGE_TOKENS,
+    PDF_PAGE_TOKENS,
+    VIDEO_BYTES_PER_TOKEN,
+    VIDEO_TOKENS,
+    estimate_input_tokens,
+)
 from app.messages.request import ToolNames, for_model, to_chat_request
 from app.messages.schema import validate_messages_request
 from app.schemas import validate_chat_request
@@ -390,15 +398,25 @@ def test_input_token_estimate_counts_text_tools_images_and_pdf_pages():
     assert estimate_input_tokens({"messages": []}) == 1
 
 
-def test_input_token_estimate_prices_media_by_kind_not_by_the_size_of_its_base64():
+def test_input_token_estimate_prices_media_by_kind_and_length_not_by_its_base64_text():
     audio = base64.b64encode(b"\0" * 159_840).decode()  # 160 kB: ~100 s of compressed speech
     parts = [
         {"type": "input_audio", "input_audio": {"data": audio, "format": "mp3"}},
         {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 1_000_000},
-        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + "A" * 5_000_000}},
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + "A" * 4_000_000}},  # 3 MB
+        {"type": "video_url", "video_url": {"url": "https://example.com/talk.mp4"}},
+        {"type": "audio_url", "audio_url": {"url": "data:audio/ogg;base64," + "A" * 4_000}},  # 3 kB
+        {"type": "file", "file": {"file_data": "data:text/plain;base64," + "A" * 40_000}},  # 30 kB of text
     ]
     estimate = estimate_input_tokens({"messages": [{"role": "user", "content": parts}]})
-    assert estimate == 4 + 159_840 // 160 + IMAGE_TOKENS + VIDEO_TOKENS
+    audio_tokens = math.ceil(159_840 / AUDIO_BYTES_PER_TOKEN) + math.ceil(3_000 / AUDIO_BYTES_PER_TOKEN)
+    video_tokens = 3_000_000 // VIDEO_BYTES_PER_TOKEN + VIDEO_TOKENS
+    assert estimate == 4 + audio_tokens + IMAGE_TOKENS + video_tokens + 30_000 // 4
+
+
+def test_reasoning_sent_back_with_an_earlier_answer_is_not_input():
+    turn = {"role": "assistant", "content": "ok", "reasoning_content": "x" * 8000, "reasoning": "y" * 8000}
+    assert estimate_input_tokens({"messages": [turn]}) == 4 + 1
 
 
 def test_input_token_estimate_counts_what_else_a_message_or_the_body_carries():
