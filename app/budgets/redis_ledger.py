@@ -392,7 +392,7 @@ class RedisLedger:
         try:
             result = action(*args)
         except _ERRORS as exc:
-            if down_since is None:
+            if self._down_since is None:  # not down_since: calls failing together log once
                 log.error(
                     "budget storage %s unreachable (%s): calls of clients with a budget are refused with 503 "
                     "until it answers again (tried again every %g s)",

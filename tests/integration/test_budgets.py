@@ -4,6 +4,7 @@ Redis shared by every worker (and, for the shared case, two instances)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import socket
@@ -561,6 +562,29 @@ def test_a_reservation_that_timed_out_is_not_sent_again_and_is_given_back(redis_
     busy.join(10)
     # Once (sent twice and released once it would be 11), then given back.
     assert wait_until(lambda: float(redis_server.client.get(line.key)) == 1.0, timeout=5)
+
+
+def test_calls_failing_together_log_the_outage_once(redis_server, caplog):
+    ledger, line = RedisLedger(redis_server.url), counter("together")
+    busy = keep_redis_busy(redis_server, 1.0)
+    assert wait_until(lambda: not answers_within(redis_server, 0.05), timeout=0.4)
+    refused: list[bool] = []
+
+    def reserve() -> None:
+        try:
+            ledger.reserve([line], 1, 1)
+        except BudgetStorageDown:
+            refused.append(True)
+
+    with caplog.at_level(logging.ERROR, logger="app.budgets.redis_ledger"):
+        callers = [threading.Thread(target=reserve) for _ in range(5)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(10)
+    busy.join(10)
+    assert len(refused) == 5
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
 
 
 def test_a_reservation_arriving_after_its_release_charges_nothing(redis_server):
