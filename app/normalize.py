@@ -92,11 +92,14 @@ class StreamNormalizer:
         # choice index -> how many tool calls it has started: the next call's index.
         self._tool_call_counts: dict[int, int] = {}
         self._choices_with_tools: set[int] = set()
-        # Whether any choice reported a finish_reason: a stream that ends before one was cut off.
-        self.finish_seen = False
         self.finished: set[int] = set()  # the choices (by index) that reported their finish_reason
         # The vendor's token counts, from the usage chunk sent when the client asked for one.
         self.usage: dict[str, Any] | None = None
+
+    @property
+    def finish_seen(self) -> bool:
+        """Whether any choice reported a finish_reason: a stream that ends before one was cut off."""
+        return bool(self.finished)
 
     def chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
         """Fix one chat.completion.chunk in place and return it."""
@@ -131,7 +134,6 @@ class StreamNormalizer:
             self._fix_tool_calls(index, tool_calls)
         finish_reason = choice.get("finish_reason")
         if finish_reason:
-            self.finish_seen = True
             self.finished.add(index)
             if finish_reason == "stop" and index in self._choices_with_tools:
                 choice["finish_reason"] = "tool_calls"
