@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["required_capabilities"]
+__all__ = ["PART_CAPABILITY", "required_capabilities"]
 
 # Content part types and the capability each needs; vendors differ in how they name video parts.
-_PART_CAPABILITY = {
+PART_CAPABILITY = {
     "image_url": "image",
     "input_image": "image",
     "video_url": "video",
@@ -36,6 +36,6 @@ def required_capabilities(body: dict[str, Any]) -> frozenset[str]:
                 continue
             for part in content:
                 kind = part.get("type") if isinstance(part, dict) else None
-                if isinstance(kind, str) and kind in _PART_CAPABILITY:
-                    needs.add(_PART_CAPABILITY[kind])
+                if isinstance(kind, str) and kind in PART_CAPABILITY:
+                    needs.add(PART_CAPABILITY[kind])
     return frozenset(needs)

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from app.capabilities import PART_CAPABILITY
+
 __all__ = ["estimate_input_tokens"]
 
 # English text and code average about 4 characters per token with OpenAI's, Gemini's and
@@ -36,8 +38,9 @@ VIDEO_BYTES_PER_TOKEN = 400
 # larger, is overestimated, never under). By URL it counts as a minute's worth.
 AUDIO_BYTES_PER_TOKEN = 50
 AUDIO_TOKENS = 2000
-_IMAGE_PARTS = frozenset({"image_url", "input_image"})
-_VIDEO_PARTS = frozenset({"video_url", "input_video", "video"})
+# The part types that are images or videos, as the selector knows them.
+_IMAGE_PARTS = frozenset(kind for kind, need in PART_CAPABILITY.items() if need == "image")
+_VIDEO_PARTS = frozenset(kind for kind, need in PART_CAPABILITY.items() if need == "video")
 # A message's own fields that are not input: short identifiers, and the reasoning an agent loop
 # sends back with an earlier answer (vendors drop it or refuse it, none bills it).
 _NOT_INPUT = frozenset(
@@ -67,9 +70,8 @@ def estimate_input_tokens(chat: dict[str, Any]) -> int:
     JSON at 4 characters per token, 4 per message for its framing, 1,600 per image, 2,000 per
     page of each PDF (pages counted in the file itself; a file whose pages cannot be counted
     counts as one page), video and audio by their size when inline (else a minute's worth), other
-    files by their characters; any other content part, message
-    field (a legacy ``function_call``, a ``refusal``) and body field than the settings above by
-    its JSON at 4 characters per token.
+    files by their characters; any other content part, message field (a legacy ``function_call``,
+    a ``refusal``) and body field than the settings above by its JSON at 4 characters per token.
     """
     characters = 0
     tokens = 0
